@@ -1,0 +1,1 @@
+"""gendist: distributed training of deep generative models (VAEs, GANs) on Accelerate and DeepSpeed."""

@@ -1,0 +1,3 @@
+from gendist.cli import entry_point
+
+entry_point()

@@ -1,0 +1,131 @@
+"""Command line: `gendist data prepare | train | sample | eval`. User errors exit 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gendist.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit code 2)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="gendist", description="Distributed training of deep generative models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    data = commands.add_parser("data", help="prepare data as webdataset shards")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    prepare = data_commands.add_parser("prepare", help="write DIR/train-*.tar, DIR/test-*.tar, DIR/manifest.json")
+    prepare.add_argument("--source", required=True, help="ring | grid | digits | npz:PATH | folder:PATH")
+    prepare.add_argument("--out", required=True, type=Path, help="output folder")
+    prepare.add_argument("--shard-size", type=int, default=16384, help="samples per shard")
+    prepare.add_argument("--test-fraction", type=float, default=0.1, help="held-out fraction")
+    prepare.add_argument("--block-size", type=int, default=1024, help="small samples packed per tar member")
+    prepare.add_argument("--seed", type=int, default=0)
+
+    train = commands.add_parser("train", help="train (resumes automatically from RUN_DIR/checkpoints)")
+    train.add_argument("config", type=Path, help="YAML config, e.g. configs/gan_ring.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=3000")
+
+    sample = commands.add_parser("sample", help="draw samples from a trained run")
+    sample.add_argument("run_dir", type=Path)
+    sample.add_argument("--n", type=int, default=64, help="number of samples")
+    sample.add_argument("--out", type=Path, required=True, help="grid.png, or x.npy for the raw array")
+    sample.add_argument("--seed", type=int, default=0)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run on held-out data")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--num-samples", type=int, default=None, help="generated samples (default eval.num_samples)")
+    evaluate.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def command_prepare(args: argparse.Namespace) -> int:
+    from gendist.data import prepare_dataset
+
+    if args.shard_size < 1 or args.block_size < 1:
+        raise UserError("--shard-size and --block-size must be >= 1")
+    if not 0 < args.test_fraction < 1:
+        raise UserError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    manifest = prepare_dataset(args.source, args.out, shard_size=args.shard_size, test_fraction=args.test_fraction,
+                               seed=args.seed, block_size=args.block_size)
+    splits = manifest["splits"]
+    print(f"gendist: wrote {splits['train']['num_samples']} train / {splits['test']['num_samples']} test samples "
+          f"({len(splits['train']['shards'])}+{len(splits['test']['shards'])} shards) to {args.out}")
+    return 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from gendist.config import load_config
+    from gendist.engine.run import train
+
+    return train(load_config(args.config, args.overrides))
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from gendist.inference import load_run
+    from gendist.tracking import save_samples
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.out.suffix not in (".png", ".npy"):
+        raise UserError(f"--out must end in .png (a grid) or .npy (the raw array), got '{args.out}'")
+    loaded = load_run(args.run_dir)
+    with torch.no_grad():
+        samples = loaded.recipe.sample(loaded.nets, args.n, torch.Generator().manual_seed(args.seed)).cpu()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.suffix == ".npy":
+        np.save(args.out, samples.numpy())
+    else:
+        save_samples(samples, loaded.spec.info, args.out)
+    print(f"gendist: wrote {args.n} samples from step {loaded.step} to {args.out}")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from gendist.engine.data_setup import iterate_test
+    from gendist.inference import load_run
+
+    loaded = load_run(args.run_dir)
+    if args.num_samples is not None:
+        if args.num_samples < 2:
+            raise UserError(f"--num-samples must be >= 2, got {args.num_samples}")
+        loaded.config.eval.num_samples = args.num_samples
+    seed = loaded.config.train.seed if args.seed is None else args.seed
+    metrics = {"step": loaded.step, **loaded.recipe.evaluate(loaded.nets, iterate_test(loaded.spec), seed)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>32s}  {value:.6g}" if isinstance(value, float) else f"{key:>32s}  {value}")
+    return 0
+
+
+COMMANDS = {"data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"gendist: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("gendist: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

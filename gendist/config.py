@@ -1,0 +1,271 @@
+"""Typed run configuration: one dataclass per concern, YAML + dotted overrides, strict validation.
+
+Every field is documented in place; the fully resolved config is written to the run folder and to W&B.
+Unknown keys, wrong types and out-of-range values raise `UserError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from gendist.errors import UserError
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, samples/, checkpoints/
+    name: str = ""  # display name (W&B); defaults to the run folder's name
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # built-in source (ring|grid|digits|npz:PATH|folder:PATH), prepared once into the cache
+    dir: str = ""  # a folder written by `gendist data prepare`
+    shards: str = ""  # path, glob or brace pattern of training .tar shards (data prepared elsewhere)
+    test_shards: str = ""  # same for the held-out split
+    cache_dir: str = ""  # where `source` shards are cached; default $GENDIST_CACHE or ~/.cache/gendist
+    split_mode: Literal["shard", "global"] = "shard"  # shard: each rank reads its own shards; global: world-size independent batches
+    num_workers: int = 0  # loader worker processes per rank
+    shuffle_buffer: int = 4096  # samples in the seeded shuffle buffer
+    on_error: Literal["raise", "skip"] = "raise"  # corrupt shard: stop with its name, or skip and count
+
+
+@dataclass
+class ModelConfig:
+    recipe: Literal["gan", "vae"] = "gan"  # model family
+    arch: Literal["mlp", "conv"] = "mlp"  # mlp for vectors/points, conv (DCGAN-style) for images
+    latent_dim: int = 2  # size of z
+    hidden: int = 128  # MLP width, or base channels of conv nets
+    depth: int = 3  # hidden layers of each MLP
+    gan_loss: Literal["nonsaturating", "minimax"] = "nonsaturating"  # generator objective
+    n_critic: int = 1  # discriminator steps per generator step
+    decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # VAE likelihood p(x|z)
+    iw_samples: int = 64  # importance samples for the VAE's test log-likelihood estimate
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm per player; 0 disables clipping (the norm is still checked for NaN)
+    lr_overrides: dict[str, float] = field(default_factory=dict)  # per-player learning rate, e.g. {discriminator: 4e-4}
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # generator (outer) steps
+    seed: int = 0
+    batch_size: int = 256  # per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    ema_decay: float = 0.0  # generator EMA; 0 disables
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class DistConfig:
+    strategy: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = "auto"  # auto follows the launcher
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 1|2|3
+    timeout_s: int = 300  # collective timeout; a dead rank makes the others exit within this
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # steps between checkpoints; 0 saves only at the end
+    keep: int = 3  # checkpoints kept; older ones are deleted after a successful save
+
+
+@dataclass
+class LogConfig:
+    every: int = 50  # steps between metrics.jsonl lines
+    sample_every: int = 500  # steps between sample grids; 0 only at the end
+    wandb: bool = True  # W&B (offline unless WANDB_API_KEY is set)
+    wandb_project: str = "gendist"
+    progress: bool = True  # progress bar on rank 0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between in-training evaluations; 0 only at the end
+    num_samples: int = 2500  # generated samples for sample-based metrics
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
+                 "model.n_critic", "model.iw_samples", "log.every", "eval.num_samples", "ckpt.keep",
+                 "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps"}
+NON_NEGATIVE_INTS = {"ckpt.every", "log.sample_every", "eval.every", "data.num_workers", "model.depth"}
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + "|".join(map(str, get_args(annotation)))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        if value not in get_args(annotation):
+            raise UserError(f"config: {key} must be {_type_name(annotation)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        (item_type,) = get_args(annotation)[:1]
+        if not isinstance(value, list):
+            raise UserError(f"config: {key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_type = get_args(annotation)
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    if origin in (Union, types.UnionType):
+        for option in get_args(annotation):
+            try:
+                return _coerce(key, value, option)
+            except UserError:
+                continue
+        raise UserError(f"config: {key} has the wrong type: {value!r}")
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" (no dot) as a string: accept the notation users type
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is type(None) and value is None:
+        return None
+    if annotation in (int, str, bool) and type(value) is annotation:
+        return value
+    raise UserError(f"config: {key} must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"config: unknown key '{prefix}{unknown[0]}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, annotation)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=2e-4` -> (["optim", "lr"], 0.0002); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key=value, e.g. train.max_steps=3000")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}': empty key; use a dotted path like optim.lr=2e-4")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict, path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{text}': {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply dotted `key=value` overrides, validate, and return a RunConfig."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' not found; pass an existing YAML file such as configs/gan_ring.yaml")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"config file '{path}'{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections (run:, data:, model:, ...)")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_dotted(tree, keys, value, text)
+    config = _build(RunConfig, tree, "")
+    validate(config)
+    return config
+
+
+def _get(config: RunConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types cannot express."""
+    for key in POSITIVE_INTS:
+        if _get(config, key) < 1:
+            raise UserError(f"config: {key} must be >= 1, got {_get(config, key)}")
+    for key in NON_NEGATIVE_INTS:
+        if _get(config, key) < 0:
+            raise UserError(f"config: {key} must be >= 0, got {_get(config, key)}")
+    if config.optim.lr <= 0:
+        raise UserError(f"config: optim.lr must be > 0, got {config.optim.lr}")
+    if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
+        raise UserError(f"config: optim.betas must be two numbers in [0, 1), got {config.optim.betas}")
+    if config.optim.grad_clip < 0:
+        raise UserError(f"config: optim.grad_clip must be >= 0, got {config.optim.grad_clip}")
+    if not 0 <= config.train.ema_decay < 1:
+        raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if config.dist.zero_stage not in (1, 2, 3):
+        raise UserError(f"config: dist.zero_stage must be 1, 2 or 3, got {config.dist.zero_stage}")
+    data = config.data
+    given = [name for name in ("source", "dir", "shards") if getattr(data, name)]
+    if len(given) != 1:
+        raise UserError("config: set exactly one of data.source, data.dir, data.shards "
+                        f"(got {', '.join(given) or 'none'})")
+    if data.test_shards and not data.shards:
+        raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: RunConfig, path: Path) -> None:
+    """Write the fully resolved config (atomically: a crash never leaves half a file)."""
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,112 @@
+"""Rank helpers: the one place that knows about processes. Nets and recipes never import this."""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_INFO: DistInfo | None = None
+
+
+def _launched_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("ACCELERATE_NUM_PROCESSES", "1")) > 1
+
+
+def init_distributed(timeout_s: int) -> DistInfo:
+    """Join the process group set up by `accelerate launch`/`torchrun` (or run alone).
+
+    Accelerate's PartialState reads every launcher's environment (accelerate, torchrun, SLURM, MPI) and
+    picks gloo on CPU, NCCL on GPU; we only add the collective timeout so a dead rank cannot hang the rest.
+    """
+    global _INFO
+    if _INFO is not None:
+        return _INFO
+    if _launched_distributed():
+        from accelerate import PartialState
+
+        state = PartialState(timeout=datetime.timedelta(seconds=timeout_s))
+        device = state.device
+        _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, device)
+    else:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() and os.environ.get(
+            "ACCELERATE_USE_CPU", "false").lower() != "true" else torch.device("cpu")
+        _INFO = DistInfo(0, 1, 0, device)
+    return _INFO
+
+
+def info() -> DistInfo:
+    if _INFO is None:
+        raise RuntimeError("init_distributed() has not been called")
+    return _INFO
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main() -> bool:
+    return _INFO is None or _INFO.is_main
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        file = kwargs.pop("file", sys.stdout)
+        print(*args, file=file, flush=True, **kwargs)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average scalar tensors over ranks in ONE collective, then move to Python floats (one sync)."""
+    if not values:
+        return {}
+    names = sorted(values)
+    stacked = torch.stack([values[name].detach().float().reshape(()) for name in names])
+    if is_distributed():
+        stacked = stacked.to(info().device)
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.cpu().tolist()))
+
+
+def broadcast_object(value):
+    """Rank 0's Python object on every rank."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank iff `flag` is True on any rank (e.g. a stop request seen by one rank)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=info().device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

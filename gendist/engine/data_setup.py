@@ -1,0 +1,117 @@
+"""From `data.*` config to loaders: a prepared folder, a built-in source (prepared once into a cache), or
+shard patterns prepared elsewhere."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from gendist.config import RunConfig
+from gendist.data import ShardLoader, load_manifest, prepare_dataset, resolve_shards
+from gendist.distributed import DistInfo, barrier
+from gendist.errors import UserError
+from gendist.recipes.base import DataInfo
+
+
+@dataclass
+class DataSpec:
+    train_urls: list[str]
+    test_urls: list[str]
+    manifest: dict | None
+    info: DataInfo
+
+
+def cache_root(config: RunConfig) -> Path:
+    root = config.data.cache_dir or os.environ.get("GENDIST_CACHE") or "~/.cache/gendist"
+    return Path(root).expanduser() / "shards"
+
+
+def _source_key(spec: str, seed: int) -> str:
+    """Cache key of a source: its spec, and for file sources the file's size and modification time."""
+    parts = [spec, str(seed)]
+    if ":" in spec:
+        path = Path(spec.split(":", 1)[1])
+        if path.exists():
+            stat = path.stat()
+            parts += [str(stat.st_size), str(stat.st_mtime_ns)]
+    return spec.split(":", 1)[0] + "-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def prepare_cached_source(config: RunConfig, dist_info: DistInfo) -> Path:
+    """Prepare `data.source` once per machine (file lock: several ranks/runs may race) and reuse it."""
+    folder = cache_root(config) / _source_key(config.data.source, config.train.seed)
+    if dist_info.local_rank == 0:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "manifest.json").is_file():
+                prepare_dataset(config.data.source, folder, seed=config.train.seed)
+    barrier()
+    return folder
+
+
+def _urls(folder: Path, manifest: dict, split: str) -> list[str]:
+    return [str(folder / shard["name"]) for shard in manifest["splits"][split]["shards"]]
+
+
+def info_from_manifest(manifest: dict) -> DataInfo:
+    return DataInfo(kind=manifest["kind"], sample_shape=tuple(manifest["sample_shape"]),
+                    modes=manifest.get("modes"), mode_std=manifest.get("mode_std"))
+
+
+def resolve_data(config: RunConfig, dist_info: DistInfo) -> DataSpec:
+    data = config.data
+    if data.shards:
+        train = resolve_shards(data.shards)
+        test = resolve_shards(data.test_shards) if data.test_shards else []
+        probe = ShardLoader(train, None, batch_size=1, seed=0)
+        first = next(iter(probe))["x"]
+        shape = tuple(first.shape[1:])
+        kind = "points" if len(shape) == 1 else "images"
+        return DataSpec(train, test, None, DataInfo(kind=kind, sample_shape=shape))
+    folder = Path(data.dir) if data.dir else prepare_cached_source(config, dist_info)
+    manifest = load_manifest(folder)
+    return DataSpec(_urls(folder, manifest, "train"), _urls(folder, manifest, "test"), manifest,
+                    info_from_manifest(manifest))
+
+
+def build_train_loader(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> ShardLoader:
+    data = config.data
+    return ShardLoader(spec.train_urls, spec.manifest, batch_size=config.train.batch_size, seed=config.train.seed,
+                       rank=dist_info.rank, world_size=dist_info.world_size, split_mode=data.split_mode,
+                       num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, on_error=data.on_error)
+
+
+def iterate_test(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
+    """Held-out samples (one pass, in file order) as tensors (B, ...)."""
+    if not spec.test_urls:
+        return
+    loader = ShardLoader(spec.test_urls, spec.manifest, batch_size=batch_size, seed=0, drop_last=False,
+                         split_mode="global", shuffle_buffer=1)
+    seen = 0
+    for batch in loader:
+        yield batch["x"]
+        seen += batch["x"].shape[0]
+        if seen >= min(limit, _num_test(spec)):
+            return
+
+
+def _num_test(spec: DataSpec) -> int:
+    if spec.manifest is None:
+        return 10_000
+    return int(spec.manifest["splits"]["test"]["num_samples"])
+
+
+def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> None:
+    if spec.manifest is None:
+        return
+    total = spec.manifest["splits"]["train"]["num_samples"]
+    if config.train.batch_size * dist_info.world_size > total:
+        raise UserError(f"train.batch_size={config.train.batch_size} x {dist_info.world_size} processes exceeds "
+                        f"the {total} training samples; lower train.batch_size")
+
+
+__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_test", "check_batch_size"]

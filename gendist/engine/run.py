@@ -1,0 +1,136 @@
+"""Wiring of one training run: distributed set-up, data, recipe, strategy, resume, hooks, final evaluation."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from gendist.checkpoint import find_resumable, read_trainer_state, write_bytes_atomic
+from gendist.config import RunConfig, dump_config
+from gendist.distributed import barrier, broadcast_object, init_distributed, print0
+from gendist.engine.data_setup import DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
+from gendist.engine.strategies import build_strategy
+from gendist.engine.trainer import Trainer, TrainingDiverged
+from gendist.recipes import build_recipe
+from gendist.tracking import Tracker, save_samples
+
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written, run again (or requeue) to resume
+PREEMPTION_SIGNALS = [signal.SIGTERM, signal.SIGUSR1]
+SAMPLE_GRID_SIZE = {"points": 2500, "images": 64}
+
+
+class Hooks:
+    """What happens at step boundaries: metrics, checkpoints, sample grids, evaluation."""
+
+    def __init__(self, config: RunConfig, tracker: Tracker, spec: DataSpec, run_dir: Path):
+        self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
+        self.last_saved_step = -1
+        self.started = time.perf_counter()
+
+    def after_step(self, trainer: Trainer, progress) -> None:
+        step, config = trainer.step, self.config
+        if step % config.log.every == 0 or step == config.train.max_steps:
+            metrics = trainer.pop_metrics()
+            metrics["time/elapsed_s"] = time.perf_counter() - self.started
+            self.tracker.log(step, metrics)
+            progress.set_postfix({k.split("/")[0][:4] + "/" + k.split("/")[-1]: f"{v:.3f}"
+                                  for k, v in metrics.items() if k.endswith("/loss")}, refresh=False)
+        if config.ckpt.every and step % config.ckpt.every == 0:
+            self.save(trainer)
+        if config.log.sample_every and step % config.log.sample_every == 0:
+            self.samples(trainer)
+        if config.eval.every and step % config.eval.every == 0:
+            self.evaluate(trainer)
+
+    def on_stop(self, trainer: Trainer) -> None:
+        print0(f"gendist: stop requested (signal {trainer.stop_signal}): checkpointing step {trainer.step}")
+        self.save(trainer)
+
+    def save(self, trainer: Trainer) -> None:
+        if self.last_saved_step == trainer.step:
+            return
+        trainer.save(self.run_dir / "checkpoints", {"wandb_id": self.tracker.wandb_id})
+        self.last_saved_step = trainer.step
+
+    def samples(self, trainer: Trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        info = self.spec.info
+        with torch.no_grad():
+            samples = trainer.recipe.sample(trainer.sampling_nets(), SAMPLE_GRID_SIZE.get(info.kind, 64),
+                                            torch.Generator().manual_seed(self.config.train.seed))
+        path = save_samples(samples.cpu(), info, self.run_dir / "samples" / f"step_{trainer.step:08d}.png")
+        self.tracker.log_image(trainer.step, "samples", path)
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if trainer.dist.is_main:
+            nets = trainer.sampling_nets()
+            for module in nets.values():
+                module.eval()
+            metrics = trainer.recipe.evaluate(nets, iterate_test(self.spec), self.config.train.seed)
+            for module in nets.values():
+                module.train()
+            self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
+            self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
+            write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())
+        barrier()
+        return metrics
+
+
+def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
+    dist_info = init_distributed(config.dist.timeout_s)
+    spec = resolve_data(config, dist_info)
+    check_batch_size(config, spec, dist_info)
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+    recipe = build_recipe(config, spec.info)
+    strategy = build_strategy(config, dist_info)
+    strategy.setup(recipe.build_players(), recipe.phases())
+    loader = build_train_loader(config, spec, dist_info)
+    return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir)), spec
+
+
+def train(config: RunConfig) -> int:
+    """Train (resuming from the run folder's newest good checkpoint); returns the process exit code."""
+    dist_info = init_distributed(config.dist.timeout_s)
+    run_dir = Path(config.run.dir)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+    barrier()
+    trainer, spec = build_trainer(config)
+    folder = broadcast_object(find_resumable(run_dir / "checkpoints") if dist_info.is_main else None)
+    wandb_id = None
+    if folder is not None:
+        state = read_trainer_state(Path(folder))
+        trainer.load(Path(folder), state)
+        wandb_id = state.get("wandb_id")
+        print0(f"gendist: resumed from {folder} (step {trainer.step})")
+    tracker = Tracker(config, run_dir, dist_info.is_main, wandb_id, trainer.step)
+    hooks = Hooks(config, tracker, spec, run_dir)
+    trainer.install_signal_handlers(PREEMPTION_SIGNALS)
+    print0(f"gendist: training {config.model.recipe} with strategy {trainer.strategy.name} on "
+           f"{dist_info.world_size} process(es), steps {trainer.step}..{config.train.max_steps}, run dir {run_dir}")
+    try:
+        outcome = trainer.fit(hooks)
+    except TrainingDiverged as error:
+        hooks.save(trainer)  # skipped steps never changed the weights: this is the last good state
+        print0(f"gendist: error: {error}")
+        tracker.finish()
+        return EXIT_DIVERGED
+    if outcome == "stopped":
+        tracker.finish()
+        return EXIT_PREEMPTED
+    hooks.save(trainer)
+    hooks.samples(trainer)
+    metrics = hooks.evaluate(trainer)
+    tracker.finish()
+    if dist_info.is_main:
+        print0("gendist: done. " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        print0(f"gendist: samples in {run_dir / 'samples'}, metrics in {run_dir / 'metrics.jsonl'}, "
+               f"evaluation in {run_dir / 'eval.json'}, checkpoints in {run_dir / 'checkpoints'}")
+    return 0

@@ -1,0 +1,198 @@
+"""The training loop: phases, accumulation, precision, NaN guard, EMA, and the step-boundary hooks
+(metrics, samples, checkpoints, evaluation, stop requests)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gendist.checkpoint import CheckpointWriter, load_tensors, load_torch, save_tensors, save_torch
+from gendist.config import RunConfig
+from gendist.distributed import DistInfo, any_rank, reduce_mean
+from gendist.engine.noise import StepNoise
+from gendist.engine.strategies import StepResult, Strategy
+from gendist.recipes.base import Batch, Nets, Phase, Recipe
+
+
+class TrainingDiverged(RuntimeError):
+    """More than `train.max_bad_steps` non-finite steps in a row."""
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, recipe: Recipe, strategy: Strategy, loader, dist_info: DistInfo,
+                 run_dir: Path):
+        self.config, self.recipe, self.strategy = config, recipe, strategy
+        self.loader, self.dist, self.run_dir = loader, dist_info, run_dir
+        self.phases: list[Phase] = recipe.phases()
+        self.step = 0
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps: dict[str, int] = defaultdict(int)
+        self.noise = StepNoise(config.train.seed, dist_info.device, dist_info.rank, dist_info.world_size,
+                               config.train.grad_accum)
+        self.ema: nn.Module | None = None
+        if config.train.ema_decay > 0:
+            self.ema = copy.deepcopy(strategy.raw[recipe.generator_name]).requires_grad_(False).eval()
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_counts: dict[str, int] = defaultdict(int)
+        self.stop_signal: int | None = None
+        self._data_iter = None
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def next_batch(self, phase: Phase, phase_index: int, repeat: int, micro: int) -> Batch:
+        noise = self.noise.start(self.step, phase_index, repeat, micro)
+        if not phase.uses_data:
+            return Batch(self.config.train.batch_size, None, None, noise)
+        if self._data_iter is None:
+            self._data_iter = iter(self.loader)
+        data = next(self._data_iter)
+        device = self.dist.device
+        x = data["x"].to(device, non_blocking=True)
+        y = data["y"].to(device, non_blocking=True) if "y" in data else None
+        return Batch(x.shape[0], x, y, noise, data.get("idx"))
+
+    def run_phase(self, phase: Phase, phase_index: int) -> None:
+        nets = self.strategy.phase_nets(phase)
+        accum = self.config.train.grad_accum
+        for repeat in range(phase.repeat):
+            for micro in range(accum):
+                batch = self.next_batch(phase, phase_index, repeat, micro)
+                # Ordering: the last micro-step syncs gradients; earlier ones only accumulate locally.
+                with self.strategy.sync_context(phase, sync=micro == accum - 1):
+                    with self.strategy.autocast():
+                        outputs = phase.loss(nets, batch, self.step)
+                    self.strategy.backward(phase, outputs["loss"])
+                self.accumulate(phase, outputs)  # tensors only: no host sync inside micro-steps
+            self.after_step(phase, self.strategy.step(phase))
+
+    def accumulate(self, phase: Phase, outputs: dict[str, torch.Tensor]) -> None:
+        for key, value in outputs.items():
+            name = f"{phase.name}/{key}"
+            value = value.detach().float()
+            self.pending[name] = self.pending[name] + value if name in self.pending else value
+            self.pending_counts[name] += 1
+
+    def after_step(self, phase: Phase, result: StepResult) -> None:
+        if result.applied:
+            self.bad_steps_in_a_row = 0
+            if self.ema is not None and self.recipe.generator_name in phase.trains:
+                self.update_ema()
+            return
+        kind = "overflow" if result.overflow else "nonfinite"
+        self.skipped_steps[f"{phase.name}/{kind}"] += 1
+        if result.overflow:  # fp16 overflow is routine: the scaler lowers its scale
+            return
+        self.bad_steps_in_a_row += 1
+        if self.bad_steps_in_a_row > self.config.train.max_bad_steps:
+            raise TrainingDiverged(f"{self.bad_steps_in_a_row} non-finite steps in a row (last in phase "
+                                   f"'{phase.name}', step {self.step}); raise train.max_bad_steps or lower optim.lr")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.config.train.ema_decay
+        source = list(self.strategy.raw[self.recipe.generator_name].parameters())
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in source], 1.0 - decay)
+
+    def train_step(self) -> None:
+        for index, phase in enumerate(self.phases):
+            if self.step % phase.every == 0:
+                self.run_phase(phase, index)
+        self.step += 1
+
+    # -- loop --------------------------------------------------------------------------------------------
+    def fit(self, hooks) -> str:
+        """Train until max_steps or a stop request; returns "done" or "stopped"."""
+        max_steps = self.config.train.max_steps
+        progress = tqdm(total=max_steps, initial=self.step, disable=not (self.dist.is_main and self.config.log.progress),
+                        dynamic_ncols=True, unit="step", mininterval=1.0)
+        try:
+            while self.step < max_steps:
+                self.train_step()
+                progress.update(1)
+                hooks.after_step(self, progress)
+                if any_rank(self.stop_signal is not None):
+                    hooks.on_stop(self)
+                    return "stopped"
+        finally:
+            progress.close()
+        return "done"
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Mean of each logged value since the last call, averaged over ranks (one collective, one sync)."""
+        means = {name: value / self.pending_counts[name] for name, value in self.pending.items()}
+        reduced = reduce_mean(means)
+        self.pending.clear()
+        self.pending_counts.clear()
+        reduced.update({f"skipped/{k}": float(v) for k, v in self.skipped_steps.items()})
+        return reduced
+
+    def install_signal_handlers(self, signals: list[int]) -> None:
+        """Turn a preemption signal into a stop request handled at the next step boundary."""
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        for signum in signals:
+            signal.signal(signum, request_stop)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def save(self, root: Path, extra_state: dict) -> Path:
+        writer = CheckpointWriter(root, self.step)
+        folder = writer.begin()
+        self.strategy.save(folder, self.dist.is_main)
+        if self.ema is not None and self.dist.is_main:
+            save_tensors(folder / "players" / "ema.safetensors", self.ema.state_dict())
+        rank_state = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
+                      "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                      "numpy_rng_pos": int(np.random.get_state()[2]),
+                      "loader": self.loader.state_dict(), "param_digest": self.param_digest()}
+        save_torch(folder / f"rank_{self.dist.rank:05d}.pt", rank_state)
+        state = {"step": self.step, "bad_steps_in_a_row": self.bad_steps_in_a_row,
+                 "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
+                 "strategy": self.strategy.name, **extra_state}
+        return writer.commit(state, self.config.ckpt.keep)
+
+    def param_digest(self) -> str:
+        """sha256 of this rank's local parameters: equal on every rank for replicated strategies (checked by
+        tests and useful when debugging desynchronized replicas)."""
+        digest = hashlib.sha256()
+        for name in sorted(self.strategy.raw):
+            for key, value in sorted(self.strategy.raw[name].state_dict().items()):
+                local = value.to_local() if hasattr(value, "to_local") else value
+                digest.update(key.encode())
+                digest.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def load(self, folder: Path, trainer_state: dict) -> None:
+        self.strategy.load(folder)
+        if self.ema is not None:
+            ema_path = folder / "players" / "ema.safetensors"
+            source = load_tensors(ema_path) if ema_path.is_file() else self.strategy.model_state(self.recipe.generator_name)
+            self.ema.load_state_dict(source)
+        self.step = int(trainer_state["step"])
+        self.bad_steps_in_a_row = int(trainer_state.get("bad_steps_in_a_row", 0))
+        self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
+        rank_file = folder / f"rank_{self.dist.rank:05d}.pt"
+        if trainer_state.get("world_size") == self.dist.world_size and rank_file.is_file():
+            rank_state = load_torch(rank_file)
+            torch.set_rng_state(rank_state["torch_rng"])
+            random.setstate((3, tuple(rank_state["python_rng"]), None))
+            np.random.set_state(("MT19937", rank_state["numpy_rng"].numpy().astype(np.uint32),
+                                 int(rank_state["numpy_rng_pos"])))
+            self.loader.load_state_dict(rank_state["loader"])
+        else:  # a different world size: weights and optimizers carry over, data order restarts the epoch
+            print(f"gendist: WARNING: checkpoint was written by {trainer_state.get('world_size')} processes, "
+                  f"this run has {self.dist.world_size}: data position and RNG restart", flush=True)
+
+    def sampling_nets(self) -> Nets:
+        """Raw players for sampling/evaluation, with the EMA generator when there is one."""
+        nets = Nets(self.strategy.raw)
+        if self.ema is not None:
+            nets[self.recipe.generator_name] = self.ema
+        return nets

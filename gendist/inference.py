@@ -1,0 +1,45 @@
+"""Load a trained run (config + newest good checkpoint) in one process, for sampling and evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gendist.checkpoint import find_resumable, load_tensors, read_trainer_state
+from gendist.config import RunConfig, load_config
+from gendist.distributed import init_distributed
+from gendist.engine.data_setup import DataSpec, resolve_data
+from gendist.errors import UserError
+from gendist.recipes import Nets, Recipe, build_recipe
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    recipe: Recipe
+    nets: Nets
+    spec: DataSpec
+    step: int
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the run.dir of a training run")
+    config = load_config(config_path)
+    folder = find_resumable(run_dir / "checkpoints")
+    if folder is None:
+        raise UserError(f"'{run_dir}' has no usable checkpoint yet; train longer or check {run_dir}/checkpoints")
+    dist_info = init_distributed(config.dist.timeout_s)
+    spec = resolve_data(config, dist_info)
+    recipe = build_recipe(config, spec.info)
+    players = recipe.build_players()
+    for name, module in players.items():
+        module.load_state_dict(load_tensors(folder / "players" / f"{name}.safetensors"))
+        module.eval()
+    ema_path = folder / "players" / "ema.safetensors"
+    if ema_path.is_file():  # sample from the EMA generator, as training's own evaluation does
+        players[recipe.generator_name].load_state_dict(load_tensors(ema_path))
+    torch.set_grad_enabled(False)
+    return LoadedRun(config, recipe, Nets(players), spec, int(read_trainer_state(folder)["step"]))

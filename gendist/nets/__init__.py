@@ -1,0 +1,5 @@
+"""Plain nn.Modules: no distributed code, no losses."""
+from gendist.nets.conv import ConvDecoder, ConvEncoder
+from gendist.nets.mlp import MLP
+
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]

@@ -1,0 +1,16 @@
+"""Model families. Each recipe builds its players and declares its phases; no distributed code here."""
+from __future__ import annotations
+
+from gendist.config import RunConfig
+from gendist.recipes.base import Batch, DataInfo, Nets, Phase, Recipe
+
+
+def build_recipe(config: RunConfig, data_info: DataInfo) -> Recipe:
+    from gendist.recipes.gan import GANRecipe
+    from gendist.recipes.vae import VAERecipe
+
+    recipes = {"gan": GANRecipe, "vae": VAERecipe}
+    return recipes[config.model.recipe](config, data_info)
+
+
+__all__ = ["Batch", "DataInfo", "Nets", "Phase", "Recipe", "build_recipe"]

@@ -1,0 +1,113 @@
+"""VAE (Kingma & Welling 2014) with amortized Gaussian q(z|x), standard normal prior and a Bernoulli or
+Gaussian decoder, trained on the reparameterized ELBO; tested with the ELBO and the importance-weighted
+log-likelihood estimate (Burda et al. 2016).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from gendist.config import RunConfig
+from gendist.evaluation import sample_metrics
+from gendist.metrics import importance_weighted_bound, log_bernoulli_logits, log_normal_diag, log_standard_normal
+from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.recipes.base import Batch, DataInfo, Nets, Phase
+
+
+class VAE(nn.Module):
+    """Encoder (B, ...) -> (mean, log_var) of q(z|x); decoder z -> parameters of p(x|z)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: str):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim, self.likelihood = latent_dim, likelihood
+        # Gaussian decoder: one learned log-variance shared by all pixels/coordinates.
+        self.log_var_x = nn.Parameter(torch.zeros(())) if likelihood == "gaussian" else None
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encoder(x).chunk(2, dim=-1)  # (B, Z) each
+        return mean, log_var.clamp(-12.0, 8.0)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over data dimensions, (B,)."""
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return log_bernoulli_logits(x, out)
+        return log_normal_diag(x, out, self.log_var_x.expand_as(out))
+
+    def mean_sample(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample ELBO terms with z = mean + std * eps (the reparameterization trick)."""
+        mean, log_var = self.encode(x)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        reconstruction = self.log_likelihood(x, z)
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(-1)  # KL(q(z|x) || N(0, I)), closed form
+        return {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl}
+
+
+def elbo_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int) -> dict[str, torch.Tensor]:
+    terms = nets.vae(batch.x, batch.randn(latent_dim))
+    return {"loss": -terms["elbo"].mean(), "reconstruction": terms["reconstruction"].mean().detach(),
+            "kl": terms["kl"].mean().detach()}
+
+
+@torch.no_grad()
+def importance_weighted_log_likelihood(vae: VAE, x: torch.Tensor, samples: int,
+                                       generator: torch.Generator) -> torch.Tensor:
+    """log p(x) >= log mean_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x); (B,). Tight as samples grows."""
+    mean, log_var = vae.encode(x)
+    log_weights = []
+    for _ in range(samples):
+        z = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator)
+        log_weights.append(vae.log_likelihood(x, z) + log_standard_normal(z) - log_normal_diag(z, mean, log_var))
+    return importance_weighted_bound(torch.stack(log_weights))  # (K, B) -> (B,)
+
+
+class VAERecipe:
+    generator_name = "vae"
+
+    def __init__(self, config: RunConfig, data_info: DataInfo):
+        self.config = config
+        self.info = data_info
+
+    def build_players(self) -> dict[str, nn.Module]:
+        model, shape = self.config.model, self.info.sample_shape
+        if model.arch == "conv":
+            encoder: nn.Module = ConvEncoder(shape[0], shape[-1], 2 * model.latent_dim, model.hidden)
+            decoder: nn.Module = ConvDecoder(model.latent_dim, shape[0], shape[-1], model.hidden)
+        else:
+            dim = math.prod(shape)
+            encoder = MLP(dim, 2 * model.latent_dim, model.hidden, model.depth)
+            decoder = MLP(model.latent_dim, dim, model.hidden, model.depth, out_shape=shape)
+        return {"vae": VAE(encoder, decoder, model.latent_dim, model.decoder)}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("elbo", ("vae",), partial(elbo_loss, latent_dim=self.config.model.latent_dim))]
+
+    def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(count, self.config.model.latent_dim, generator=generator)
+        return nets.vae.mean_sample(z)
+
+    @torch.no_grad()
+    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(seed)
+        vae: VAE = nets.vae
+        elbo_sum = ll_sum = 0.0
+        count = 0
+        test_batches = list(test_data)
+        for x in test_batches:
+            eps = torch.randn(x.shape[0], vae.latent_dim, generator=generator)
+            elbo_sum += vae(x, eps)["elbo"].sum().item()
+            ll_sum += importance_weighted_log_likelihood(vae, x, self.config.model.iw_samples, generator).sum().item()
+            count += x.shape[0]
+        metrics = {"test_elbo": elbo_sum / count, f"test_log_likelihood_iw{self.config.model.iw_samples}": ll_sum / count}
+        samples = self.sample(nets, self.config.eval.num_samples, generator)
+        metrics.update(sample_metrics(samples, test_batches, self.info, seed))
+        return metrics

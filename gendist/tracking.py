@@ -1,0 +1,135 @@
+"""Run outputs on rank 0: metrics.jsonl, W&B (offline unless WANDB_API_KEY is set), sample grids."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from gendist.config import RunConfig, to_dict
+from gendist.recipes.base import DataInfo
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` (by a run that died before its next checkpoint); they are
+    re-logged by the resumed run, so the file holds each step once."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= after_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:
+        return 1 << 62  # a torn last line from a kill: drop it
+
+
+class Tracker:
+    """Writes metrics on the main process only; other ranks get a tracker that does nothing."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, enabled: bool, wandb_id: str | None, resume_step: int):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.wandb_run = None
+        self.wandb_id = wandb_id
+        if not enabled:
+            return
+        truncate_metrics(self.metrics_path, resume_step)
+        self.metrics_file = open(self.metrics_path, "a", buffering=1)
+        if config.log.wandb:
+            self._start_wandb(config, wandb_id)
+
+    def _start_wandb(self, config: RunConfig, wandb_id: str | None) -> None:
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.wandb_id = wandb_id or wandb.util.generate_id()
+        self.wandb_run = wandb.init(project=config.log.wandb_project, name=config.run.name or self.run_dir.name,
+                                    id=self.wandb_id, resume="allow", dir=str(self.run_dir), mode=mode,
+                                    config=to_dict(config), settings=wandb.Settings(console="off", silent=True))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if isinstance(v, (int, str)) or math.isfinite(v) else str(v)) for k, v in metrics.items()}
+        self.metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        if self.enabled and self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        if self.enabled and self.wandb_run is not None:
+            self.wandb_run.summary.update(metrics)
+
+    def finish(self) -> None:
+        if not self.enabled:
+            return
+        self.metrics_file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def save_samples(samples: torch.Tensor, info: DataInfo, path: Path, reference: np.ndarray | None = None) -> Path:
+    """A PNG of samples: a scatter plot for 2-D points (modes marked), an image grid otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = samples.detach().float().cpu()
+    if info.kind == "points" and data[0].numel() == 2:
+        _scatter(data.reshape(-1, 2).numpy(), info, path, reference)
+    else:
+        _image_grid(data, path)
+    return path
+
+
+def _scatter(points: np.ndarray, info: DataInfo, path: Path, reference: np.ndarray | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        axes.scatter(reference[:, 0], reference[:, 1], s=2, c="#bbbbbb", label="data")
+    axes.scatter(points[:, 0], points[:, 1], s=2, c="#1f77b4", label="samples")
+    if info.modes is not None:
+        modes = np.asarray(info.modes)
+        axes.scatter(modes[:, 0], modes[:, 1], s=30, marker="x", c="#d62728", label="modes")
+    axes.set_aspect("equal")
+    axes.legend(loc="upper right", fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _image_grid(images: torch.Tensor, path: Path) -> None:
+    if images.dim() == 3:  # (N, H, W) -> (N, 1, H, W)
+        images = images[:, None]
+    count = images.shape[0]
+    columns = int(math.ceil(math.sqrt(count)))
+    rows = int(math.ceil(count / columns))
+    pad = torch.zeros(rows * columns - count, *images.shape[1:])
+    grid = rearrange(torch.cat([images, pad]).clamp(0, 1), "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
+    pixels = (grid.numpy() * 255).round().astype(np.uint8)
+    scale = max(1, 256 // max(pixels.shape[:2]))  # small images (8x8 digits) are enlarged to be seen
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+
+
+def warn(message: str) -> None:
+    print(f"gendist: WARNING: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create ./.venv if missing and install gendist into it (idempotent; a no-op when already installed).
+# TORCH_SPEC selects the torch build, installed first so that no dependency pulls a multi-GB CUDA build:
+#   CPU (default): TORCH_SPEC="torch==2.13.0"; GPU: e.g. TORCH_SPEC="torch==2.13.0" with the CUDA index of your site.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
+# DeepSpeed builds its C++/CUDA ops just in time when they are used; DS_BUILD_OPS=0 skips building them now.
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,65 @@
+"""Config: YAML + dotted overrides, strict types, one-line errors."""
+from pathlib import Path
+
+import pytest
+
+from gendist.config import load_config, parse_override
+from gendist.errors import UserError
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config.train.max_steps > 0
+
+
+def test_overrides_apply_with_types():
+    config = load_config(CONFIGS[0], ["train.max_steps=7", "optim.lr=2e-4", "optim.betas=[0.0, 0.9]",
+                                      "log.wandb=false", "run.dir=/tmp/x", "optim.lr_overrides={discriminator: 1e-3}"])
+    assert config.train.max_steps == 7
+    assert config.optim.lr == pytest.approx(2e-4)
+    assert config.optim.betas == [0.0, 0.9]
+    assert config.log.wandb is False
+    assert config.optim.lr_overrides == {"discriminator": 1e-3}
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.nope=1", "unknown key 'train.nope'"),
+    ("nosection.x=1", "unknown key 'nosection'"),
+    ("train.max_steps=abc", "train.max_steps must be int"),
+    ("train.max_steps=1.5", "train.max_steps must be int"),
+    ("train.max_steps=0", "train.max_steps must be >= 1"),
+    ("log.wandb=maybe", "log.wandb must be bool"),
+    ("precision=fp8", "precision must be one of fp32|bf16|fp16"),
+    ("optim.betas=[0.5]", "optim.betas must be two numbers"),
+    ("train.ema_decay=1.5", "train.ema_decay must be in [0, 1)"),
+    ("dist.zero_stage=4", "dist.zero_stage must be 1, 2 or 3"),
+    ("train=3", "train must be a mapping"),
+    ("novalue", "must look like key=value"),
+    ("data.dir=somewhere", "set exactly one of data.source, data.dir, data.shards"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(UserError) as error:
+        load_config(CONFIGS[0], [override])
+    assert fragment in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_config(scalar)
+
+
+def test_parse_override_scientific_notation():
+    assert parse_override("optim.lr=1e-4") == (["optim", "lr"], "1e-4")  # converted by the float field
+    assert load_config(CONFIGS[0], ["optim.lr=1e-4"]).optim.lr == pytest.approx(1e-4)
