@@ -38,16 +38,15 @@ def init_distributed(timeout_s: int) -> DistInfo:
     global _INFO
     if _INFO is not None:
         return _INFO
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("true", "1") or not torch.cuda.is_available()
     if _launched_distributed():
         from accelerate import PartialState
 
-        state = PartialState(timeout=datetime.timedelta(seconds=timeout_s))
-        device = state.device
-        _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, device)
+        # PartialState reads ACCELERATE_USE_CPU only through its `cpu` argument (the Accelerator passes it).
+        state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(seconds=timeout_s))
+        _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, state.device)
     else:
-        device = torch.device("cuda", 0) if torch.cuda.is_available() and os.environ.get(
-            "ACCELERATE_USE_CPU", "false").lower() != "true" else torch.device("cpu")
-        _INFO = DistInfo(0, 1, 0, device)
+        _INFO = DistInfo(0, 1, 0, torch.device("cpu") if use_cpu else torch.device("cuda", 0))
     return _INFO
 
 

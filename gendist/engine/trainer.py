@@ -42,6 +42,7 @@ class Trainer:
             self.ema = copy.deepcopy(strategy.raw[recipe.generator_name]).requires_grad_(False).eval()
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_counts: dict[str, int] = defaultdict(int)
+        self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
         self.stop_signal: int | None = None
         self._data_iter = None
 
@@ -80,6 +81,8 @@ class Trainer:
             self.pending_counts[name] += 1
 
     def after_step(self, phase: Phase, result: StepResult) -> None:
+        for name in phase.trains:
+            self.optimizer_steps[name] += 1
         if result.applied:
             self.bad_steps_in_a_row = 0
             if self.ema is not None and self.recipe.generator_name in phase.trains:
@@ -131,6 +134,12 @@ class Trainer:
         self.pending.clear()
         self.pending_counts.clear()
         reduced.update({f"skipped/{k}": float(v) for k, v in self.skipped_steps.items()})
+        syncs = self.strategy.gradient_syncs
+        if syncs:  # all-reduce calls per optimizer step of each player (1 = no redundant sync)
+            reduced.update({f"sync/{name}_allreduce_per_step": syncs[name] / steps
+                            for name, steps in self.optimizer_steps.items()})
+            syncs.clear()
+        self.optimizer_steps.clear()
         return reduced
 
     def install_signal_handlers(self, signals: list[int]) -> None:

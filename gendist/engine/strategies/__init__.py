@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
 from gendist.engine.strategies.base import StepResult, Strategy
@@ -28,10 +30,23 @@ def resolve_strategy_name(config: RunConfig, dist_info: DistInfo) -> str:
         name = launcher_intent() or ("ddp" if dist_info.world_size > 1 else "single")
     if name == "ddp" and dist_info.world_size == 1:
         name = "single"
+    if name in ("fsdp", "deepspeed") and not torch.distributed.is_initialized():
+        # A single process still gets a (1-rank) process group: sharding code paths stay the same.
+        init_single_process_group(dist_info)
     if name == "single" and dist_info.world_size > 1:
         raise UserError(f"dist.strategy=single but {dist_info.world_size} processes were launched; "
                         "use dist.strategy=ddp (or auto)")
     return name
+
+
+def init_single_process_group(dist_info: DistInfo) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = "nccl" if dist_info.device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def zero_stage(config: RunConfig) -> int:
@@ -47,7 +62,13 @@ def build_strategy(config: RunConfig, dist_info: DistInfo) -> Strategy:
         from gendist.engine.strategies.ddp import DDPStrategy
 
         return DDPStrategy(config, dist_info)
-    raise UserError(f"dist.strategy={name} is not available in this version; use ddp or single")
+    if name == "fsdp":
+        from gendist.engine.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy(config, dist_info)
+    from gendist.engine.strategies.deepspeed import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(config, dist_info, zero_stage(config))
 
 
 __all__ = ["StepResult", "Strategy", "build_strategy", "launcher_intent", "resolve_strategy_name", "zero_stage"]

@@ -31,7 +31,7 @@ class DDPStrategy(Strategy):
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # bucket_cap_mb: DDP's default (25 MB) keeps small players in a single all-reduce.
-        wrapped = DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+        wrapped = DistributedDataParallel(module, device_ids=device_ids)
         wrapped.register_comm_hook(None, _counting_allreduce_hook(name, self.gradient_syncs))
         return wrapped
 

@@ -1,0 +1,270 @@
+"""Deterministic, resumable, rank-aware loader over webdataset shards.
+
+Everything a rank reads in an epoch is a pure function of (seed, epoch, rank, worker):
+- the shard order is `default_rng([seed, epoch])`'s permutation of the shard list;
+- `split_mode="shard"`: rank r, worker w read shards `order[r + world*w :: world*workers]`, or, when there
+  are fewer shards than (rank, worker) slots, every slot reads all shards but decodes only the blocks whose
+  running index falls on its slot; every rank then stops after the same number of batches (the minimum over
+  ranks, computed from per-block sample counts) so collectives never wait on a rank that ran dry;
+- `split_mode="global"`: all ranks read one stream (shuffle not seeded by rank) in batches of
+  `batch_size * world_size` and keep their `batch_size` rows, so the data depends only on the global batch;
+- the shuffle buffer is seeded with `default_rng([seed, epoch, rank, worker])` (rank 0 in global mode).
+
+Resume is replay-and-discard: `load_state_dict` makes the next epoch restart and drop the batches already
+consumed. That costs reading them again, which is cheap because small samples are packed into blocks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gendist.data.batching import count_batches, shuffle_batches
+from gendist.data.manifest import shard_block_sizes
+from gendist.data.reading import ShardError, ShardTask, SkipCounter, read_blocks
+from gendist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """Everything that decides what a (rank, worker) reads; small and picklable for worker processes."""
+
+    urls: tuple[str, ...]
+    block_sizes: tuple[tuple[int, ...], ...]  # samples per block, per url
+    seed: int
+    batch_size: int
+    rank: int
+    world_size: int
+    split_mode: str
+    num_workers: int
+    drop_last: bool
+    shuffle_buffer: int
+    on_error: str
+    image_mode: str | None
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def num_slots(self) -> int:
+        return self.workers if self.split_mode == "global" else self.world_size * self.workers
+
+    @property
+    def stream_batch_size(self) -> int:
+        """Rows per batch of one slot's stream (global mode: the whole global batch)."""
+        return self.batch_size * self.world_size if self.split_mode == "global" else self.batch_size
+
+    def slot(self, rank: int, worker: int) -> int:
+        # shard mode: order[rank::world][worker::workers] == order[rank + world*worker :: world*workers]
+        return worker if self.split_mode == "global" else rank + self.world_size * worker
+
+
+def build_slot_tasks(plan: LoaderPlan, epoch: int, slot: int) -> list[ShardTask]:
+    """Shards (and blocks within them) that `slot` reads in `epoch`, in reading order."""
+    order = np.random.default_rng([plan.seed, epoch]).permutation(len(plan.urls))
+    if len(plan.urls) >= plan.num_slots:
+        return [ShardTask(plan.urls[i], plan.block_sizes[i]) for i in order[slot::plan.num_slots]]
+    tasks, running = [], 0  # running: index of the shard's first block in the epoch's block stream
+    for i in order:
+        sizes = plan.block_sizes[i]
+        keep = frozenset(b for b in range(len(sizes)) if (running + b) % plan.num_slots == slot)
+        running += len(sizes)
+        if keep:
+            tasks.append(ShardTask(plan.urls[i], sizes, keep))
+    return tasks
+
+
+def slot_num_samples(plan: LoaderPlan, epoch: int, slot: int) -> int:
+    tasks = build_slot_tasks(plan, epoch, slot)
+    return sum(sum(s for b, s in enumerate(t.block_sizes) if t.keep is None or b in t.keep) for t in tasks)
+
+
+def batches_per_epoch(plan: LoaderPlan, epoch: int) -> int:
+    """Batches every rank yields in `epoch`: the fewest any rank can fill (equal on all ranks)."""
+    ranks = [0] if plan.split_mode == "global" else range(plan.world_size)
+    return min(sum(count_batches(slot_num_samples(plan, epoch, plan.slot(rank, worker)), plan.stream_batch_size,
+                                 plan.drop_last) for worker in range(plan.workers)) for rank in ranks)
+
+
+def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
+    """Torch batches of this rank's `worker` in `epoch`; ShardError under on_error="raise"."""
+    global_mode = plan.split_mode == "global"
+    shuffle_rank = 0 if global_mode else plan.rank  # global mode: one stream shared by all ranks
+    rng = np.random.default_rng([plan.seed, epoch, shuffle_rank, worker])
+    blocks = read_blocks(build_slot_tasks(plan, epoch, plan.slot(plan.rank, worker)), plan.image_mode,
+                         plan.on_error, skipped)
+    keep = slice(plan.rank * plan.batch_size, (plan.rank + 1) * plan.batch_size) if global_mode else slice(None)
+    for batch in shuffle_batches(blocks, rng, plan.stream_batch_size, plan.shuffle_buffer, plan.drop_last, keep):
+        yield {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
+class EpochStream(IterableDataset):
+    """One epoch of one rank for DataLoader workers: worker w yields its slot's batches, plus the skip count
+    and any error as plain fields (a worker's exception would otherwise arrive as a multi-line traceback)."""
+
+    def __init__(self, plan: LoaderPlan, epoch: int) -> None:
+        super().__init__()
+        self.plan, self.epoch = plan, epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        skipped = SkipCounter()
+        reported = 0
+        try:
+            for batch in iterate_slot(self.plan, self.epoch, worker, skipped):
+                batch["_skipped"], reported = skipped.count - reported, skipped.count
+                yield batch
+        except ShardError as error:
+            yield {"_error": error.user_message()}
+        if skipped.count > reported:  # bad data after this worker's last batch: report it, without a batch
+            yield {"_skipped": skipped.count - reported}
+
+
+class ShardLoader:
+    """Infinite iterable of batches `{"x": float32 (B, ...), "y": int64 (B,) if labelled, "idx": int64 (B,)}`.
+
+    `manifest` (from `load_manifest`) gives per-block sample counts; without it each shard is scanned once.
+    `skipped` counts bad shards/member groups passed over with `on_error="skip"`; in that mode a rank may end an
+    epoch with fewer batches than the others (there is no data to fill them).
+    With `drop_last=False` in global mode the last global batch may leave a high rank fewer (or zero) rows.
+    With `num_workers > 0`, workers are started per epoch (an epoch is one DataLoader pass).
+    """
+
+    def __init__(self, shard_urls: list[str], manifest: dict | None, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, split_mode: str = "shard", num_workers: int = 0, drop_last: bool = True,
+                 shuffle_buffer: int = 4096, on_error: str = "raise") -> None:
+        check_loader_arguments(shard_urls, batch_size, rank, world_size, split_mode, num_workers, on_error)
+        sizes, self.skipped = shard_block_sizes(list(shard_urls), manifest, on_error)
+        self.plan = LoaderPlan(
+            urls=tuple(shard_urls), block_sizes=tuple(tuple(s) for s in sizes), seed=seed, batch_size=batch_size,
+            rank=rank, world_size=world_size, split_mode=split_mode, num_workers=num_workers, drop_last=drop_last,
+            shuffle_buffer=shuffle_buffer, on_error=on_error,
+            image_mode=(manifest or {}).get("image_mode"))
+        self.epoch = 0
+        self.batches_in_epoch = 0  # batches of `epoch` already handed to the caller
+        self._batch_counts: dict[int, int] = {}  # epoch -> batches per epoch
+        self.num_batches(0)  # fail now, not mid-training, when the batch does not fit the data
+
+    def num_batches(self, epoch: int | None = None) -> int:
+        """Batches per epoch (default: the current one); the same on every rank."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._batch_counts:
+            self._batch_counts = {epoch: batches_per_epoch(self.plan, epoch)}  # keep one: epochs go forward
+        total = self._batch_counts[epoch]
+        if total == 0:
+            total_samples = sum(sum(sizes) for sizes in self.plan.block_sizes)
+            raise UserError(f"data: batch_size={self.plan.batch_size} x world_size={self.plan.world_size} leaves "
+                            f"no full batch for some rank in epoch {epoch} ({total_samples} samples in "
+                            f"{len(self.plan.urls)} shards) — lower train.batch_size or add data")
+        return total
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch at the next `iter()`."""
+        self.epoch, self.batches_in_epoch = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the caller: `batches_in_epoch` batches of `epoch` have been yielded."""
+        plan = self.plan
+        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "seed": plan.seed,
+                "batch_size": plan.batch_size, "rank": plan.rank, "world_size": plan.world_size,
+                "split_mode": plan.split_mode, "num_workers": plan.num_workers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at `state`'s position; call before `iter()`. Other settings that changed are logged: the
+        position is then still honoured but the data stream differs from the saved run's."""
+        changed = [key for key in ("seed", "batch_size", "rank", "world_size", "split_mode", "num_workers")
+                   if key in state and state[key] != getattr(self.plan, key)]
+        if changed:
+            log.warning("data loader: resuming with changed %s; the batch order will differ", ", ".join(changed))
+        self.epoch, self.batches_in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield from self._iterate_epoch()
+
+    def _iterate_epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch: replays the already-consumed batches and discards them."""
+        epoch, consumed = self.epoch, self.batches_in_epoch
+        total = self.num_batches(epoch)
+        if consumed >= total:  # a state saved at the very end of an epoch
+            self.epoch, self.batches_in_epoch = epoch + 1, 0
+            return
+        produced = 0
+        for batch in self._open_epoch(epoch):
+            produced += 1
+            if produced <= consumed:
+                continue
+            # advance the position before handing the batch over: a state_dict taken now resumes after it
+            self.epoch, self.batches_in_epoch = (epoch + 1, 0) if produced == total else (epoch, produced)
+            yield batch
+            if produced == total:
+                return
+        if produced <= consumed:
+            raise UserError(f"data: epoch {epoch} yielded no batches: every shard was unreadable "
+                            f"({self.skipped} skipped) — re-run `gendist data prepare`")
+        log.warning("data loader: epoch %d ended after %d of %d batches (%d bad shards/samples skipped)",
+                    epoch, produced, total, self.skipped)
+        self.epoch, self.batches_in_epoch = epoch + 1, 0
+
+    def _open_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self.plan.num_workers == 0:
+            counter = SkipCounter(self.skipped)
+            try:
+                for batch in iterate_slot(self.plan, epoch, 0, counter):
+                    self.skipped = counter.count
+                    yield batch
+            except ShardError as error:
+                raise UserError(error.user_message()) from None
+            self.skipped = counter.count
+            return
+        # DataLoader hands out worker batches round-robin in worker order: deterministic
+        loader = DataLoader(EpochStream(self.plan, epoch), batch_size=None, num_workers=self.plan.num_workers)
+        for batch in loader:
+            if "_error" in batch:
+                raise UserError(batch["_error"])
+            self.skipped += int(batch.pop("_skipped"))
+            if "x" in batch:
+                yield batch
+
+
+def check_loader_arguments(urls: list[str], batch_size: int, rank: int, world_size: int, split_mode: str,
+                           num_workers: int, on_error: str) -> None:
+    if not urls:
+        raise UserError("data: no shards given — run `gendist data prepare` or fix data.shards")
+    if batch_size < 1:
+        raise UserError(f"train.batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"data loader: rank {rank} is not in [0, world_size={world_size})")
+    if split_mode not in ("shard", "global"):
+        raise UserError(f"data.split_mode must be 'shard' or 'global', got '{split_mode}'")
+    if num_workers < 0:
+        raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
+    if on_error not in ("raise", "skip"):
+        raise UserError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
+
+
+def measure_throughput(urls: list[str], manifest: dict | None, batch_size: int, num_workers: int = 0,
+                       shuffle_buffer: int = 4096) -> float:
+    """Samples/s over one epoch (after a warm-up batch): reading, unpacking, shuffling, batching to tensors."""
+    loader = ShardLoader(urls, manifest, batch_size=batch_size, seed=0, num_workers=num_workers,
+                         shuffle_buffer=shuffle_buffer)
+    total = loader.num_batches(0)
+    batches = iter(loader)
+    next(batches)
+    start = time.perf_counter()
+    samples = 0
+    for _ in range(total - 1):
+        samples += len(next(batches)["idx"])
+    return samples / max(time.perf_counter() - start, 1e-9)
+
+
+__all__ = ["ShardLoader", "LoaderPlan", "measure_throughput", "batches_per_epoch", "build_slot_tasks"]

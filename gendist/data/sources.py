@@ -1,0 +1,189 @@
+"""Data sources: built-in toy mixtures (`ring`, `grid`), scikit-learn's `digits`, and user data (`npz:PATH`,
+`folder:PATH`), all returned as one in-memory `SourceData` that `prepare_dataset` turns into shards."""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from einops import rearrange
+
+from gendist.errors import UserError
+
+VALID_SOURCES = "ring, grid, digits, npz:PATH, folder:PATH"
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+# PIL modes that carry no colour: such images are stored as one channel ("L").
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+@dataclass
+class SourceData:
+    """A whole data set in memory: samples, optional labels, and what evaluation needs to know about it."""
+
+    x: np.ndarray  # float32 (N, ...): (N, D) points or (N, C, H, W) images in [0, 1]
+    y: np.ndarray | None  # int64 (N,) labels (mixture mode index, digit, class folder)
+    kind: str  # "points" | "images"
+    modes: np.ndarray | None  # (K, 2) mixture mode centres, for mode-coverage metrics
+    mode_std: float | None  # std of every mixture component
+    name: str
+    image_mode: str | None = None  # PIL mode ("L" | "RGB") of folder images
+    # folder sources only: the (extension, bytes) each image is stored as, so shards keep the original encoding
+    encoded: list[tuple[str, bytes]] | None = None
+
+
+def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
+                image_size: int | None = None) -> SourceData:
+    """Load the source named by `spec`; the same (spec, seed) always gives the same data.
+
+    `num_samples` overrides the size of the synthetic mixtures; `image_size` resizes folder images to a square.
+    """
+    name, _, argument = spec.partition(":")
+    if name == "ring":
+        return build_ring(seed, num_samples or 100_000)
+    if name == "grid":
+        return build_grid(seed, num_samples or 100_000)
+    if name == "digits":
+        return build_digits()
+    if name == "npz" and argument:
+        return load_npz(Path(argument).expanduser())
+    if name == "folder" and argument:
+        return load_folder(Path(argument).expanduser(), image_size)
+    raise UserError(f"data.source: unknown source '{spec}' — valid sources: {VALID_SOURCES}")
+
+
+def sample_mixture(modes: np.ndarray, std: float, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw from an equal-weight isotropic Gaussian mixture; returns (points float32, mode index int64)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(modes), size=num_samples)
+    points = modes[labels] + std * rng.standard_normal((num_samples, modes.shape[1]))
+    return points.astype(np.float32), labels.astype(np.int64)
+
+
+def build_ring(seed: int, num_samples: int = 100_000) -> SourceData:
+    """8 Gaussians (std 0.01) evenly spaced on the unit circle: the classic mode-collapse test."""
+    angles = 2 * math.pi * np.arange(8) / 8
+    modes = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    x, y = sample_mixture(modes, 0.01, num_samples, seed)
+    return SourceData(x=x, y=y, kind="points", modes=modes, mode_std=0.01, name="ring")
+
+
+def build_grid(seed: int, num_samples: int = 100_000) -> SourceData:
+    """25 Gaussians (std 0.05) on the grid {-4,-2,0,2,4}^2."""
+    axis = np.arange(-4.0, 5.0, 2.0)
+    modes = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)  # (5, 5, 2) -> (25, 2)
+    x, y = sample_mixture(modes, 0.05, num_samples, seed)
+    return SourceData(x=x, y=y, kind="points", modes=modes, mode_std=0.05, name="grid")
+
+
+def build_digits() -> SourceData:
+    """scikit-learn's 1,797 8x8 digits (bundled with the package, no download), scaled from 0..16 to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = rearrange(digits.images.astype(np.float32) / 16.0, "n h w -> n 1 h w")
+    return SourceData(x=images, y=digits.target.astype(np.int64), kind="images", modes=None, mode_std=None,
+                      name="digits")
+
+
+def load_npz(path: Path) -> SourceData:
+    """User arrays: `x` (N, D) points, (N, H, W) or (N, C, H, W) images; optional `y` (N,) labels."""
+    if not path.is_file():
+        raise UserError(f"data.source: npz file '{path}' does not exist — fix the path")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            contents = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise UserError(f"data.source: '{path}' is not a readable .npz file ({error})") from None
+    if "x" not in contents:
+        raise UserError(f"data.source: '{path}' has no array 'x' (found: {sorted(contents)}) — "
+                        "save it with np.savez(path, x=..., y=...)")
+    x = contents["x"]
+    if x.ndim < 1 or len(x) == 0 or x.ndim > 4:
+        raise UserError(f"data.source: '{path}' array x has shape {x.shape}; "
+                        "expected (N, D), (N, H, W) or (N, C, H, W) with N >= 1")
+    # uint8 images are the common on-disk form: bring them to [0, 1] like every other image source
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise UserError(f"data.source: '{path}' array x contains NaN or infinite values")
+    kind = "images" if x.ndim >= 3 else "points"
+    if x.ndim == 3:
+        x = rearrange(x, "n h w -> n 1 h w")
+    elif x.ndim == 1:
+        x = rearrange(x, "n -> n 1")
+    y = contents.get("y")
+    if y is not None:
+        if y.shape != (len(x),):
+            raise UserError(f"data.source: '{path}' has len(y)={len(y) if y.ndim else 0} but len(x)={len(x)}; "
+                            "they must match")
+        y = y.astype(np.int64)
+    return SourceData(x=x, y=y, kind=kind, modes=None, mode_std=None, name=path.stem)
+
+
+def find_images(root: Path) -> tuple[list[Path], np.ndarray | None]:
+    """Image files under `root` (sorted, recursive) and labels from their top-level sub-folder, if any."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UserError(f"data.source: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under '{root}'")
+    relative = [p.relative_to(root) for p in files]
+    class_names = sorted({r.parts[0] for r in relative if len(r.parts) > 1})
+    if not class_names:
+        return files, None
+    loose = [r for r in relative if len(r.parts) == 1]
+    if loose:
+        raise UserError(f"data.source: '{root / loose[0]}' sits next to class sub-folders — move it into one")
+    class_ids = {name: index for index, name in enumerate(class_names)}
+    return files, np.array([class_ids[r.parts[0]] for r in relative], dtype=np.int64)
+
+
+def load_folder(root: Path, image_size: int | None = None) -> SourceData:
+    """Images under `root`; each top-level sub-folder is a class (sorted names -> ids 0, 1, ...).
+
+    All images become one mode (L if every image is grayscale, else RGB) and one size (`image_size` squared, or
+    the first image's). The original encoded bytes are kept when no resize was needed.
+    """
+    from PIL import Image
+
+    if not root.is_dir():
+        raise UserError(f"data.source: folder '{root}' does not exist — fix the path")
+    files, labels = find_images(root)
+    images, raw = [], []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Exception as error:  # PIL raises many types for bad files
+            raise UserError(f"data.source: cannot read image '{path}' ({error}) — remove or fix it") from None
+        images.append(image)
+        raw.append(data)
+    mode = "L" if all(image.mode in GRAYSCALE_MODES for image in images) else "RGB"
+    size = (image_size, image_size) if image_size else images[0].size
+    arrays, encoded = [], []
+    for image, data in zip(images, raw):
+        converted = image.convert(mode)
+        resized = converted.size != size
+        if resized:
+            converted = converted.resize(size, Image.BILINEAR)
+        arrays.append(np.asarray(converted, dtype=np.uint8))
+        encoded.append(encode_image(image.format, data, converted, resized))
+    stacked = np.stack(arrays)
+    # (N, H, W) grayscale or (N, H, W, C) colour -> (N, C, H, W)
+    x = rearrange(stacked, "n h w -> n 1 h w") if stacked.ndim == 3 else rearrange(stacked, "n h w c -> n c h w")
+    return SourceData(x=x.astype(np.float32) / 255.0, y=labels, kind="images", modes=None, mode_std=None,
+                      name=root.name, image_mode=mode, encoded=encoded)
+
+
+def encode_image(file_format: str | None, data: bytes, converted, resized: bool) -> tuple[str, bytes]:
+    """Keep the original PNG/JPEG bytes when the loader can decode them to the same pixels; else write PNG."""
+    if not resized and file_format == "PNG":
+        return "png", data
+    if not resized and file_format == "JPEG":
+        return "jpg", data
+    buffer = io.BytesIO()
+    converted.save(buffer, format="PNG")
+    return "png", buffer.getvalue()
+
+
+__all__ = ["SourceData", "load_source", "VALID_SOURCES"]

@@ -1,0 +1,143 @@
+"""DeepSpeed with one `deepspeed.initialize` engine per trained player.
+
+Accelerate's multi-model DeepSpeed support is experimental, needs `transformers` and trains one model, so
+gendist builds the engines itself: each player gets its own optimizer, ZeRO partition, loss scaler (fp16)
+and clipping. A phase calls its trained players through their engines and the others as plain modules
+with requires_grad=False, so a frozen ZeRO-3 discriminator still gathers its parameters for the generator's
+forward/backward but never receives or reduces a gradient ("parameter already reduced" cannot happen).
+The micro-step boundary is set explicitly on every backward, so DeepSpeed's own counter never disagrees
+with the trainer's accumulation loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gendist.checkpoint import save_tensors
+from gendist.config import RunConfig
+from gendist.distributed import DistInfo
+from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer
+from gendist.errors import UserError
+from gendist.recipes.base import Phase
+
+ENGINE_TAG = "state"
+
+
+def build_deepspeed_config(config: RunConfig, stage: int) -> dict:
+    """DeepSpeed config from gendist's, optionally overlaid by the launcher's DeepSpeed config file."""
+    ds_config = {
+        "train_micro_batch_size_per_gpu": config.train.batch_size,
+        "gradient_accumulation_steps": config.train.grad_accum,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,  # the client optimizer is torch's Adam/AdamW/SGD
+        "gradient_clipping": config.optim.grad_clip,
+        "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16, "loss_scale_window": 500},
+        "bf16": {"enabled": config.precision == "bf16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and path != "none":
+        try:
+            user = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"DeepSpeed config file '{path}' unreadable: {error}") from None
+        for key, value in user.items():
+            if value != "auto" and key not in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                                               "gradient_accumulation_steps"):
+                ds_config[key] = value
+    return ds_config
+
+
+class DeepSpeedStrategy(Strategy):
+    name = "deepspeed"
+
+    def __init__(self, config: RunConfig, dist_info: DistInfo, stage: int):
+        super().__init__(config, dist_info)
+        self.stage = stage
+        self.engines: dict[str, "deepspeed.DeepSpeedEngine"] = {}  # noqa: F821
+        self._boundary = True
+        self._loss_finite: dict[str, torch.Tensor] = {}
+
+    def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
+        for phase in phases:
+            if len(phase.trains) != 1:
+                raise UserError(f"dist.strategy=deepspeed: phase '{phase.name}' trains {len(phase.trains)} players; "
+                                "DeepSpeed needs one engine per optimizer step; use ddp or fsdp for this recipe")
+        trained = {name for phase in phases for name in phase.trains}
+        ds_config = build_deepspeed_config(self.config, self.stage)
+        for name, module in players.items():
+            module.to(self.device)
+            if name in trained:
+                optimizer = build_optimizer(self.config, name, module.parameters())
+                engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                               config=json.loads(json.dumps(ds_config)))
+                self.engines[name] = engine
+                self.wrapped[name] = engine
+                self.optimizers[name] = optimizer
+                module = engine.module
+            self.raw[name] = module
+
+    def sync_context(self, phase: Phase, sync: bool):
+        self._boundary = sync
+        for name in phase.trains:
+            self.engines[name].set_gradient_accumulation_boundary(sync)
+        return super().sync_context(phase, sync)
+
+    def backward(self, phase: Phase, loss: torch.Tensor) -> None:
+        (name,) = phase.trains
+        finite = torch.isfinite(loss.detach())
+        self._loss_finite[name] = finite if name not in self._loss_finite else self._loss_finite[name] & finite
+        self.engines[name].backward(loss)  # the engine divides by gradient_accumulation_steps
+        if not self._boundary:
+            self.engines[name].step()  # advances DeepSpeed's micro-step; no update before the boundary
+
+    def step(self, phase: Phase) -> StepResult:
+        (name,) = phase.trains
+        engine = self.engines[name]
+        engine.step()
+        norm = engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else 0.0
+        applied = bool(engine.was_step_applied()) and math.isfinite(norm)
+        applied = applied and bool(self._loss_finite.pop(name, torch.tensor(True)))
+        overflow = self.config.precision == "fp16" and not applied
+        return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
+
+    def model_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Full fp32-shaped weights; under ZeRO-3 gathered from the shards (a collective on every rank)."""
+        module = self.raw[name]
+        if self.stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+
+    def save(self, folder: Path, is_main: bool) -> None:
+        """Each engine into its own sub-folder (every rank writes its partition), plus full weights."""
+        for name, engine in self.engines.items():
+            engine.save_checkpoint(str(folder / "engines" / name), tag=ENGINE_TAG, save_latest=False)
+        for name in self.raw:
+            state = self.model_state(name)
+            if is_main:
+                save_tensors(folder / "players" / f"{name}.safetensors", state)
+
+    def load(self, folder: Path) -> None:
+        for name, engine in self.engines.items():
+            path, _ = engine.load_checkpoint(str(folder / "engines" / name), tag=ENGINE_TAG,
+                                             load_optimizer_states=True, load_lr_scheduler_states=True)
+            if path is None:
+                raise UserError(f"checkpoint {folder}: no DeepSpeed state for '{name}' (was it saved with "
+                                "another strategy? resume with that strategy)")
+
+    @property
+    def saves_on_every_rank(self) -> bool:
+        return True
