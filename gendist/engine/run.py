@@ -57,24 +57,21 @@ class Hooks:
         self.last_saved_step = trainer.step
 
     def samples(self, trainer: Trainer) -> None:
+        nets = trainer.sampling_nets()  # collective: every rank takes part, rank 0 draws
         if not trainer.dist.is_main:
             return
         info = self.spec.info
         with torch.no_grad():
-            samples = trainer.recipe.sample(trainer.sampling_nets(), SAMPLE_GRID_SIZE.get(info.kind, 64),
+            samples = trainer.recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
                                             torch.Generator().manual_seed(self.config.train.seed))
         path = save_samples(samples.cpu(), info, self.run_dir / "samples" / f"step_{trainer.step:08d}.png")
         self.tracker.log_image(trainer.step, "samples", path)
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        nets = trainer.sampling_nets()  # collective
         if trainer.dist.is_main:
-            nets = trainer.sampling_nets()
-            for module in nets.values():
-                module.eval()
             metrics = trainer.recipe.evaluate(nets, iterate_test(self.spec), self.config.train.seed)
-            for module in nets.values():
-                module.train()
             self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
             self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
             write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())

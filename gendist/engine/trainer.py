@@ -2,7 +2,6 @@
 (metrics, samples, checkpoints, evaluation, stop requests)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import random
 import signal
@@ -11,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from gendist.checkpoint import CheckpointWriter, load_tensors, load_torch, save_tensors, save_torch
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo, any_rank, reduce_mean
+from gendist.engine.ema import EMA
 from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
+from gendist.errors import UserError
 from gendist.recipes.base import Batch, Nets, Phase, Recipe
 
 
@@ -37,9 +37,12 @@ class Trainer:
         self.skipped_steps: dict[str, int] = defaultdict(int)
         self.noise = StepNoise(config.train.seed, dist_info.device, dist_info.rank, dist_info.world_size,
                                config.train.grad_accum)
-        self.ema: nn.Module | None = None
+        self.ema: EMA | None = None
         if config.train.ema_decay > 0:
-            self.ema = copy.deepcopy(strategy.raw[recipe.generator_name]).requires_grad_(False).eval()
+            if getattr(strategy, "stage", 0) == 3:
+                raise UserError("train.ema_decay is not supported with DeepSpeed ZeRO-3 yet; "
+                                "use dist.zero_stage=2 or dist.strategy=fsdp (sharded EMA)")
+            self.ema = EMA(strategy.raw[recipe.generator_name], config.train.ema_decay)
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_counts: dict[str, int] = defaultdict(int)
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
@@ -97,11 +100,8 @@ class Trainer:
             raise TrainingDiverged(f"{self.bad_steps_in_a_row} non-finite steps in a row (last in phase "
                                    f"'{phase.name}', step {self.step}); raise train.max_bad_steps or lower optim.lr")
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        decay = self.config.train.ema_decay
-        source = list(self.strategy.raw[self.recipe.generator_name].parameters())
-        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in source], 1.0 - decay)
+        self.ema.update(self.strategy.raw[self.recipe.generator_name])
 
     def train_step(self) -> None:
         for index, phase in enumerate(self.phases):
@@ -155,8 +155,10 @@ class Trainer:
         writer = CheckpointWriter(root, self.step)
         folder = writer.begin()
         self.strategy.save(folder, self.dist.is_main)
-        if self.ema is not None and self.dist.is_main:
-            save_tensors(folder / "players" / "ema.safetensors", self.ema.state_dict())
+        if self.ema is not None:
+            ema_state = self.ema.full_state()  # collective under FSDP
+            if self.dist.is_main:
+                save_tensors(folder / "players" / "ema.safetensors", ema_state)
         rank_state = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
                       "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                       "numpy_rng_pos": int(np.random.get_state()[2]),
@@ -182,8 +184,10 @@ class Trainer:
         self.strategy.load(folder)
         if self.ema is not None:
             ema_path = folder / "players" / "ema.safetensors"
-            source = load_tensors(ema_path) if ema_path.is_file() else self.strategy.model_state(self.recipe.generator_name)
-            self.ema.load_state_dict(source)
+            if ema_path.is_file():
+                self.ema.load_full_state(load_tensors(ema_path))
+            else:  # EMA switched on for a run that had none: start the average at the current weights
+                self.ema = EMA(self.strategy.raw[self.recipe.generator_name], self.config.train.ema_decay)
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row = int(trainer_state.get("bad_steps_in_a_row", 0))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
@@ -199,9 +203,18 @@ class Trainer:
             print(f"gendist: WARNING: checkpoint was written by {trainer_state.get('world_size')} processes, "
                   f"this run has {self.dist.world_size}: data position and RNG restart", flush=True)
 
-    def sampling_nets(self) -> Nets:
-        """Raw players for sampling/evaluation, with the EMA generator when there is one."""
-        nets = Nets(self.strategy.raw)
-        if self.ema is not None:
-            nets[self.recipe.generator_name] = self.ema
-        return nets
+    def sampling_nets(self) -> Nets | None:
+        """Unsharded copies of the players on this rank's device, with the EMA generator weights when there
+        is an EMA. A collective (sharded strategies gather): every rank calls it, rank 0 uses it."""
+        states = {name: self.strategy.model_state(name) for name in self.strategy.raw}
+        ema_state = self.ema.full_state() if self.ema is not None else None
+        if not self.dist.is_main:  # gathered (full) states exist on rank 0 only
+            return None
+        with torch.random.fork_rng(devices=[]):  # building fresh players must not move the training RNG
+            players = self.recipe.build_players()
+        for name, module in players.items():
+            module.load_state_dict(states[name])
+            module.to(self.dist.device).requires_grad_(False).eval()
+        if ema_state is not None:
+            players[self.recipe.generator_name].load_state_dict(ema_state, strict=False)
+        return Nets(players)

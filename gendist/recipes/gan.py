@@ -78,7 +78,7 @@ class GANRecipe:
 
     def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(count, self.config.model.latent_dim, generator=generator)
-        return nets.generator(z)
+        return nets.generator(z.to(next(nets.generator.parameters()).device))
 
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)

@@ -65,7 +65,7 @@ def importance_weighted_log_likelihood(vae: VAE, x: torch.Tensor, samples: int,
     mean, log_var = vae.encode(x)
     log_weights = []
     for _ in range(samples):
-        z = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator)
+        z = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator).to(mean.device)
         log_weights.append(vae.log_likelihood(x, z) + log_standard_normal(z) - log_normal_diag(z, mean, log_var))
     return importance_weighted_bound(torch.stack(log_weights))  # (K, B) -> (B,)
 
@@ -93,7 +93,7 @@ class VAERecipe:
 
     def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(count, self.config.model.latent_dim, generator=generator)
-        return nets.vae.mean_sample(z)
+        return nets.vae.mean_sample(z.to(next(nets.vae.parameters()).device))
 
     @torch.no_grad()
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
@@ -102,8 +102,10 @@ class VAERecipe:
         elbo_sum = ll_sum = 0.0
         count = 0
         test_batches = list(test_data)
+        device = next(vae.parameters()).device
         for x in test_batches:
-            eps = torch.randn(x.shape[0], vae.latent_dim, generator=generator)
+            x = x.to(device)
+            eps = torch.randn(x.shape[0], vae.latent_dim, generator=generator).to(device)
             elbo_sum += vae(x, eps)["elbo"].sum().item()
             ll_sum += importance_weighted_log_likelihood(vae, x, self.config.model.iw_samples, generator).sum().item()
             count += x.shape[0]

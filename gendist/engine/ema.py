@@ -1,0 +1,42 @@
+"""Exponential moving average of a player's parameters (Polyak averaging of the generator).
+
+The average is kept in the player's own layout: under FSDP the copies are DTensor shards like the
+parameters themselves, so the EMA costs each rank only its shard. `full_state` gathers it (a collective).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+class EMA:
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        named = list(module.named_parameters())
+        self.names = [name for name, _ in named]
+        self.params = [param.detach().clone() for _, param in named]
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """ema <- decay * ema + (1 - decay) * param, on local shards."""
+        for average, param in zip(self.params, module.parameters()):
+            average.lerp_(param.detach().to(average.dtype), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Unsharded averages on CPU; every rank must call it (DTensor gathers)."""
+        return {name: _full(param).detach().float().cpu() for name, param in zip(self.names, self.params)}
+
+    @torch.no_grad()
+    def load_full_state(self, state: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.tensor import distribute_tensor
+
+        for name, param in zip(self.names, self.params):
+            value = state[name].to(device=param.device, dtype=param.dtype)
+            if hasattr(param, "device_mesh"):
+                value = distribute_tensor(value, param.device_mesh, param.placements)
+            param.copy_(value)
