@@ -17,7 +17,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env(cache: Path) -> dict[str, str]:
+def make_env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(GENDIST_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true", ACCELERATE_USE_CPU="true",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -43,3 +43,30 @@ def run(command: list[str], env: dict, timeout: float = 600, check: bool = True)
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    return tree
+
+
+def kill_tree(pid: int, signum: int) -> None:
+    """Signal a launcher and every worker it started (launchers put workers in their own process groups)."""
+    for member in process_tree(pid):
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            pass

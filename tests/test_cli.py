@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import gendist_command, read_metrics, run, test_env
+from helpers import gendist_command, read_metrics, run, make_env
 
 FAST = ["train.max_steps=60", "log.every=20", "ckpt.every=30", "log.sample_every=30", "log.wandb=false",
         "log.progress=false", "eval.num_samples=500"]
@@ -13,7 +13,7 @@ FAST = ["train.max_steps=60", "log.every=20", "ckpt.every=30", "log.sample_every
 @pytest.fixture(scope="module")
 def ring_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("ring")
-    env = test_env(base / "cache")
+    env = make_env(base / "cache")
     data = base / "ring"
     run(gendist_command("data", "prepare", "--source", "ring", "--out", str(data), "--shard-size", "20000"), env)
     run_dir = base / "run"
@@ -57,7 +57,7 @@ def test_eval_json_and_sample(ring_run, tmp_path):
 
 
 def test_vae_digits_trains_and_reports_elbo(tmp_path):
-    env = test_env(tmp_path / "cache")
+    env = make_env(tmp_path / "cache")
     run(gendist_command("train", "configs/vae_digits.yaml", f"run.dir={tmp_path / 'vae'}", *FAST), env)
     metrics = json.loads((tmp_path / "vae" / "eval.json").read_text())
     assert metrics["test_elbo"] < 0 and metrics["test_log_likelihood_iw64"] >= metrics["test_elbo"] - 1.0
@@ -75,7 +75,7 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path):
-    result = run(gendist_command(*args), test_env(tmp_path / "cache"), check=False)
+    result = run(gendist_command(*args), make_env(tmp_path / "cache"), check=False)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.stderr

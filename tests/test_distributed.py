@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, accelerate_command, free_port, gendist_command, read_metrics, run, test_env
+from helpers import ROOT, accelerate_command, free_port, gendist_command, kill_tree, make_env, read_metrics, run
 
 pytestmark = pytest.mark.slow
 QUIET = ["log.wandb=false", "log.progress=false", "log.sample_every=0", "eval.num_samples=500"]
@@ -18,7 +18,7 @@ def rank_digests(checkpoint):
 
 
 def test_ddp_two_processes_end_identical(tmp_path):
-    env = test_env(tmp_path / "cache")
+    env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "ddp"
     result = run(accelerate_command(free_port(), "train", "configs/gan_ring.yaml", f"run.dir={run_dir}",
                                     "train.max_steps=40", "train.batch_size=64", "log.every=10", "ckpt.every=20",
@@ -42,20 +42,19 @@ def wait_for_checkpoint(run_dir, process, timeout=120):
 
 @pytest.mark.parametrize("launcher", ["single", "ddp"])
 def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
-    env = test_env(tmp_path / "cache")
+    env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
     args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=1500", "ckpt.every=100",
             "log.every=50", *QUIET]
     command = gendist_command(*args) if launcher == "single" else accelerate_command(free_port(), *args)
     # Warm the data cache first so the kill lands in training, not in data preparation.
     run(gendist_command(*args[:3], "train.max_steps=1", f"run.dir={tmp_path / 'warm'}", *QUIET), env)
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
         saved = wait_for_checkpoint(run_dir, process)
     finally:
-        import os
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and its workers: nothing gets to clean up
+        kill_tree(process.pid, signal.SIGKILL)  # the launcher and its workers: nothing gets to clean up
         process.wait()
     saved_step = int((run_dir / "checkpoints" / "latest").read_text().split("_")[1])
     assert saved_step >= int(saved.split("_")[1]) and saved_step < 1500

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, accelerate_command, free_port, gendist_command, read_metrics, run, test_env
+from helpers import ROOT, accelerate_command, free_port, gendist_command, read_metrics, run, make_env
 
 pytestmark = pytest.mark.slow
 STEPS = 20
@@ -45,7 +45,7 @@ def references(tmp_path_factory, cache):
     for recipe, args in RECIPES.items():
         run_dir = tmp_path_factory.mktemp(f"ref-{recipe}")
         run(gendist_command("train", *args, f"run.dir={run_dir}", f"train.batch_size={2 * BATCH}", *COMMON),
-            test_env(cache))
+            make_env(cache))
         out[recipe] = final_players(run_dir)
     return out
 
@@ -56,7 +56,7 @@ def test_two_ranks_match_one_rank_with_double_batch(strategy, recipe, references
     run_dir = tmp_path / "run"
     result = run(accelerate_command(free_port(), "train", *RECIPES[recipe], f"run.dir={run_dir}",
                                     f"train.batch_size={BATCH}", *COMMON, config=LAUNCH_CONFIGS[strategy]),
-                 test_env(cache))
+                 make_env(cache))
     expected_name = "deepspeed" if strategy.startswith("zero") else strategy
     assert f"strategy {expected_name} on 2 process(es)" in result.stdout
     difference = relative_difference(references[recipe], final_players(run_dir))
@@ -70,7 +70,7 @@ def test_two_ranks_match_one_rank_with_double_batch(strategy, recipe, references
 def test_accumulation_matches_double_batch_and_syncs_once_per_step(references, cache, tmp_path):
     run_dir = tmp_path / "accum"
     run(accelerate_command(free_port(), "train", *RECIPES["gan"], f"run.dir={run_dir}",
-                           f"train.batch_size={BATCH // 2}", "train.grad_accum=2", *COMMON), test_env(cache))
+                           f"train.batch_size={BATCH // 2}", "train.grad_accum=2", *COMMON), make_env(cache))
     assert relative_difference(references["gan"], final_players(run_dir)) < 1e-5
     for line in read_metrics(run_dir):
         if "discriminator/loss" in line:

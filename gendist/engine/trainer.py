@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import signal
 from collections import defaultdict
@@ -20,6 +21,9 @@ from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
 from gendist.recipes.base import Batch, Nets, Phase, Recipe
+
+
+LAUNCHER_DIED = -1  # stop_signal value when the launcher process is gone
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +51,9 @@ class Trainer:
         self.pending_counts: dict[str, int] = defaultdict(int)
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
         self.stop_signal: int | None = None
+        # Launched workers (accelerate/torchrun) watch their launcher: if it dies they checkpoint and exit
+        # instead of running on as orphans.
+        self.launcher_pid = os.getppid() if "LOCAL_RANK" in os.environ else None
         self._data_iter = None
 
     # -- one step ----------------------------------------------------------------------------------------
@@ -120,6 +127,8 @@ class Trainer:
                 self.train_step()
                 progress.update(1)
                 hooks.after_step(self, progress)
+                if self.launcher_pid is not None and os.getppid() != self.launcher_pid:
+                    self.stop_signal = self.stop_signal or LAUNCHER_DIED
                 if any_rank(self.stop_signal is not None):
                     hooks.on_stop(self)
                     return "stopped"
