@@ -26,7 +26,7 @@ class VAE(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.likelihood = latent_dim, likelihood
         # Gaussian decoder: one learned log-variance shared by all pixels/coordinates.
-        self.log_var_x = nn.Parameter(torch.zeros(())) if likelihood == "gaussian" else None
+        self.log_var_x = nn.Parameter(torch.zeros(1)) if likelihood == "gaussian" else None  # 1-D: FSDP shards no scalars
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_var = self.encoder(x).chunk(2, dim=-1)  # (B, Z) each
