@@ -65,9 +65,14 @@ def command_prepare(args: argparse.Namespace) -> int:
 
 def command_train(args: argparse.Namespace) -> int:
     from gendist.config import load_config
+    from gendist.distributed import shutdown
     from gendist.engine.run import train
 
-    return train(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    try:
+        return train(config)
+    finally:
+        shutdown()  # leave the process group cleanly: no half-closed gloo pairs at exit
 
 
 def command_sample(args: argparse.Namespace) -> int:

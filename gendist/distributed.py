@@ -16,6 +16,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    launched: bool = False  # started by a launcher (accelerate launch, torchrun, srun)
 
     @property
     def is_main(self) -> bool:
@@ -44,9 +45,9 @@ def init_distributed(timeout_s: int) -> DistInfo:
 
         # PartialState reads ACCELERATE_USE_CPU only through its `cpu` argument (the Accelerator passes it).
         state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(seconds=timeout_s))
-        _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, state.device)
+        _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, state.device, True)
     else:
-        _INFO = DistInfo(0, 1, 0, torch.device("cpu") if use_cpu else torch.device("cuda", 0))
+        _INFO = DistInfo(0, 1, 0, torch.device("cpu") if use_cpu else torch.device("cuda", 0), "LOCAL_RANK" in os.environ)
     return _INFO
 
 

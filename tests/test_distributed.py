@@ -40,13 +40,15 @@ def wait_for_checkpoint(run_dir, process, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.parametrize("launcher", ["single", "ddp"])
+@pytest.mark.parametrize("launcher", ["single", "ddp", "zero2"])
 def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
     args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=1500", "ckpt.every=100",
             "log.every=50", *QUIET]
-    command = gendist_command(*args) if launcher == "single" else accelerate_command(free_port(), *args)
+    configs = {"ddp": "launch/cpu-ddp.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml"}
+    command = gendist_command(*args) if launcher == "single" else accelerate_command(
+        free_port(), *args, config=configs[launcher])
     # Warm the data cache first so the kill lands in training, not in data preparation.
     run(gendist_command(*args[:3], "train.max_steps=1", f"run.dir={tmp_path / 'warm'}", *QUIET), env)
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -62,3 +64,21 @@ def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{saved_step:08d}'} (step {saved_step})" in result.stdout
     steps = [m["step"] for m in read_metrics(run_dir) if "generator/loss" in m]
     assert steps == list(range(50, 1501, 50))  # each step logged once, none lost, none duplicated
+
+
+def test_two_machines_on_loopback_end_identical(tmp_path):
+    """2 "machines" x 1 process: two accelerate launchers with --machine_rank 0 and 1 on 127.0.0.1."""
+    env = make_env(tmp_path / "cache")
+    run_dir = tmp_path / "multinode"
+    port = free_port()
+    args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=30", "log.every=10",
+            "ckpt.every=0", *QUIET]
+    machines = [subprocess.Popen(accelerate_command(port, *args, config="launch/cpu-ddp-2machines.yaml",
+                                                    extra=("--machine_rank", str(rank))),
+                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for rank in (0, 1)]
+    outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "strategy ddp on 2 process(es)" in outputs[0]
+    digests = rank_digests(run_dir / "checkpoints" / "step_00000030")
+    assert len(digests) == 2 and len(set(digests.values())) == 1

@@ -53,7 +53,7 @@ class Trainer:
         self.stop_signal: int | None = None
         # Launched workers (accelerate/torchrun) watch their launcher: if it dies they checkpoint and exit
         # instead of running on as orphans.
-        self.launcher_pid = os.getppid() if "LOCAL_RANK" in os.environ else None
+        self.launcher_pid = os.getppid() if dist_info.launched else None
         self._data_iter = None
 
     # -- one step ----------------------------------------------------------------------------------------
@@ -149,6 +149,7 @@ class Trainer:
                             for name, steps in self.optimizer_steps.items()})
             syncs.clear()
         self.optimizer_steps.clear()
+        reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
         return reduced
 
     def install_signal_handlers(self, signals: list[int]) -> None:
@@ -182,11 +183,9 @@ class Trainer:
         """sha256 of this rank's local parameters: equal on every rank for replicated strategies (checked by
         tests and useful when debugging desynchronized replicas)."""
         digest = hashlib.sha256()
-        for name in sorted(self.strategy.raw):
-            for key, value in sorted(self.strategy.raw[name].state_dict().items()):
-                local = value.to_local() if hasattr(value, "to_local") else value
-                digest.update(key.encode())
-                digest.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+        for key, local in self.strategy.local_parameters():
+            digest.update(key.encode())
+            digest.update(local.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     def load(self, folder: Path, trainer_state: dict) -> None:

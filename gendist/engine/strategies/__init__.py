@@ -46,6 +46,9 @@ def init_single_process_group(dist_info: DistInfo) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     backend = "nccl" if dist_info.device.type == "cuda" else "gloo"
+    # DeepSpeed insists on the launcher variables even for one process.
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
     torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 

@@ -153,3 +153,28 @@ class Strategy:
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
+
+    def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, the part of the parameter this rank holds): whole for replicated strategies, the local
+        shard of a DTensor under FSDP."""
+        return [(f"{player}.{key}", value.to_local() if hasattr(value, "to_local") else value)
+                for player in sorted(self.raw) for key, value in self.raw[player].named_parameters()]
+
+    def local_state_bytes(self) -> int:
+        """Bytes of parameters and optimizer state this rank holds (each storage counted once)."""
+        tensors = [p for module in self.raw.values() for p in module.parameters()]
+        tensors += [v for optimizer in self.optimizers.values() for state in optimizer.state.values()
+                    for v in state.values() if isinstance(v, torch.Tensor)]
+        return unique_bytes(tensors)
+
+
+def unique_bytes(tensors) -> int:
+    """Total bytes of distinct storages among `tensors`; DTensors count their local shard only."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if local.numel() == 0:
+            continue
+        storage = local.untyped_storage()
+        seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(seen.values())

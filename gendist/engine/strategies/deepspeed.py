@@ -21,7 +21,7 @@ from torch import nn
 from gendist.checkpoint import save_tensors
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
-from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer
+from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer, unique_bytes
 from gendist.errors import UserError
 from gendist.recipes.base import Phase
 
@@ -33,7 +33,9 @@ def build_deepspeed_config(config: RunConfig, stage: int) -> dict:
     ds_config = {
         "train_micro_batch_size_per_gpu": config.train.batch_size,
         "gradient_accumulation_steps": config.train.grad_accum,
-        "zero_optimization": {"stage": stage},
+        # Persistence threshold 0: ZeRO-3 partitions every parameter (by default parameters under 1e5
+        # elements stay whole on every rank, which for GAN-sized layers means no sharding at all).
+        "zero_optimization": {"stage": stage, **({"stage3_param_persistence_threshold": 0} if stage == 3 else {})},
         "zero_allow_untested_optimizer": True,  # the client optimizer is torch's Adam/AdamW/SGD
         "gradient_clipping": config.optim.grad_clip,
         "fp16": {"enabled": config.precision == "fp16", "initial_scale_power": 16, "loss_scale_window": 500},
@@ -138,6 +140,20 @@ class DeepSpeedStrategy(Strategy):
                 raise UserError(f"checkpoint {folder}: no DeepSpeed state for '{name}' (was it saved with "
                                 "another strategy? resume with that strategy)")
 
-    @property
-    def saves_on_every_rank(self) -> bool:
-        return True
+    def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """ZeRO-3: the rank's partition (`ds_tensor`); stages 1-2: the whole parameter."""
+        return [(f"{player}.{key}", getattr(value, "ds_tensor", value))
+                for player in sorted(self.raw) for key, value in self.raw[player].named_parameters()]
+
+    def local_state_bytes(self) -> int:
+        """Parameters (the ZeRO-3 partition `ds_tensor` when partitioned), fp32 master partitions and the
+        inner optimizer's state held by this rank."""
+        params = [p for module in self.raw.values() for p in module.parameters()]
+        tensors = params + [p.ds_tensor for p in params if hasattr(p, "ds_tensor")]  # gathered (if any) + partition
+        for engine in self.engines.values():
+            zero = engine.optimizer
+            for attribute in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+                tensors += list(getattr(zero, attribute, []) or [])
+            inner = getattr(zero, "optimizer", zero)
+            tensors += [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+        return unique_bytes(tensors)

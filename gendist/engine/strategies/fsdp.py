@@ -90,19 +90,3 @@ class FSDPStrategy(Strategy):
             set_optimizer_state_dict(self.raw[name], optimizer, state["optimizers"][name], options=options)
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
-
-    def local_bytes(self) -> int:
-        """Bytes of parameters and optimizer state held by this rank (DTensor shards count locally)."""
-        return local_state_bytes(self.raw.values(), self.optimizers.values())
-
-
-def local_state_bytes(modules, optimizers) -> int:
-    def size(tensor: torch.Tensor) -> int:
-        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-        return local.numel() * local.element_size()
-
-    total = sum(size(p) for module in modules for p in module.parameters())
-    for optimizer in optimizers:
-        for state in optimizer.state.values():
-            total += sum(size(v) for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
-    return total
