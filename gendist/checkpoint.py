@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,14 @@ from gendist.distributed import barrier, is_main
 MANIFEST = "manifest.json"
 LATEST = "latest"
 CHUNK = 1 << 20
+
+
+def fault_point(name: str, step: int) -> None:
+    """Fault injection for tests: GENDIST_FAULT_SAVE=<name>@<step> kills this process (SIGKILL) at that
+    point of the save of <step>, as a node failure would. Points, in order: files_written, manifest_written,
+    renamed (the folder is complete but `latest` has not moved yet)."""
+    if os.environ.get("GENDIST_FAULT_SAVE") == f"{name}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_dir_name(step: int) -> str:
@@ -103,15 +112,18 @@ class CheckpointWriter:
         """Manifest, rename, move `latest`, then retention. Every rank must call it."""
         barrier()  # every rank's files are written and fsynced
         if is_main():
-            (self.folder / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+            write_bytes_atomic(self.folder / "trainer.json", json.dumps(trainer_state, indent=1).encode())
+            fault_point("files_written", self.step)
             files = {str(p.relative_to(self.folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                      for p in sorted(self.folder.rglob("*")) if p.is_file()}
             manifest = {"step": self.step, "files": files}
             write_bytes_atomic(self.folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+            fault_point("manifest_written", self.step)
             if self.final.exists():  # an older save of the same step (rerun after a crash)
                 shutil.rmtree(self.final)
             os.replace(self.folder, self.final)
             fsync_path(self.root)
+            fault_point("renamed", self.step)
             write_bytes_atomic(self.root / LATEST, self.final.name.encode())
             apply_retention(self.root, keep)
         barrier()

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"gendist: error: {error}", file=sys.stderr, flush=True)
+        message = " ".join(str(error).split())  # one line, whatever a library put in its message
+        print(f"gendist: error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("gendist: interrupted", file=sys.stderr)

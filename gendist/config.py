@@ -67,6 +67,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.0  # generator EMA; 0 disables
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: NaN loss in these steps' first phase
 
 
 @dataclass
@@ -80,6 +81,7 @@ class DistConfig:
 class CheckpointConfig:
     every: int = 500  # steps between checkpoints; 0 saves only at the end
     keep: int = 3  # checkpoints kept; older ones are deleted after a successful save
+    requeue: bool = True  # on SLURM, rank 0 requeues the job once after a preemption checkpoint
 
 
 @dataclass
@@ -89,6 +91,7 @@ class LogConfig:
     wandb: bool = True  # W&B (offline unless WANDB_API_KEY is set)
     wandb_project: str = "gendist"
     progress: bool = True  # progress bar on rank 0
+    data_keys: bool = False  # write the sample ids each rank consumed to RUN/data_keys/rank_N.jsonl (audits resume)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from gendist.config import RunConfig, to_dict
 from gendist.recipes.base import DataInfo
 
 
-def truncate_metrics(path: Path, after_step: int) -> None:
+def truncate_jsonl(path: Path, after_step: int) -> None:
     """Drop lines logged after `after_step` (by a run that died before its next checkpoint); they are
-    re-logged by the resumed run, so the file holds each step once."""
+    re-logged by the resumed run, so the file holds each step once. A torn last line is dropped too."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= after_step]
@@ -45,7 +46,7 @@ class Tracker:
         self.wandb_id = wandb_id
         if not enabled:
             return
-        truncate_metrics(self.metrics_path, resume_step)
+        truncate_jsonl(self.metrics_path, resume_step)
         self.metrics_file = open(self.metrics_path, "a", buffering=1)
         if config.log.wandb:
             self._start_wandb(config, wandb_id)
@@ -54,7 +55,8 @@ class Tracker:
         import wandb
 
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        self.wandb_id = wandb_id or wandb.util.generate_id()
+        # Our own id (kept in checkpoints) so a resumed run appends to the same W&B run.
+        self.wandb_id = wandb_id or secrets.token_hex(4)
         self.wandb_run = wandb.init(project=config.log.wandb_project, name=config.run.name or self.run_dir.name,
                                     id=self.wandb_id, resume="allow", dir=str(self.run_dir), mode=mode,
                                     config=to_dict(config), settings=wandb.Settings(console="off", silent=True))

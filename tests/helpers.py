@@ -70,3 +70,29 @@ def kill_tree(pid: int, signum: int) -> None:
             os.kill(member, signum)
         except ProcessLookupError:
             pass
+
+
+def read_wandb_records(path: Path) -> list:
+    """Records of an offline W&B run file. wandb >= 0.2x ships no Python reader for its (LevelDB-log style)
+    format, so this small one follows it: 7-byte header, 32 KiB blocks, each record chunk = crc32 (4),
+    length (2, little endian), type (1: full, 2: first, 3: middle, 4: last), payload."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, offset, block = [], b"", 7, 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # block trailer too small for a chunk header: skip to next block
+            offset += block - offset % block
+            continue
+        length = int.from_bytes(data[offset + 4:offset + 6], "little")
+        kind = data[offset + 6]
+        payload = data[offset + 7:offset + 7 + length]
+        offset += 7 + length
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from gendist.config import RunConfig, dump_config
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
 from gendist.engine.strategies import build_strategy
-from gendist.engine.trainer import Trainer, TrainingDiverged
+from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
 from gendist.recipes import build_recipe
 from gendist.tracking import Tracker, save_samples
 
@@ -47,8 +49,11 @@ class Hooks:
             self.evaluate(trainer)
 
     def on_stop(self, trainer: Trainer) -> None:
-        print0(f"gendist: stop requested (signal {trainer.stop_signal}): checkpointing step {trainer.step}")
+        reason = "launcher died" if trainer.stop_signal == LAUNCHER_DIED else f"signal {trainer.stop_signal}"
+        print0(f"gendist: stop requested ({reason}): checkpointing step {trainer.step}")
         self.save(trainer)
+        if trainer.dist.is_main and self.config.ckpt.requeue:
+            requeue_slurm_job_once()
 
     def save(self, trainer: Trainer) -> None:
         if self.last_saved_step == trainer.step:
@@ -77,6 +82,20 @@ class Hooks:
             write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())
         barrier()
         return metrics
+
+
+def requeue_slurm_job_once() -> None:
+    """Inside a SLURM job, put it back in the queue (once: SLURM_RESTART_COUNT counts earlier requeues).
+    The requeued job runs the same command, which resumes from the checkpoint just written."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) >= 1:
+        print0(f"gendist: job {job} was already requeued once; not requeueing again")
+        return
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    status = "requeued" if result.returncode == 0 else f"could not be requeued ({result.stderr.strip()})"
+    print0(f"gendist: SLURM job {job} {status}")
 
 
 def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
@@ -108,6 +127,8 @@ def train(config: RunConfig) -> int:
         wandb_id = state.get("wandb_id")
         print0(f"gendist: resumed from {folder} (step {trainer.step})")
     tracker = Tracker(config, run_dir, dist_info.is_main, wandb_id, trainer.step)
+    if config.log.data_keys:
+        trainer.open_data_keys()
     hooks = Hooks(config, tracker, spec, run_dir)
     trainer.install_signal_handlers(PREEMPTION_SIGNALS)
     print0(f"gendist: training {config.model.recipe} with strategy {trainer.strategy.name} on "

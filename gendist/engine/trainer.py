@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
 from gendist.recipes.base import Batch, Nets, Phase, Recipe
+from gendist.tracking import truncate_jsonl
 
 
 LAUNCHER_DIED = -1  # stop_signal value when the launcher process is gone
@@ -51,6 +53,8 @@ class Trainer:
         self.pending_counts: dict[str, int] = defaultdict(int)
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
         self.stop_signal: int | None = None
+        self.nan_steps = set(config.train.inject_nan_steps)
+        self.keys_file = None  # opened by `open_data_keys` when log.data_keys is on
         # Launched workers (accelerate/torchrun) watch their launcher: if it dies they checkpoint and exit
         # instead of running on as orphans.
         self.launcher_pid = os.getppid() if dist_info.launched else None
@@ -64,6 +68,9 @@ class Trainer:
         if self._data_iter is None:
             self._data_iter = iter(self.loader)
         data = next(self._data_iter)
+        if self.keys_file is not None and "idx" in data:
+            self.keys_file.write(json.dumps({"step": self.step, "phase": phase.name, "repeat": repeat,
+                                             "micro": micro, "idx": data["idx"].tolist()}) + "\n")
         device = self.dist.device
         x = data["x"].to(device, non_blocking=True)
         y = data["y"].to(device, non_blocking=True) if "y" in data else None
@@ -79,6 +86,8 @@ class Trainer:
                 with self.strategy.sync_context(phase, sync=micro == accum - 1):
                     with self.strategy.autocast():
                         outputs = phase.loss(nets, batch, self.step)
+                    if phase_index == 0 and repeat == 0 and self.step in self.nan_steps:
+                        outputs = {**outputs, "loss": outputs["loss"] * float("nan")}  # fault injection
                     self.strategy.backward(phase, outputs["loss"])
                 self.accumulate(phase, outputs)  # tensors only: no host sync inside micro-steps
             self.after_step(phase, self.strategy.step(phase))
@@ -152,6 +161,13 @@ class Trainer:
         reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
         return reduced
 
+    def open_data_keys(self) -> None:
+        """Per-rank record of consumed sample ids; lines from steps after the resumed checkpoint are dropped."""
+        path = self.run_dir / "data_keys" / f"rank_{self.dist.rank:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(path, after_step=self.step - 1)
+        self.keys_file = open(path, "a")
+
     def install_signal_handlers(self, signals: list[int]) -> None:
         """Turn a preemption signal into a stop request handled at the next step boundary."""
         def request_stop(signum, frame):
@@ -162,6 +178,8 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------------
     def save(self, root: Path, extra_state: dict) -> Path:
+        if self.keys_file is not None:
+            self.keys_file.flush()
         writer = CheckpointWriter(root, self.step)
         folder = writer.begin()
         self.strategy.save(folder, self.dist.is_main)
