@@ -39,7 +39,7 @@ class Trainer:
         self.loader, self.dist, self.run_dir = loader, dist_info, run_dir
         self.phases: list[Phase] = recipe.phases()
         self.step = 0
-        self.bad_steps_in_a_row = 0
+        self.bad_steps_in_a_row: dict[str, int] = defaultdict(int)  # per phase: other phases may be fine
         self.skipped_steps: dict[str, int] = defaultdict(int)
         self.noise = StepNoise(config.train.seed, dist_info.device, dist_info.rank, dist_info.world_size,
                                config.train.grad_accum)
@@ -103,7 +103,7 @@ class Trainer:
         for name in phase.trains:
             self.optimizer_steps[name] += 1
         if result.applied:
-            self.bad_steps_in_a_row = 0
+            self.bad_steps_in_a_row[phase.name] = 0
             if self.ema is not None and self.recipe.generator_name in phase.trains:
                 self.update_ema()
             return
@@ -111,9 +111,9 @@ class Trainer:
         self.skipped_steps[f"{phase.name}/{kind}"] += 1
         if result.overflow:  # fp16 overflow is routine: the scaler lowers its scale
             return
-        self.bad_steps_in_a_row += 1
-        if self.bad_steps_in_a_row > self.config.train.max_bad_steps:
-            raise TrainingDiverged(f"{self.bad_steps_in_a_row} non-finite steps in a row (last in phase "
+        self.bad_steps_in_a_row[phase.name] += 1
+        if self.bad_steps_in_a_row[phase.name] > self.config.train.max_bad_steps:
+            raise TrainingDiverged(f"{self.bad_steps_in_a_row[phase.name]} non-finite steps in a row (phase "
                                    f"'{phase.name}', step {self.step}); raise train.max_bad_steps or lower optim.lr")
 
     def update_ema(self) -> None:
@@ -192,7 +192,7 @@ class Trainer:
                       "numpy_rng_pos": int(np.random.get_state()[2]),
                       "loader": self.loader.state_dict(), "param_digest": self.param_digest()}
         save_torch(folder / f"rank_{self.dist.rank:05d}.pt", rank_state)
-        state = {"step": self.step, "bad_steps_in_a_row": self.bad_steps_in_a_row,
+        state = {"step": self.step, "bad_steps_in_a_row": dict(self.bad_steps_in_a_row),
                  "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
                  "strategy": self.strategy.name, **extra_state}
         return writer.commit(state, self.config.ckpt.keep)
@@ -215,7 +215,7 @@ class Trainer:
             else:  # EMA switched on for a run that had none: start the average at the current weights
                 self.ema = EMA(self.strategy.raw[self.recipe.generator_name], self.config.train.ema_decay)
         self.step = int(trainer_state["step"])
-        self.bad_steps_in_a_row = int(trainer_state.get("bad_steps_in_a_row", 0))
+        self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
         rank_file = folder / f"rank_{self.dist.rank:05d}.pt"
         if trainer_state.get("world_size") == self.dist.world_size and rank_file.is_file():
