@@ -126,7 +126,8 @@ def _image_grid(images: torch.Tensor, path: Path) -> None:
     columns = int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / columns))
     pad = torch.zeros(rows * columns - count, *images.shape[1:])
-    grid = rearrange(torch.cat([images, pad]).clamp(0, 1), "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
+    cells = torch.nn.functional.pad(torch.cat([images, pad]).clamp(0, 1), (1, 1, 1, 1), value=0.5)  # 1-px frame
+    grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
     pixels = (grid.numpy() * 255).round().astype(np.uint8)
     scale = max(1, 256 // max(pixels.shape[:2]))  # small images (8x8 digits) are enlarged to be seen
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
