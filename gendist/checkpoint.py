@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gendist.distributed import barrier, is_main
+from gendist.fsutil import fsync_path, write_bytes_atomic
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -41,24 +42,6 @@ def fault_point(name: str, step: int) -> None:
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def sha256_file(path: Path) -> str:

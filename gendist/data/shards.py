@@ -20,6 +20,7 @@ import webdataset as wds
 from gendist.data.manifest import MANIFEST_FORMAT
 from gendist.data.sources import SourceData, load_source
 from gendist.errors import UserError
+from gendist.fsutil import fsync_path, write_bytes_atomic
 
 SPLITS = ("train", "test")
 
@@ -39,15 +40,6 @@ class HashingFile:
 
     def flush(self) -> None:
         self.file.flush()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (the rename lives in the directory's own data)."""
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 class ShardWriter:
@@ -79,7 +71,7 @@ class ShardWriter:
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.temp_path, self.path)
-        fsync_directory(self.path.parent)
+        fsync_path(self.path.parent)
         return {"name": self.path.name, "num_samples": self.num_samples, "num_blocks": self.num_blocks,
                 "bytes": self.hashing.bytes, "sha256": self.hashing.sha256.hexdigest()}
 
@@ -151,14 +143,7 @@ def write_split(data: SourceData, rows: np.ndarray, split: str, out_dir: Path, s
 
 
 def write_json_atomic(path: Path, content: dict) -> None:
-    """tmp + fsync + os.replace + directory fsync: readers see the old file or the new one, never half."""
-    temp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w") as file:
-        json.dump(content, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    fsync_directory(path.parent)
+    write_bytes_atomic(path, json.dumps(content, indent=1).encode())
 
 
 def remove_stale_files(out_dir: Path, manifest: dict) -> None:

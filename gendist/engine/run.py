@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from gendist.checkpoint import find_resumable, read_trainer_state, write_bytes_atomic
+from gendist.checkpoint import find_resumable, read_trainer_state
 from gendist.config import RunConfig, dump_config
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
 from gendist.engine.strategies import build_strategy
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
+from gendist.fsutil import write_bytes_atomic
 from gendist.recipes import build_recipe
 from gendist.tracking import Tracker, save_samples
 
