@@ -64,10 +64,14 @@ def test_kill_during_checkpoint_write_resumes_from_previous_good(point, tmp_path
 
 
 @pytest.mark.slow
-def test_injected_nan_steps_are_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("launcher", ["single", "zero2"])
+def test_injected_nan_steps_are_skipped_and_counted(launcher, tmp_path):
     run_dir = tmp_path / "run"
-    run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
-                        "train.inject_nan_steps=[5, 6, 7]", "log.every=10", *QUIET), make_env(tmp_path / "cache"))
+    args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
+            "train.inject_nan_steps=[5, 6, 7]", "log.every=10", *QUIET]
+    command = gendist_command(*args) if launcher == "single" else accelerate_command(
+        free_port(), *args, config="launch/cpu-deepspeed-zero2.yaml")
+    run(command, make_env(tmp_path / "cache"))
     last = [m for m in read_metrics(run_dir) if "discriminator/loss" in m][-1]
     assert last["skipped/discriminator/nonfinite"] == 3.0
     assert isinstance(last["discriminator/loss"], float) and last["step"] == 40

@@ -24,7 +24,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepResult:
-    """What one optimizer step of a phase did. `grad_norm` is a tensor: reading it is the caller's sync."""
+    """What one optimizer step of a phase did (its gradient norm after synchronization)."""
 
     applied: bool
     overflow: bool

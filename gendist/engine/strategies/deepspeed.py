@@ -11,7 +11,6 @@ with the trainer's accumulation loop.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -106,10 +105,13 @@ class DeepSpeedStrategy(Strategy):
         (name,) = phase.trains
         engine = self.engines[name]
         engine.step()
-        norm = engine.get_global_grad_norm()
+        norm = engine.get_global_grad_norm()  # may be the previous step's value when DeepSpeed skipped the norm
         norm = float(norm) if norm is not None else 0.0
-        applied = bool(engine.was_step_applied()) and math.isfinite(norm)
-        applied = applied and bool(self._loss_finite.pop(name, torch.tensor(True)))
+        loss_finite = bool(self._loss_finite.pop(name, torch.tensor(True)))
+        # DeepSpeed skips a step whose gradients hold inf/NaN itself (checked: losses after injected NaN steps
+        # match DDP's exactly). Its was_step_applied() flag can lag one step behind in fp32/bf16, so there we
+        # count from the loss; in fp16 the flag is the loss scaler's overflow verdict for this very step.
+        applied = bool(engine.was_step_applied()) if self.config.precision == "fp16" else loss_finite
         overflow = self.config.precision == "fp16" and not applied
         return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
 
