@@ -43,7 +43,10 @@ class ModelConfig:
     latent_dim: int = 2  # size of z
     hidden: int = 128  # MLP width, or base channels of conv nets
     depth: int = 3  # hidden layers of each MLP
-    gan_loss: Literal["nonsaturating", "minimax"] = "nonsaturating"  # generator objective
+    gan_loss: Literal["nonsaturating", "minimax", "fgan"] = "nonsaturating"  # GAN objective (fgan: model.divergence)
+    divergence: str = "jensen_shannon"  # f-GAN divergence (Nowozin et al. 2016, gendist/divergences.py)
+    alpha: float = 1.5  # the α of divergence=alpha
+    fgan_generator: Literal["nonsaturating", "saturating"] = "nonsaturating"  # f-GAN generator objective
     n_critic: int = 1  # discriminator steps per generator step
     decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # VAE likelihood p(x|z)
     iw_samples: int = 64  # importance samples for the VAE's test log-likelihood estimate

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gendist.config import RunConfig
+from gendist.divergences import (critic_objective, generator_objective, generator_objective_nonsaturating,
+                                 get_divergence)
 from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvDecoder, ConvEncoder
 from gendist.recipes.base import Batch, DataInfo, Nets, Phase
@@ -49,6 +51,21 @@ def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, kind
     return {"loss": loss}
 
 
+def fgan_critic_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, divergence) -> dict[str, torch.Tensor]:
+    """The critic maximizes the variational bound E_P[g_f(V(x))] - E_Q[f*(g_f(V(G(z))))] (Nowozin et al. 2016)."""
+    fake = nets.generator(batch.randn(latent_dim)).detach()
+    bound = critic_objective(divergence, nets.discriminator(batch.x), nets.discriminator(fake))
+    return {"loss": -bound, "divergence_bound": bound.detach()}
+
+
+def fgan_generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, divergence,
+                        saturating: bool) -> dict[str, torch.Tensor]:
+    fake_scores = nets.discriminator(nets.generator(batch.randn(latent_dim)))
+    if saturating:  # minimize the bound itself
+        return {"loss": generator_objective(divergence, fake_scores)}
+    return {"loss": generator_objective_nonsaturating(divergence, fake_scores)}
+
+
 class GANRecipe:
     generator_name = "generator"
 
@@ -69,8 +86,14 @@ class GANRecipe:
 
     def phases(self) -> list[Phase]:
         model = self.config.model
-        d_loss = partial(discriminator_loss, latent_dim=model.latent_dim)
-        g_loss = partial(generator_loss, latent_dim=model.latent_dim, kind=model.gan_loss)
+        if model.gan_loss == "fgan":
+            divergence = get_divergence(model.divergence, model.alpha)
+            d_loss = partial(fgan_critic_loss, latent_dim=model.latent_dim, divergence=divergence)
+            g_loss = partial(fgan_generator_loss, latent_dim=model.latent_dim, divergence=divergence,
+                             saturating=model.fgan_generator == "saturating")
+        else:
+            d_loss = partial(discriminator_loss, latent_dim=model.latent_dim)
+            g_loss = partial(generator_loss, latent_dim=model.latent_dim, kind=model.gan_loss)
         return [
             Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic),
             Phase("generator", ("generator",), g_loss, uses_data=False),
