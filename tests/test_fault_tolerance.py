@@ -109,10 +109,11 @@ def kill_at_step(command, env, run_dir, target_step):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher, tolerance", [("single", 0.0), ("ddp", 1e-6), ("zero2", 1e-6)])
+@pytest.mark.parametrize("launcher, tolerance", [("single", 0.0), ("ddp", 1e-6), ("zero2", 1e-6), ("zero3", 1e-6)])
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(launcher, tolerance, tmp_path):
     env = make_env(tmp_path / "cache")
-    configs = {"ddp": "launch/cpu-ddp.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml"}
+    configs = {"ddp": "launch/cpu-ddp.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml",
+               "zero3": "launch/cpu-deepspeed-zero3.yaml"}
 
     def command(run_dir):
         args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=500", "ckpt.every=40",

@@ -55,6 +55,24 @@ def build_deepspeed_config(config: RunConfig, stage: int) -> dict:
     return ds_config
 
 
+def share_zero3_master_partition(zero_optimizer) -> None:
+    """Let ZeRO-3's fp32 master partition share storage with the parameter partition when both are fp32.
+
+    DeepSpeed means to do exactly this (stage3.py: "we don't need another copy of the weights") but tests
+    `tensor.device == self.device` with `self.device` a string, which is never equal, so in fp32 training
+    every rank keeps two identical copies of its partition (2 extra bytes per parameter per rank of a
+    2-rank job: 0.67x instead of 0.5x DDP's state). Same dtype, shape and device: pointing the master's
+    storage at the partition keeps every reference DeepSpeed holds, and its copy back after each step
+    becomes a copy onto itself.
+    """
+    masters = getattr(zero_optimizer, "fp32_partitioned_groups_flat", [])
+    partitions = getattr(zero_optimizer, "fp16_partitioned_groups_flat", [])
+    for master, partition in zip(masters, partitions):
+        if (partition is not None and master.dtype == partition.dtype and master.shape == partition.shape
+                and master.device == partition.device and master.data_ptr() != partition.data_ptr()):
+            master.data = partition.data
+
+
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
@@ -81,6 +99,8 @@ class DeepSpeedStrategy(Strategy):
                 optimizer = build_optimizer(self.config, name, module.parameters())
                 engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                                config=json.loads(json.dumps(ds_config)))
+                if self.stage == 3:
+                    share_zero3_master_partition(engine.optimizer)
                 self.engines[name] = engine
                 self.wrapped[name] = engine
                 self.optimizers[name] = optimizer
