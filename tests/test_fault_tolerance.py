@@ -141,12 +141,22 @@ def wait_for_step(run_dir, process, step, timeout=120, poll=0.05):
     deadline = time.time() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline:
-        lines = metrics.read_text().splitlines() if metrics.is_file() else []
-        if lines and json.loads(lines[-1]).get("step", 0) >= step:
+        if last_logged_step(metrics) >= step:
             return
         assert process.poll() is None, "the run ended early"
         time.sleep(poll)
     raise AssertionError(f"step {step} not reached")
+
+
+def last_logged_step(metrics: Path) -> int:
+    """Step of the newest complete line; the line being written may be torn, so it is skipped."""
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except ValueError:
+            continue
+    return 0
 
 
 def wait_gone(pids, timeout):
