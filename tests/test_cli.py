@@ -68,6 +68,8 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     (["train", "configs/gan_ring.yaml", "train.batch_size=big"], "train.batch_size must be int"),
     (["train", "configs/gan_ring.yaml", "data.source=", "data.shards=/nonexistent/shard-{0..3}.tar"], "data.shards"),
     (["train", "configs/missing.yaml"], "not found"),
+    (["train", "configs/fgan_kl_ring.yaml", "model.divergence=foo"], "unknown divergence 'foo'"),
+    (["train", "configs/fgan_kl_ring.yaml", "model.divergence=alpha", "model.alpha=1"], "alpha"),
     (["eval", "/nonexistent/run"], "not a run folder"),
     (["sample", "/nonexistent/run", "--out", "x.gif"], "--out must end in .png"),
     (["data", "prepare", "--source", "mnist", "--out", "/tmp/gendist-never"], "mnist"),
