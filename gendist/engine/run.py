@@ -33,6 +33,14 @@ class Hooks:
         self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
         self.last_saved_step = -1
         self.started = time.perf_counter()
+        self._nets_step, self._nets = -1, None
+
+    def sampling_nets(self, trainer: Trainer):
+        """The trainer's gathered sampling copies, built once per step: the sample grid and the evaluation
+        of the same step share them. A collective, called by every rank in the same order."""
+        if self._nets_step != trainer.step:
+            self._nets_step, self._nets = trainer.step, trainer.sampling_nets()
+        return self._nets
 
     def after_step(self, trainer: Trainer, progress) -> None:
         step, config = trainer.step, self.config
@@ -63,7 +71,7 @@ class Hooks:
         self.last_saved_step = trainer.step
 
     def samples(self, trainer: Trainer) -> None:
-        nets = trainer.sampling_nets()  # collective: every rank takes part, rank 0 draws
+        nets = self.sampling_nets(trainer)  # collective: every rank takes part, rank 0 draws
         if not trainer.dist.is_main:
             return
         info = self.spec.info
@@ -75,7 +83,7 @@ class Hooks:
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        nets = trainer.sampling_nets()  # collective
+        nets = self.sampling_nets(trainer)  # collective
         if trainer.dist.is_main:
             metrics = trainer.recipe.evaluate(nets, iterate_test(self.spec), self.config.train.seed)
             self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
