@@ -6,6 +6,7 @@ Unknown keys, wrong types and out-of-range values raise `UserError` naming the k
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,27 +40,43 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     recipe: Literal["gan", "vae"] = "gan"  # model family
-    arch: Literal["mlp", "conv"] = "mlp"  # mlp for vectors/points, conv (DCGAN-style) for images
+    arch: Literal["mlp", "conv", "gaussian"] = "mlp"  # mlp for vectors/points, conv (DCGAN-style) for images,
+    # gaussian: the GAN generator is x = mu + sigma * z (a learnable Gaussian; Nowozin et al.'s 1-D experiment)
     latent_dim: int = 2  # size of z
     hidden: int = 128  # MLP width, or base channels of conv nets
     depth: int = 3  # hidden layers of each MLP
-    gan_loss: Literal["nonsaturating", "minimax", "fgan"] = "nonsaturating"  # GAN objective (fgan: model.divergence)
+    # GAN objective: nonsaturating | minimax (saturating) | fgan (model.divergence) | wgan (weight clipping,
+    # model.clip_value) | wgan_gp (gradient penalty, model.gp_weight) | hinge
+    gan_loss: Literal["nonsaturating", "minimax", "fgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"
     divergence: str = "jensen_shannon"  # f-GAN divergence (Nowozin et al. 2016, gendist/divergences.py)
     alpha: float = 1.5  # the α of divergence=alpha
     fgan_generator: Literal["nonsaturating", "saturating"] = "nonsaturating"  # f-GAN generator objective
     n_critic: int = 1  # discriminator steps per generator step
+    clip_value: float = 0.01  # wgan: critic weights are clamped to [-clip_value, clip_value] after every step
+    gp_weight: float = 10.0  # wgan_gp: lambda of E(||grad D(x_hat)|| - 1)^2 on real/fake interpolates
+    r1_gamma: float = 0.0  # R1 penalty (gamma/2) E||grad D(x)||^2 on real data, as a lazy phase; 0 disables
+    r1_every: int = 16  # the lazy R1 phase runs every r1_every steps (its loss is scaled by r1_every)
+    unroll_steps: int = 0  # unrolled GAN (Metz et al. 2017): the generator sees D after k SGD steps; 0 disables
+    unroll_lr: float = 0.0  # step size of the unrolled discriminator steps; 0 uses the discriminator's lr
+    gaussian_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # arch=gaussian: initial [mean, std]
+    pack: int = 1  # PacGAN (Lin et al. 2018): the discriminator judges `pack` samples at once; 1 disables
     decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # VAE likelihood p(x|z)
     iw_samples: int = 64  # importance samples for the VAE's test log-likelihood estimate
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["adam", "adamw", "sgd"] = "adam"
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"  # rmsprop: the original WGAN's optimizer
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max gradient norm per player; 0 disables clipping (the norm is still checked for NaN)
     lr_overrides: dict[str, float] = field(default_factory=dict)  # per-player learning rate, e.g. {discriminator: 4e-4}
+    # learning-rate schedule over train.max_steps, a pure function of the step (nothing to checkpoint):
+    # constant | linear (to final_lr_fraction * lr) | cosine (same end point); after warmup_steps of linear warm-up
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0
 
 
 @dataclass
@@ -118,9 +135,22 @@ class RunConfig:
 
 
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
-                 "model.n_critic", "model.iw_samples", "log.every", "eval.num_samples", "ckpt.keep",
+                 "model.n_critic", "model.iw_samples", "model.r1_every", "model.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps"}
-NON_NEGATIVE_INTS = {"ckpt.every", "log.sample_every", "eval.every", "data.num_workers", "model.depth"}
+NON_NEGATIVE_INTS = {"model.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every", "data.num_workers", "model.depth"}
+
+
+def lr_scale(optim: OptimConfig, step: int, max_steps: int) -> float:
+    """Multiplier of every player's learning rate at `step` (0-based)."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+    end = optim.final_lr_fraction
+    if optim.schedule == "linear":
+        return 1.0 - (1.0 - end) * progress
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _type_name(annotation: Any) -> str:
@@ -251,12 +281,15 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: optim.lr must be > 0, got {config.optim.lr}")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise UserError(f"config: optim.betas must be two numbers in [0, 1), got {config.optim.betas}")
+    if not 0 <= config.optim.final_lr_fraction <= 1:
+        raise UserError(f"config: optim.final_lr_fraction must be in [0, 1], got {config.optim.final_lr_fraction}")
     if config.optim.grad_clip < 0:
         raise UserError(f"config: optim.grad_clip must be >= 0, got {config.optim.grad_clip}")
     if not 0 <= config.train.ema_decay < 1:
         raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if config.dist.zero_stage not in (1, 2, 3):
         raise UserError(f"config: dist.zero_stage must be 1, 2 or 3, got {config.dist.zero_stage}")
+    validate_model(config)
     data = config.data
     given = [name for name in ("source", "dir", "shards") if getattr(data, name)]
     if len(given) != 1:
@@ -264,6 +297,26 @@ def validate(config: RunConfig) -> None:
                         f"(got {', '.join(given) or 'none'})")
     if data.test_shards and not data.shards:
         raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
+
+
+def validate_model(config: RunConfig) -> None:
+    model = config.model
+    for key in ("clip_value", "gp_weight", "r1_gamma", "unroll_lr"):
+        value = getattr(model, key)
+        if value < 0 or value != value:
+            raise UserError(f"config: model.{key} must be >= 0, got {value}")
+    if model.gan_loss == "wgan" and model.clip_value == 0:
+        raise UserError("config: model.clip_value must be > 0 with model.gan_loss=wgan (or use wgan_gp)")
+    if config.train.batch_size % model.pack:
+        raise UserError(f"config: train.batch_size ({config.train.batch_size}) must be a multiple of model.pack "
+                        f"({model.pack})")
+    if model.unroll_steps and model.gan_loss == "wgan_gp":
+        raise UserError("config: model.unroll_steps does not combine with model.gan_loss=wgan_gp "
+                        "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")
+    if len(model.gaussian_init) != 2 or not model.gaussian_init[1] > 0:
+        raise UserError(f"config: model.gaussian_init must be [mean, std] with std > 0, got {model.gaussian_init}")
+    if model.arch == "gaussian" and model.recipe != "gan":
+        raise UserError("config: model.arch=gaussian is a GAN generator; use mlp or conv for model.recipe=vae")
 
 
 def to_dict(config: RunConfig) -> dict:

@@ -89,14 +89,34 @@ class Tracker:
 
 
 def save_samples(samples: torch.Tensor, info: DataInfo, path: Path, reference: np.ndarray | None = None) -> Path:
-    """A PNG of samples: a scatter plot for 2-D points (modes marked), an image grid otherwise."""
+    """A PNG of samples: a histogram for 1-D points, a scatter plot of the first two coordinates for points
+    (modes marked), an image grid for images."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = samples.detach().float().cpu()
-    if info.kind == "points" and data[0].numel() == 2:
-        _scatter(data.reshape(-1, 2).numpy(), info, path, reference)
+    if info.kind == "points" and data[0].numel() == 1:
+        _histogram(data.reshape(-1).numpy(), path, reference)
+    elif info.kind == "points":
+        points = data.reshape(data.shape[0], -1)[:, :2].numpy()
+        _scatter(points, info, path, None if reference is None else reference.reshape(len(reference), -1)[:, :2])
     else:
         _image_grid(data, path)
     return path
+
+
+def _histogram(values: np.ndarray, path: Path, reference: np.ndarray | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3), dpi=100)
+    if reference is not None:
+        axes.hist(reference.reshape(-1), bins=100, density=True, color="#bbbbbb", label="data")
+    axes.hist(values, bins=100, density=True, histtype="step", color="#1f77b4", label="samples")
+    axes.legend(loc="upper right", fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def _scatter(points: np.ndarray, info: DataInfo, path: Path, reference: np.ndarray | None) -> None:

@@ -12,7 +12,11 @@ from einops import rearrange
 
 from gendist.errors import UserError
 
-VALID_SOURCES = "ring, grid, digits, npz:PATH, folder:PATH"
+VALID_SOURCES = "ring, grid, swissroll, mixture1d, digits, npz:PATH, folder:PATH"
+
+# The 1-D two-component mixture of the f-GAN Gaussian-fit experiment (Nowozin et al. 2016, section 4):
+# unequal weights and widths make every divergence's best single Gaussian different and unique.
+MIXTURE_1D = {"weights": (0.6, 0.4), "means": (-2.0, 2.0), "stds": (0.5, 1.0)}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 # PIL modes that carry no colour: such images are stored as one channel ("L").
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -33,6 +37,13 @@ class SourceData:
     encoded: list[tuple[str, bytes]] | None = None
 
 
+def source_revision(spec: str) -> str:
+    """What a built-in source's data depends on besides (spec, seed): part of its cache key, so changing a
+    built-in generator never reuses shards of the old one."""
+    name = spec.partition(":")[0]
+    return {"mixture1d": repr(sorted(MIXTURE_1D.items())), "swissroll": "noise=0.25,scale=1/7.5"}.get(name, "")
+
+
 def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
                 image_size: int | None = None) -> SourceData:
     """Load the source named by `spec`; the same (spec, seed) always gives the same data.
@@ -44,6 +55,10 @@ def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
         return build_ring(seed, num_samples or 100_000)
     if name == "grid":
         return build_grid(seed, num_samples or 100_000)
+    if name == "swissroll":
+        return build_swissroll(seed, num_samples or 100_000)
+    if name == "mixture1d":
+        return build_mixture1d(seed, num_samples or 200_000)
     if name == "digits":
         return build_digits()
     if name == "npz" and argument:
@@ -75,6 +90,26 @@ def build_grid(seed: int, num_samples: int = 100_000) -> SourceData:
     modes = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)  # (5, 5, 2) -> (25, 2)
     x, y = sample_mixture(modes, 0.05, num_samples, seed)
     return SourceData(x=x, y=y, kind="points", modes=modes, mode_std=0.05, name="grid")
+
+
+def build_swissroll(seed: int, num_samples: int = 100_000) -> SourceData:
+    """scikit-learn's swiss roll (noise 0.25) projected on its (x, z) plane and scaled by 1/7.5: a curved
+    1-D manifold with no discrete modes, judged by MMD and precision/recall against held-out data."""
+    from sklearn.datasets import make_swiss_roll
+
+    points, _ = make_swiss_roll(num_samples, noise=0.25, random_state=seed)
+    x = (points[:, [0, 2]] / 7.5).astype(np.float32)  # (N, 3) -> (N, 2)
+    return SourceData(x=x, y=None, kind="points", modes=None, mode_std=None, name="swissroll")
+
+
+def build_mixture1d(seed: int, num_samples: int = 200_000) -> SourceData:
+    """Samples (N, 1) of MIXTURE_1D; `y` is the component."""
+    rng = np.random.default_rng(seed)
+    weights, means, stds = (np.asarray(MIXTURE_1D[key]) for key in ("weights", "means", "stds"))
+    labels = rng.choice(len(weights), size=num_samples, p=weights)
+    x = means[labels] + stds[labels] * rng.standard_normal(num_samples)
+    return SourceData(x=x[:, None].astype(np.float32), y=labels.astype(np.int64), kind="points", modes=None,
+                      mode_std=None, name="mixture1d")
 
 
 def build_digits() -> SourceData:

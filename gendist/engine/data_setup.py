@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gendist.config import RunConfig
 from gendist.data import ShardLoader, load_manifest, prepare_dataset, resolve_shards
+from gendist.data.sources import source_revision
 from gendist.distributed import DistInfo, barrier
 from gendist.errors import UserError
 from gendist.recipes.base import DataInfo
@@ -32,6 +33,8 @@ def cache_root(config: RunConfig) -> Path:
 def _source_key(spec: str, seed: int) -> str:
     """Cache key of a source: its spec, and for file sources the file's size and modification time."""
     parts = [spec, str(seed)]
+    if source_revision(spec):
+        parts.append(source_revision(spec))
     if ":" in spec:
         path = Path(spec.split(":", 1)[1])
         if path.exists():

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from gendist.checkpoint import CheckpointWriter, load_tensors, load_torch, save_tensors, save_torch
-from gendist.config import RunConfig
+from gendist.config import RunConfig, lr_scale
 from gendist.distributed import DistInfo, any_rank, reduce_mean
 from gendist.engine.ema import EMA
 from gendist.engine.noise import StepNoise
@@ -59,6 +59,7 @@ class Trainer:
         # instead of running on as orphans.
         self.launcher_pid = os.getppid() if dist_info.launched else None
         self._data_iter = None
+        self.schedule_enabled = config.optim.schedule != "constant" or config.optim.warmup_steps > 0
 
     # -- one step ----------------------------------------------------------------------------------------
     def next_batch(self, phase: Phase, phase_index: int, repeat: int, micro: int) -> Batch:
@@ -120,6 +121,8 @@ class Trainer:
         self.ema.update(self.strategy.raw[self.recipe.generator_name])
 
     def train_step(self) -> None:
+        if self.schedule_enabled:
+            self.strategy.set_lr_scale(lr_scale(self.config.optim, self.step, self.config.train.max_steps))
         for index, phase in enumerate(self.phases):
             if self.step % phase.every == 0:
                 self.run_phase(phase, index)
@@ -159,6 +162,8 @@ class Trainer:
             syncs.clear()
         self.optimizer_steps.clear()
         reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
+        reduced.update({f"lr/{name}": float(optimizer.param_groups[0]["lr"])
+                        for name, optimizer in self.strategy.optimizers.items()})
         return reduced
 
     def open_data_keys(self) -> None:

@@ -55,6 +55,9 @@ class Phase:
     every: int = 1
     repeat: int = 1
     uses_data: bool = True
+    # players whose weights the loss reads itself (torch.func.functional_call): they must be whole tensors
+    reads_weights_of: tuple[str, ...] = ()
+    clamp_weights: float = 0.0  # after each step clamp the trained players' weights to [-c, c] (WGAN); 0: off
 
 
 @dataclass

@@ -1,25 +1,31 @@
-"""GAN (Goodfellow et al. 2014): alternating discriminator and generator phases.
+"""GANs: alternating discriminator and generator phases over a table of objectives.
 
-Discriminator: maximize E log D(x) + E log(1 - D(G(z))), written with logits l = D(x) as
-softplus(-l_real) + softplus(l_fake). Generator: "minimax" minimizes E log(1 - D(G(z))) = -softplus(l_fake)
-(saturates when D wins early); "nonsaturating" minimizes -E log D(G(z)) = softplus(-l_fake).
+- minimax (Goodfellow et al. 2014): D maximizes E log D(x) + E log(1 - D(G(z))), with logits l as
+  softplus(-l_real) + softplus(l_fake); G minimizes E log(1 - D(G(z))) = -softplus(l_fake) (saturates when
+  D wins early). nonsaturating: G minimizes -E log D(G(z)) = softplus(-l_fake) instead.
+- fgan (Nowozin et al. 2016): the variational f-divergence bound of gendist.divergences.
+- wgan (Arjovsky et al. 2017): critic maximizes E D(x) - E D(G(z)) with clamped weights; wgan_gp
+  (Gulrajani et al. 2017) replaces the clamp by a gradient penalty; hinge (Lim & Ye 2017, Miyato et al.).
+- R1 (a lazy phase), PacGAN packing and unrolled discriminators: gendist.recipes.gan_regularizers.
 """
 from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gendist.config import RunConfig
-from gendist.divergences import (critic_objective, generator_objective, generator_objective_nonsaturating,
-                                 get_divergence)
+from gendist.divergences import (Divergence, critic_objective, generator_objective,
+                                 generator_objective_nonsaturating, get_divergence)
 from gendist.evaluation import sample_metrics
-from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator
 from gendist.recipes.base import Batch, DataInfo, Nets, Phase
+from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_samples, r1_penalty,
+                                              unrolled_discriminator)
 
 
 class ImageGenerator(nn.Module):
@@ -33,37 +39,73 @@ class ImageGenerator(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
 
-def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int) -> dict[str, torch.Tensor]:
+# -- objectives on discriminator scores: (real, fake) -> loss D minimizes; fake -> loss G minimizes --------
+def bce_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """-E log D(x) - E log(1 - D(G(z))) with D = sigmoid(score)."""
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def hinge_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def wasserstein_critic(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """-(E D(x) - E D(G(z))): the critic maximizes the Kantorovich-Rubinstein dual."""
+    return fake.mean() - real.mean()
+
+
+def fgan_critic(divergence: Divergence, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic maximizes the variational bound E_P[g_f(V(x))] - E_Q[f*(g_f(V(G(z))))] (Nowozin et al.)."""
+    return -critic_objective(divergence, real, fake)
+
+
+GENERATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "minimax": lambda fake: -F.softplus(fake).mean(),  # E log(1 - D(G(z))): saturates when D wins
+    "nonsaturating": lambda fake: F.softplus(-fake).mean(),  # -E log D(G(z))
+    "hinge": lambda fake: -fake.mean(),
+    "wgan": lambda fake: -fake.mean(),
+    "wgan_gp": lambda fake: -fake.mean(),
+}
+DISCRIMINATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "minimax": bce_discriminator, "nonsaturating": bce_discriminator, "hinge": hinge_discriminator,
+    "wgan": wasserstein_critic, "wgan_gp": wasserstein_critic,
+}
+
+
+def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, objective, pack: int = 1,
+                       gp_weight: float = 0.0, objective_log: str = "") -> dict[str, torch.Tensor]:
+    """The discriminator's objective (+ the WGAN-GP penalty); `objective_log` names -objective in the logs
+    when it estimates something (the f-divergence bound, the Wasserstein distance)."""
     fake = nets.generator(batch.randn(latent_dim)).detach()
-    real_logits = nets.discriminator(batch.x)  # (B, 1)
-    fake_logits = nets.discriminator(fake)  # (B, 1)
-    loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    accuracy = 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())
-    return {"loss": loss, "d_accuracy": accuracy.detach()}
+    real_scores = nets.discriminator(pack_samples(batch.x, pack))  # (B / pack, 1)
+    fake_scores = nets.discriminator(pack_samples(fake, pack))  # (B / pack, 1)
+    loss = objective(real_scores, fake_scores)
+    logs = {"real_score": real_scores.detach().float().mean(), "fake_score": fake_scores.detach().float().mean()}
+    if objective_log:
+        logs[objective_log] = -loss.detach().float()
+    if gp_weight:
+        mix = torch.special.ndtr(batch.randn(*[1] * (batch.x.dim() - 1)))  # uniform(0, 1) per sample
+        penalty = gradient_penalty(nets.discriminator, batch.x, fake, mix.to(batch.x.dtype), pack)
+        loss = loss + gp_weight * penalty
+        logs["gradient_penalty"] = penalty.detach()
+    return {"loss": loss, **logs}
 
 
-def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, kind: str) -> dict[str, torch.Tensor]:
-    fake_logits = nets.discriminator(nets.generator(batch.randn(latent_dim)))  # (B, 1)
-    if kind == "minimax":
-        loss = -F.softplus(fake_logits).mean()
-    else:
-        loss = F.softplus(-fake_logits).mean()
-    return {"loss": loss}
+def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, objective, pack: int = 1,
+                   unroll: tuple[int, float, Callable] | None = None) -> dict[str, torch.Tensor]:
+    fake = nets.generator(batch.randn(latent_dim))
+    if unroll is None:
+        return {"loss": objective(nets.discriminator(pack_samples(fake, pack)))}
+    steps, lr, d_objective = unroll
+    state = unrolled_discriminator(nets.discriminator, d_objective, batch.x, fake, steps, lr, pack)
+    return {"loss": objective(call_with(nets.discriminator, state, pack_samples(fake, pack)))}
 
 
-def fgan_critic_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, divergence) -> dict[str, torch.Tensor]:
-    """The critic maximizes the variational bound E_P[g_f(V(x))] - E_Q[f*(g_f(V(G(z))))] (Nowozin et al. 2016)."""
-    fake = nets.generator(batch.randn(latent_dim)).detach()
-    bound = critic_objective(divergence, nets.discriminator(batch.x), nets.discriminator(fake))
-    return {"loss": -bound, "divergence_bound": bound.detach()}
-
-
-def fgan_generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, divergence,
-                        saturating: bool) -> dict[str, torch.Tensor]:
-    fake_scores = nets.discriminator(nets.generator(batch.randn(latent_dim)))
-    if saturating:  # minimize the bound itself
-        return {"loss": generator_objective(divergence, fake_scores)}
-    return {"loss": generator_objective_nonsaturating(divergence, fake_scores)}
+def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
+    """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2, scaled by the interval so its average pull matches
+    a penalty applied at every step."""
+    penalty = r1_penalty(nets.discriminator, batch.x, pack)
+    return {"loss": penalty * (gamma / 2) * every, "r1_penalty": penalty.detach()}
 
 
 class GANRecipe:
@@ -75,29 +117,52 @@ class GANRecipe:
 
     def build_players(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
+        pack = model.pack
         if model.arch == "conv":
             generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
-            discriminator: nn.Module = ConvEncoder(shape[0], shape[-1], 1, model.hidden)
+            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[-1], 1, model.hidden)
+            return {"generator": generator, "discriminator": discriminator}
+        dim = math.prod(shape)
+        if model.arch == "gaussian":
+            generator = GaussianGenerator(shape, *model.gaussian_init)
         else:
-            dim = math.prod(shape)
             generator = MLP(model.latent_dim, dim, model.hidden, model.depth, out_shape=shape)
-            discriminator = MLP(dim, 1, model.hidden, model.depth, activation=nn.LeakyReLU)
+        discriminator = MLP(dim * pack, 1, model.hidden, model.depth, activation=nn.LeakyReLU)
         return {"generator": generator, "discriminator": discriminator}
 
-    def phases(self) -> list[Phase]:
+    def objectives(self) -> tuple[Callable, Callable]:
+        """(discriminator objective on (real, fake) scores, generator objective on fake scores)."""
         model = self.config.model
         if model.gan_loss == "fgan":
             divergence = get_divergence(model.divergence, model.alpha)
-            d_loss = partial(fgan_critic_loss, latent_dim=model.latent_dim, divergence=divergence)
-            g_loss = partial(fgan_generator_loss, latent_dim=model.latent_dim, divergence=divergence,
-                             saturating=model.fgan_generator == "saturating")
-        else:
-            d_loss = partial(discriminator_loss, latent_dim=model.latent_dim)
-            g_loss = partial(generator_loss, latent_dim=model.latent_dim, kind=model.gan_loss)
-        return [
-            Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic),
-            Phase("generator", ("generator",), g_loss, uses_data=False),
-        ]
+            generator_fn = generator_objective if model.fgan_generator == "saturating" else \
+                generator_objective_nonsaturating
+            return partial(fgan_critic, divergence), partial(generator_fn, divergence)
+        return DISCRIMINATOR_OBJECTIVES[model.gan_loss], GENERATOR_OBJECTIVES[model.gan_loss]
+
+    def phases(self) -> list[Phase]:
+        model = self.config.model
+        d_objective, g_objective = self.objectives()
+        gp_weight = model.gp_weight if model.gan_loss == "wgan_gp" else 0.0
+        objective_log = {"fgan": "divergence_bound", "wgan": "wasserstein_estimate",
+                         "wgan_gp": "wasserstein_estimate"}.get(model.gan_loss, "")
+        d_loss = partial(discriminator_loss, latent_dim=model.latent_dim, objective=d_objective, pack=model.pack,
+                         gp_weight=gp_weight, objective_log=objective_log)
+        unroll = None
+        if model.unroll_steps:
+            lr = model.unroll_lr or self.config.optim.lr_overrides.get("discriminator", self.config.optim.lr)
+            unroll = (model.unroll_steps, lr, d_objective)
+        g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=model.pack,
+                         unroll=unroll)
+        clamp = model.clip_value if model.gan_loss == "wgan" else 0.0
+        phases = [Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic, clamp_weights=clamp)]
+        if model.r1_gamma:
+            r1 = partial(r1_loss, gamma=model.r1_gamma, every=model.r1_every, pack=model.pack)
+            phases.append(Phase("discriminator_r1", ("discriminator",), r1, every=model.r1_every,
+                                clamp_weights=clamp))
+        phases.append(Phase("generator", ("generator",), g_loss, uses_data=unroll is not None,
+                            reads_weights_of=("discriminator",) if unroll else ()))
+        return phases
 
     def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(count, self.config.model.latent_dim, generator=generator)

@@ -17,6 +17,7 @@ from torch import nn
 from gendist.checkpoint import load_tensors, load_torch, save_tensors, save_torch
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
+from gendist.errors import UserError
 from gendist.recipes.base import Nets, Phase
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,8 +38,19 @@ def build_optimizer(config: RunConfig, name: str, params) -> torch.optim.Optimiz
     params = [p for p in params if p.requires_grad]
     if optim.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=optim.betas[0], weight_decay=optim.weight_decay)
+    if optim.name == "rmsprop":  # betas[1] is RMSprop's smoothing constant alpha (0.99 in torch's default)
+        return torch.optim.RMSprop(params, lr=lr, alpha=optim.betas[1], weight_decay=optim.weight_decay)
     cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
     return cls(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+
+
+def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = True) -> None:
+    """Sharded strategies hold only a slice of each weight: a loss that reads weights itself cannot run."""
+    for phase in phases:
+        if sharded and phase.reads_weights_of:
+            raise UserError(f"dist.strategy={strategy}: phase '{phase.name}' reads the full weights of "
+                            f"{', '.join(phase.reads_weights_of)} (e.g. model.unroll_steps), which this strategy "
+                            "shards; use ddp or DeepSpeed ZeRO-1/2")
 
 
 class Strategy:
@@ -72,6 +84,13 @@ class Strategy:
 
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         return module
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Every optimizer's learning rate = its configured (per-player) rate x `scale`."""
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * scale
 
     # -- one phase ---------------------------------------------------------------------------------------
     def phase_nets(self, phase: Phase) -> Nets:
@@ -120,7 +139,17 @@ class Strategy:
                 optimizer.step()
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
+        if phase.clamp_weights and finite:
+            for name in phase.trains:
+                self.clamp_weights(name, phase.clamp_weights)
         return StepResult(applied=finite, overflow=bool(scaler) and not finite, grad_norm=total_norm)
+
+    @torch.no_grad()
+    def clamp_weights(self, name: str, limit: float) -> None:
+        """Clamp a player's weights to [-limit, limit] (WGAN's Lipschitz constraint). Elementwise, so it acts
+        on FSDP shards as on whole tensors, and every rank applies it to identical (synchronized) weights."""
+        for param in self.raw[name].parameters():
+            param.clamp_(-limit, limit)
 
     def clip_gradients(self, name: str) -> torch.Tensor:
         """Clip and return the gradient norm. Gradients are already synchronized, so every rank gets the

@@ -20,7 +20,7 @@ from torch import nn
 from gendist.checkpoint import save_tensors
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
-from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer, unique_bytes
+from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer, reject_weight_readers, unique_bytes
 from gendist.errors import UserError
 from gendist.recipes.base import Phase
 
@@ -84,6 +84,7 @@ class DeepSpeedStrategy(Strategy):
         self._loss_finite: dict[str, torch.Tensor] = {}
 
     def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
+        reject_weight_readers(phases, self.name, sharded=self.stage == 3)
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
@@ -134,6 +135,18 @@ class DeepSpeedStrategy(Strategy):
         applied = bool(engine.was_step_applied()) if self.config.precision == "fp16" else loss_finite
         overflow = self.config.precision == "fp16" and not applied
         return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
+
+    @torch.no_grad()
+    def clamp_weights(self, name: str, limit: float) -> None:
+        """Clamp the fp32 master partitions DeepSpeed steps (else the next step would copy unclamped values
+        back) and the module's parameters (ZeRO-1/2: whole tensors; ZeRO-3: each rank's partition)."""
+        optimizer = self.engines[name].optimizer
+        for group in (getattr(optimizer, "single_partition_of_fp32_groups", None)
+                      or getattr(optimizer, "fp32_partitioned_groups_flat", None) or []):
+            group.clamp_(-limit, limit)
+        for param in self.raw[name].parameters():
+            partition = getattr(param, "ds_tensor", None)
+            (partition if partition is not None else param).clamp_(-limit, limit)
 
     def model_state(self, name: str) -> dict[str, torch.Tensor]:
         """Full fp32-shaped weights; under ZeRO-3 gathered from the shards (a collective on every rank)."""

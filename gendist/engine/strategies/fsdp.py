@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from gendist.checkpoint import load_tensors, load_torch, save_tensors, save_torch
-from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy
+from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy, reject_weight_readers
 from gendist.recipes.base import Phase
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -39,6 +39,7 @@ class FSDPStrategy(Strategy):
         return module  # sharded for every player in `setup`, trained or not
 
     def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
+        reject_weight_readers(phases, self.name)
         policy = MixedPrecisionPolicy(param_dtype=AUTOCAST_DTYPES.get(self.config.precision),
                                       reduce_dtype=torch.float32)
         reshard = _reshard_after_forward()
