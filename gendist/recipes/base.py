@@ -14,7 +14,21 @@ from torch import nn
 
 
 class Nets(dict):
-    """Players by name, also reachable as attributes (`nets.generator`)."""
+    """Players by name, also reachable as attributes (`nets.generator`).
+
+    `nets.unwrapped` holds the same players without their distributed wrapper (the very same parameters).
+    Losses use it for double backward (gradient penalties): DDP does not support `torch.autograd.grad`
+    through its forward, while gradients that reach the shared parameters by another path are still summed
+    into the same `.grad` before DDP reduces it.
+    """
+
+    def __init__(self, players=(), unwrapped: "Nets | None" = None):
+        super().__init__(players)
+        self._unwrapped = unwrapped
+
+    @property
+    def unwrapped(self) -> "Nets":
+        return self._unwrapped if self._unwrapped is not None else self
 
     def __getattr__(self, name: str) -> nn.Module:
         try:
@@ -57,6 +71,7 @@ class Phase:
     uses_data: bool = True
     # players whose weights the loss reads itself (torch.func.functional_call): they must be whole tensors
     reads_weights_of: tuple[str, ...] = ()
+    double_backward: bool = False  # the loss differentiates through a gradient (penalties): not under ZeRO-3
     clamp_weights: float = 0.0  # after each step clamp the trained players' weights to [-c, c] (WGAN); 0: off
 
 

@@ -85,7 +85,7 @@ def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, 
         logs[objective_log] = -loss.detach().float()
     if gp_weight:
         mix = torch.special.ndtr(batch.randn(*[1] * (batch.x.dim() - 1)))  # uniform(0, 1) per sample
-        penalty = gradient_penalty(nets.discriminator, batch.x, fake, mix.to(batch.x.dtype), pack)
+        penalty = gradient_penalty(nets.unwrapped.discriminator, batch.x, fake, mix.to(batch.x.dtype), pack)
         loss = loss + gp_weight * penalty
         logs["gradient_penalty"] = penalty.detach()
     return {"loss": loss, **logs}
@@ -104,8 +104,12 @@ def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, obje
 def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
     """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2, scaled by the interval so its average pull matches
     a penalty applied at every step."""
-    penalty = r1_penalty(nets.discriminator, batch.x, pack)
-    return {"loss": penalty * (gamma / 2) * every, "r1_penalty": penalty.detach()}
+    penalty = r1_penalty(nets.unwrapped.discriminator, batch.x, pack)
+    # The penalty's double backward goes around the distributed wrapper (see Nets.unwrapped); a zero-weight
+    # term through the wrapped player lets the strategy see this phase's forward, so its gradient
+    # synchronization runs (StyleGAN2-ADA adds `real_logits * 0` for the same reason).
+    anchor = nets.discriminator(pack_samples(batch.x, pack)).float().sum() * 0
+    return {"loss": penalty * (gamma / 2) * every + anchor, "r1_penalty": penalty.detach()}
 
 
 class GANRecipe:
@@ -155,11 +159,12 @@ class GANRecipe:
         g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=model.pack,
                          unroll=unroll)
         clamp = model.clip_value if model.gan_loss == "wgan" else 0.0
-        phases = [Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic, clamp_weights=clamp)]
+        phases = [Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic, clamp_weights=clamp,
+                        double_backward=bool(gp_weight))]
         if model.r1_gamma:
             r1 = partial(r1_loss, gamma=model.r1_gamma, every=model.r1_every, pack=model.pack)
             phases.append(Phase("discriminator_r1", ("discriminator",), r1, every=model.r1_every,
-                                clamp_weights=clamp))
+                                clamp_weights=clamp, double_backward=True))
         phases.append(Phase("generator", ("generator",), g_loss, uses_data=unroll is not None,
                             reads_weights_of=("discriminator",) if unroll else ()))
         return phases

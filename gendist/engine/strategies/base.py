@@ -102,7 +102,7 @@ class Strategy:
         for name, module in self.raw.items():
             module.requires_grad_(name in phase.trains)
         return Nets({name: self.wrapped[name] if name in phase.trains else module
-                     for name, module in self.raw.items()})
+                     for name, module in self.raw.items()}, unwrapped=Nets(self.raw))
 
     def autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)

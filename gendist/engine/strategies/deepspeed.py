@@ -85,6 +85,11 @@ class DeepSpeedStrategy(Strategy):
 
     def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
         reject_weight_readers(phases, self.name, sharded=self.stage == 3)
+        for phase in phases:
+            if self.stage == 3 and phase.double_backward:
+                raise UserError(f"dist.zero_stage=3: phase '{phase.name}' differentiates through a gradient "
+                                "(model.gan_loss=wgan_gp or model.r1_gamma), which ZeRO-3's released parameter "
+                                "partitions do not support; use dist.zero_stage=2 or dist.strategy=fsdp")
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")

@@ -1,0 +1,120 @@
+"""The GAN family end to end: every loss trains through the CLI, bad settings exit 2 with one line, the 1-D
+quadrature reference is exact, and short versions of the quality benchmarks (lenient thresholds; the full
+runs and their numbers are in benchmarks/RESULTS.md)."""
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gendist.data.sources import MIXTURE_1D, load_source
+from gendist.divergences import get_divergence
+from gendist.metrics.quadrature import best_gaussian, f_divergence, gaussian_log_density, mixture_log_density
+from gendist.nets import GaussianGenerator
+from helpers import ROOT, gendist_command, make_env, read_metrics, run
+
+QUICK = ["train.max_steps=30", "ckpt.every=0", "log.every=10", "log.sample_every=0", "log.wandb=false",
+         "log.progress=false", "eval.num_samples=200"]
+VARIANTS = {
+    "minimax": ["model.gan_loss=minimax"],
+    "wgan": ["model.gan_loss=wgan", "optim.name=rmsprop", "model.n_critic=2"],
+    "wgan_gp": ["model.gan_loss=wgan_gp", "model.n_critic=2"],
+    "hinge_r1": ["model.gan_loss=hinge", "model.r1_gamma=1.0", "model.r1_every=4"],
+    "unrolled": ["model.unroll_steps=3"],
+    "pacgan": ["model.pack=4"],
+    "fgan_pearson": ["model.gan_loss=fgan", "model.divergence=pearson"],
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
+    run_dir = tmp_path / "run"
+    run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", *VARIANTS[variant], *QUICK),
+        make_env(cache))
+    lines = [line for line in read_metrics(run_dir) if "discriminator/loss" in line]
+    assert lines and all(math.isfinite(line["discriminator/loss"]) and math.isfinite(line["generator/loss"])
+                         for line in lines)
+    if variant == "wgan":  # weight clipping holds after every step
+        weights = load_file(run_dir / "checkpoints" / "step_00000030" / "players" / "discriminator.safetensors")
+        assert max(float(w.abs().max()) for w in weights.values()) <= 0.01 + 1e-7
+    if variant == "hinge_r1":  # the lazy phase ran every 4 steps and logged its penalty
+        assert any("discriminator_r1/r1_penalty" in line for line in lines)
+    if variant == "wgan_gp":
+        assert all(line["discriminator/gradient_penalty"] >= 0 for line in lines)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.pack=3", "train.batch_size (256) must be a multiple of model.pack (3)"),
+    ("model.gaussian_init=[0,-1]", "model.gaussian_init must be [mean, std] with std > 0"),
+    ("model.gp_weight=-1", "model.gp_weight must be >= 0"),
+    ("model.gan_loss=wgan_gp model.unroll_steps=2", "model.unroll_steps does not combine with"),
+    ("model.gan_loss=wasserstein", "model.gan_loss must be one of"),
+    ("optim.schedule=exponential", "optim.schedule must be one of"),
+    ("optim.final_lr_fraction=2", "optim.final_lr_fraction must be in [0, 1]"),
+])
+def test_bad_gan_settings_exit_2_with_one_line(override, message, cache, tmp_path):
+    result = run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={tmp_path}", *override.split()),
+                 make_env(cache), check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_unrolled_gan_is_rejected_under_fsdp_in_one_process(cache, tmp_path):
+    result = run(gendist_command("train", "configs/unrolled_ring.yaml", f"run.dir={tmp_path}", "dist.strategy=fsdp",
+                                 *QUICK), make_env(cache), check=False)
+    assert result.returncode == 2 and "reads the full weights of discriminator" in result.stderr
+
+
+def test_new_sources():
+    roll = load_source("swissroll", num_samples=1000)
+    assert roll.x.shape == (1000, 2) and roll.modes is None and np.isfinite(roll.x).all()
+    mixture = load_source("mixture1d", num_samples=20_000)
+    assert mixture.x.shape == (20_000, 1)
+    weights, means = np.asarray(MIXTURE_1D["weights"]), np.asarray(MIXTURE_1D["means"])
+    assert float(mixture.x.mean()) == pytest.approx(float(weights @ means), abs=0.05)
+
+
+def test_gaussian_generator():
+    generator = GaussianGenerator((1,), mu=2.0, sigma=0.5)
+    x = generator(torch.randn(50_000, 3)).detach()
+    assert x.shape == (50_000, 1)
+    assert float(x.mean()) == pytest.approx(2.0, abs=0.01) and float(x.std()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_quadrature_matches_the_closed_form_kl_and_finds_the_exact_fit():
+    """KL(N(0,1) || N(1, 2^2)) in closed form; the best Gaussian under any divergence of a Gaussian is itself."""
+    exact = math.log(2.0) + (1 + 1) / (2 * 4) - 0.5
+    value = f_divergence(get_divergence("kl"), gaussian_log_density(0, 1), gaussian_log_density(1, 2))
+    assert value == pytest.approx(exact, rel=1e-7)
+    fit = best_gaussian(get_divergence("jensen_shannon"), mixture_log_density([1.0], [0.7], [1.3]), [(0.0, 1.0)])
+    assert fit["mean"] == pytest.approx(0.7, abs=1e-3) and fit["std"] == pytest.approx(1.3, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_fgan_fits_the_kl_optimum_short(cache, tmp_path):
+    """Short version of benchmarks/fgan_mixture1d.py: KL only, one init, 1,500 steps, tolerance 0.1
+    (the full benchmark: five divergences, 3,000 steps, within 0.05)."""
+    result = run([sys.executable, "benchmarks/fgan_mixture1d.py", "--divergences", "kl", "--inits", "0:1",
+                  "--steps", "1500", "--tolerance", "0.1", "--jobs", "1"], make_env(cache), timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "all checks passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_ring_benchmark_short(cache, tmp_path):
+    """Short version of benchmarks/gan_2d.py on the ring (one seed, 3,000 steps, lenient thresholds)."""
+    out = tmp_path / "results.json"
+    result = run([sys.executable, "benchmarks/gan_2d.py", "--losses", "nonsaturating_r1", "--benchmarks", "ring",
+                  "--seeds", "0", "--steps", "3000", "--jobs", "1", "--json", str(out), "--check-modes", "7",
+                  "--check-hq", "0.6"], make_env(cache), timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    (record,) = json.loads(out.read_text())
+    assert record["modes_covered"] >= 7
