@@ -45,12 +45,19 @@ def build_optimizer(config: RunConfig, name: str, params) -> torch.optim.Optimiz
 
 
 def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = True) -> None:
-    """Sharded strategies hold only a slice of each weight: a loss that reads weights itself cannot run."""
+    """Sharded strategies hold only a slice of each weight between forwards and free the gathered weights
+    after backward: a loss that reads weights itself, or differentiates through a gradient, cannot run."""
+    if not sharded:
+        return
     for phase in phases:
-        if sharded and phase.reads_weights_of:
+        if phase.reads_weights_of:
             raise UserError(f"dist.strategy={strategy}: phase '{phase.name}' reads the full weights of "
                             f"{', '.join(phase.reads_weights_of)} (e.g. model.unroll_steps), which this strategy "
                             "shards; use ddp or DeepSpeed ZeRO-1/2")
+        if phase.double_backward:
+            raise UserError(f"dist.strategy={strategy}: phase '{phase.name}' differentiates through a gradient "
+                            "(model.gan_loss=wgan_gp or model.r1_gamma), which this strategy's sharded parameters "
+                            "do not support; use ddp or DeepSpeed ZeRO-1/2")
 
 
 class Strategy:

@@ -84,12 +84,7 @@ class DeepSpeedStrategy(Strategy):
         self._loss_finite: dict[str, torch.Tensor] = {}
 
     def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
-        reject_weight_readers(phases, self.name, sharded=self.stage == 3)
-        for phase in phases:
-            if self.stage == 3 and phase.double_backward:
-                raise UserError(f"dist.zero_stage=3: phase '{phase.name}' differentiates through a gradient "
-                                "(model.gan_loss=wgan_gp or model.r1_gamma), which ZeRO-3's released parameter "
-                                "partitions do not support; use dist.zero_stage=2 or dist.strategy=fsdp")
+        reject_weight_readers(phases, f"{self.name} with ZeRO-3", sharded=self.stage == 3)
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
@@ -139,6 +134,8 @@ class DeepSpeedStrategy(Strategy):
         # count from the loss; in fp16 the flag is the loss scaler's overflow verdict for this very step.
         applied = bool(engine.was_step_applied()) if self.config.precision == "fp16" else loss_finite
         overflow = self.config.precision == "fp16" and not applied
+        if phase.clamp_weights and applied:
+            self.clamp_weights(name, phase.clamp_weights)
         return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
 
     @torch.no_grad()
