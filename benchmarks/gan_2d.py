@@ -4,7 +4,8 @@ table of mean ± std over seeds (modes covered, high-quality fraction, MMD² aga
     python benchmarks/gan_2d.py --losses nonsaturating hinge wgan_gp --benchmarks ring grid swissroll \
         --seeds 0 1 2 3 4 [--steps 10000] [--jobs 2] [--json out.json] [--check-modes 7.5 --check-hq 0.9]
 
-Each run is `gendist train configs/gan_<benchmark>.yaml <the loss's overrides>` in its own process with one
+Each run is `gendist train configs/gan_<benchmark>.yaml <the loss's overrides>` (the "r1" recipe: its own
+`configs/r1_<benchmark>.yaml`) in its own process with one
 thread (`--jobs` run side by side), then `gendist eval --json`. The ring has 8 modes (std 0.01), the grid 25
 (std 0.05); a sample is high quality within 3 std of a mode. The swiss roll has no modes: MMD² and
 precision/recall only.
@@ -35,7 +36,15 @@ LOSSES: dict[str, list[str]] = {
     "nonsaturating_r1": ["model.gan_loss=nonsaturating", "model.r1_gamma=1.0", "model.r1_every=4"],
     "pacgan2": ["model.gan_loss=nonsaturating", "model.pack=2"],
     "unrolled5": ["model.gan_loss=nonsaturating", "model.unroll_steps=5"],
+    "r1": [],  # configs/r1_<benchmark>.yaml: the best recipe (non-saturating + lazy R1 + linear decay, 20k steps)
 }
+
+
+OWN_CONFIG = {"r1"}  # losses that ship configs/<loss>_<benchmark>.yaml; the rest share configs/gan_<benchmark>.yaml
+
+
+def config_for(loss: str, benchmark: str) -> str:
+    return f"configs/{loss}_{benchmark}.yaml" if loss in OWN_CONFIG else f"configs/gan_{benchmark}.yaml"
 
 
 def one_run(loss: str, benchmark: str, seed: int, steps: int | None, workdir: Path, extra: list[str]) -> dict:
@@ -45,7 +54,7 @@ def one_run(loss: str, benchmark: str, seed: int, steps: int | None, workdir: Pa
     if steps:
         overrides.append(f"train.max_steps={steps}")
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true")
-    command = [sys.executable, "-m", "gendist", "train", f"configs/gan_{benchmark}.yaml", *overrides]
+    command = [sys.executable, "-m", "gendist", "train", config_for(loss, benchmark), *overrides]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started

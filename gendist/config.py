@@ -51,6 +51,9 @@ class ModelConfig:
     divergence: str = "jensen_shannon"  # f-GAN divergence (Nowozin et al. 2016, gendist/divergences.py)
     alpha: float = 1.5  # the α of divergence=alpha
     fgan_generator: Literal["nonsaturating", "saturating"] = "nonsaturating"  # f-GAN generator objective
+    # f-GAN output activation: the paper's g_f (table), or for dom f* = R an exponential branch for negative
+    # scores (exp_negative_tail; see gendist.divergences.with_exponential_negative_tail)
+    fgan_activation: Literal["table", "exp_negative_tail"] = "table"
     n_critic: int = 1  # discriminator steps per generator step
     clip_value: float = 0.01  # wgan: critic weights are clamped to [-clip_value, clip_value] after every step
     gp_weight: float = 10.0  # wgan_gp: lambda of E(||grad D(x_hat)|| - 1)^2 on real/fake interpolates

@@ -15,6 +15,7 @@ Composing `conjugate(activation(v))` is exact for moderate v; for |v| beyond ~15
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -262,6 +263,25 @@ def get_divergence(name: str, alpha: float = 1.5) -> Divergence:
     if name not in DIVERGENCES:
         raise UserError(f"unknown divergence {name!r}; valid names: {', '.join(DIVERGENCES)}")
     return DIVERGENCES[name]
+
+
+def with_exponential_negative_tail(divergence: Divergence) -> Divergence:
+    """The same divergence with output activation g(v) = v for v > 0 and 1 - e^{-v} for v <= 0.
+
+    For divergences with dom f* = R and g_f(v) = v (KL, Pearson, Jeffrey), any bijection onto R leaves the
+    variational bound's supremum unchanged. Where q >> p the optimal critic T* = f'(p/q) can be very
+    negative (Jeffrey: ~ -q/p), which a piecewise-linear critic reaches only slowly; the exponential branch
+    reaches it at moderate scores. g is continuous with slope 1 at 0; v is clamped at -50 so float32 stays
+    finite. Used by configs/fgan_jeffrey_mixture1d.yaml (`model.fgan_activation=exp_negative_tail`).
+    """
+    if divergence.conjugate_domain != (-math.inf, math.inf):
+        raise UserError(f"model.fgan_activation=exp_negative_tail needs dom f* = R; {divergence.name}'s is "
+                        f"{divergence.conjugate_domain}: use model.fgan_activation=table")
+
+    def activation(v: torch.Tensor) -> torch.Tensor:
+        return torch.where(v > 0, divergence.activation(v), -torch.expm1(-v.clamp(-50.0, 0.0)))
+
+    return dataclasses.replace(divergence, activation=activation)
 
 
 def critic_objective(

@@ -197,3 +197,19 @@ def test_lr_schedule(schedule):
     assert np.all(np.diff(scales[10:]) <= 1e-12)
     assert lr_scale(optim, 110, 110) == pytest.approx(0.1)
     assert lr_scale(OptimConfig(), 50, 110) == 1.0
+
+
+def test_exponential_negative_tail_activation_is_a_smooth_bijection_onto_the_reals():
+    from gendist.divergences import get_divergence, with_exponential_negative_tail
+    from gendist.errors import UserError
+
+    jeffrey = with_exponential_negative_tail(get_divergence("jeffrey"))
+    v = torch.linspace(-20, 20, 4001, dtype=torch.float64, requires_grad=True)
+    t = jeffrey.activation(v)
+    (slope,) = torch.autograd.grad(t.sum(), v)
+    assert torch.all(torch.diff(t) > 0)  # strictly increasing
+    assert float(t[2000]) == pytest.approx(0.0, abs=1e-12) and float(slope[2000]) == pytest.approx(1.0)  # v = 0: value 0, slope 1
+    assert float(t[0]) < -1e8 and float(t[-1]) == pytest.approx(20.0)
+    assert torch.isfinite(jeffrey.conjugate(jeffrey.activation(torch.tensor([-1e4, -60.0, 0.0, 30.0])))).all()
+    with pytest.raises(UserError, match="dom f"):
+        with_exponential_negative_tail(get_divergence("reverse_kl"))

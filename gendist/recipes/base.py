@@ -22,8 +22,8 @@ class Nets(dict):
     into the same `.grad` before DDP reduces it.
     """
 
-    def __init__(self, players=(), unwrapped: "Nets | None" = None):
-        super().__init__(players)
+    def __init__(self, players=(), unwrapped: "Nets | None" = None, **named: nn.Module):
+        super().__init__(players, **named)
         self._unwrapped = unwrapped
 
     @property

@@ -20,7 +20,8 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.divergences import (Divergence, critic_objective, generator_objective,
-                                 generator_objective_nonsaturating, get_divergence)
+                                 generator_objective_nonsaturating, get_divergence,
+                                 with_exponential_negative_tail)
 from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator
 from gendist.recipes.base import Batch, DataInfo, Nets, Phase
@@ -139,6 +140,8 @@ class GANRecipe:
         model = self.config.model
         if model.gan_loss == "fgan":
             divergence = get_divergence(model.divergence, model.alpha)
+            if model.fgan_activation == "exp_negative_tail":
+                divergence = with_exponential_negative_tail(divergence)
             generator_fn = generator_objective if model.fgan_generator == "saturating" else \
                 generator_objective_nonsaturating
             return partial(fgan_critic, divergence), partial(generator_fn, divergence)
