@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,9 +71,24 @@ def command_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     try:
-        return train(config)
+        code = train(config)
     finally:
         shutdown()  # leave the process group cleanly: no half-closed gloo pairs at exit
+    exit_hard_after_deepspeed(code)
+    return code
+
+
+def exit_hard_after_deepspeed(code: int) -> None:
+    """End a launched DeepSpeed worker with os._exit once everything is written and the process group is
+    gone. On CPU, DeepSpeed JIT-loads its shared-memory comm op; at interpreter teardown that extension
+    sometimes aborts ("terminate called without an active exception", SIGABRT) after the run finished
+    cleanly, and the launcher then reports the whole job as failed. Skipping C++ teardown avoids that;
+    checkpoints, metrics and W&B files are closed by then (train() returned)."""
+    if "deepspeed" not in sys.modules or "LOCAL_RANK" not in os.environ:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def command_sample(args: argparse.Namespace) -> int:

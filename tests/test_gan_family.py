@@ -110,11 +110,13 @@ def test_fgan_fits_the_kl_optimum_short(cache, tmp_path):
 
 @pytest.mark.slow
 def test_ring_benchmark_short(cache, tmp_path):
-    """Short version of benchmarks/gan_2d.py on the ring (one seed, 3,000 steps, lenient thresholds)."""
+    """Short version of benchmarks/gan_2d.py on the ring: the r1 recipe's loss with its linear decay over
+    3,000 instead of 20,000 steps, one seed, lenient thresholds (measured here: 8/8 modes, 0.87 high quality;
+    the 20,000-step recipe reaches 0.98 in RESULTS.md)."""
     out = tmp_path / "results.json"
     result = run([sys.executable, "benchmarks/gan_2d.py", "--losses", "nonsaturating_r1", "--benchmarks", "ring",
-                  "--seeds", "0", "--steps", "3000", "--jobs", "1", "--json", str(out), "--check-modes", "7",
-                  "--check-hq", "0.6"], make_env(cache), timeout=300, check=False)
+                  "--seeds", "0", "--steps", "3000", "--set", "optim.schedule=linear", "--jobs", "1", "--json",
+                  str(out), "--check-modes", "7", "--check-hq", "0.5"], make_env(cache), timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     (record,) = json.loads(out.read_text())
     assert record["modes_covered"] >= 7

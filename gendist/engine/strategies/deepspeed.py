@@ -88,6 +88,12 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
+        from deepspeed.accelerator import get_accelerator
+
+        if self.config.precision == "fp16" and not get_accelerator().is_fp16_supported():
+            raise UserError(f"precision=fp16 with DeepSpeed needs fp16 support on {self.device.type} (on CPU: "
+                            "oneDNN fp16, i.e. AVX512-FP16/AMX), which this machine lacks; use precision=bf16, or "
+                            "dist.strategy=ddp (torch's GradScaler)")
         for phase in phases:
             if len(phase.trains) != 1:
                 raise UserError(f"dist.strategy=deepspeed: phase '{phase.name}' trains {len(phase.trains)} players; "
