@@ -90,7 +90,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.0  # generator EMA; 0 disables
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: NaN loss in these steps' first phase
+    inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: NaN loss in these steps (one phase)
+    inject_nan_phase: str = ""  # the phase whose first micro-step gets the NaN; "" = the recipe's first phase
 
 
 @dataclass
@@ -136,6 +137,12 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+
+# Players (networks with an optimizer) of each recipe: what per-player settings such as optim.lr_overrides may
+# name. tests/test_config.py checks this against each recipe's build_players().
+RECIPE_PLAYERS = {"gan": ("generator", "discriminator"), "vae": ("vae",)}
+# Phases of each recipe (train.inject_nan_phase); the R1 phase exists only with model.r1_gamma > 0.
+RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "generator"), "vae": ("elbo",)}
 
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
                  "model.n_critic", "model.iw_samples", "model.r1_every", "model.pack", "log.every", "eval.num_samples", "ckpt.keep",
@@ -280,7 +287,7 @@ def validate(config: RunConfig) -> None:
     for key in NON_NEGATIVE_INTS:
         if _get(config, key) < 0:
             raise UserError(f"config: {key} must be >= 0, got {_get(config, key)}")
-    if config.optim.lr <= 0:
+    if not config.optim.lr > 0:
         raise UserError(f"config: optim.lr must be > 0, got {config.optim.lr}")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise UserError(f"config: optim.betas must be two numbers in [0, 1), got {config.optim.betas}")
@@ -290,6 +297,27 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: optim.grad_clip must be >= 0, got {config.optim.grad_clip}")
     if not 0 <= config.train.ema_decay < 1:
         raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if not config.run.dir.strip():
+        raise UserError("config: run.dir must name a folder, got ''; e.g. run.dir=runs/my_run")
+    players = RECIPE_PLAYERS[config.model.recipe]
+    for name, lr in config.optim.lr_overrides.items():
+        if name not in players:
+            raise UserError(f"config: optim.lr_overrides.{name}: no player '{name}' in model.recipe="
+                            f"{config.model.recipe} (players: {', '.join(players)})")
+        if not lr > 0:
+            raise UserError(f"config: optim.lr_overrides.{name} must be > 0, got {lr}")
+    phases = RECIPE_PHASES[config.model.recipe]
+    if config.train.inject_nan_phase and config.train.inject_nan_phase not in phases:
+        raise UserError(f"config: train.inject_nan_phase must be one of {', '.join(phases)} for model.recipe="
+                        f"{config.model.recipe}, got '{config.train.inject_nan_phase}'")
+    if any(step < 0 for step in config.train.inject_nan_steps):
+        raise UserError(f"config: train.inject_nan_steps must be steps >= 0, got {config.train.inject_nan_steps}")
+    if not config.log.wandb_project.strip():
+        raise UserError("config: log.wandb_project must name a W&B project, got ''")
+    if config.train.seed < 0:
+        raise UserError(f"config: train.seed must be >= 0, got {config.train.seed}")
+    if config.optim.weight_decay < 0:
+        raise UserError(f"config: optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
     if config.dist.zero_stage not in (1, 2, 3):
         raise UserError(f"config: dist.zero_stage must be 1, 2 or 3, got {config.dist.zero_stage}")
     validate_model(config)
@@ -298,6 +326,10 @@ def validate(config: RunConfig) -> None:
     if len(given) != 1:
         raise UserError("config: set exactly one of data.source, data.dir, data.shards "
                         f"(got {', '.join(given) or 'none'})")
+    if data.source:
+        from gendist.data.sources import check_source_spec
+
+        check_source_spec(data.source)
     if data.test_shards and not data.shards:
         raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
 
@@ -308,6 +340,13 @@ def validate_model(config: RunConfig) -> None:
         value = getattr(model, key)
         if value < 0 or value != value:
             raise UserError(f"config: model.{key} must be >= 0, got {value}")
+    from gendist.divergences import get_divergence
+
+    try:  # a name from the table (and a valid alpha for "alpha")
+        get_divergence(model.divergence, model.alpha)
+    except UserError as error:
+        key = "model.alpha" if model.divergence == "alpha" else "model.divergence"
+        raise UserError(f"config: {key}: {error}") from None
     if model.gan_loss == "wgan" and model.clip_value == 0:
         raise UserError("config: model.clip_value must be > 0 with model.gan_loss=wgan (or use wgan_gp)")
     if config.train.batch_size % model.pack:

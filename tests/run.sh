@@ -1,12 +1,32 @@
 #!/usr/bin/env bash
-# Set up ./.venv (see launch/setup_env.sh) and run the test suite. Extra arguments go to pytest.
+# Set up ./.venv (see launch/setup_env.sh) and run the test suite: the fast tier (in-process unit tests,
+# `-m "not slow"`), then the integration tier (real processes: CLI runs, 2-process DDP/FSDP/DeepSpeed over
+# gloo, kill/resume; `-m slow`). Extra arguments go to a single pytest run instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh
 export WANDB_SILENT=true WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-status=0
-.venv/bin/python -m pytest -q -ra "$@" || status=$?
-if [ "$status" -eq 5 ]; then
-  echo "tests/run.sh: pytest collected no tests" >&2
+
+run_pytest() {
+  local status=0
+  .venv/bin/python -m pytest -q -ra "$@" || status=$?
+  if [ "$status" -eq 5 ]; then
+    echo "tests/run.sh: pytest collected no tests" >&2
+  fi
+  return "$status"
+}
+
+if [ "$#" -gt 0 ]; then
+  run_pytest "$@"
+  exit $?
 fi
-exit "$status"
+started=$SECONDS
+fast=0
+echo "== fast tier (unit tests) =="
+run_pytest -m "not slow" --durations=5 || fast=$?
+echo "== integration tier (real processes) =="
+integration=0
+run_pytest -m slow --durations=15 || integration=$?
+echo "tests/run.sh: fast tier exit $fast, integration tier exit $integration, $((SECONDS - started)) s in all"
+if [ "$fast" -ne 0 ]; then exit "$fast"; fi
+exit "$integration"

@@ -6,7 +6,8 @@ import pytest
 from gendist.config import load_config, parse_override
 from gendist.errors import UserError
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(ROOT.joinpath("configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -63,3 +64,16 @@ def test_missing_and_invalid_files(tmp_path):
 def test_parse_override_scientific_notation():
     assert parse_override("optim.lr=1e-4") == (["optim", "lr"], "1e-4")  # converted by the float field
     assert load_config(CONFIGS[0], ["optim.lr=1e-4"]).optim.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["gan", "vae"])
+def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
+    """config.RECIPE_PLAYERS / RECIPE_PHASES (what per-player and per-phase settings may name) are the
+    recipes' own players and phases (the R1 phase appears with model.r1_gamma > 0)."""
+    from gendist.config import RECIPE_PHASES, RECIPE_PLAYERS
+    from gendist.recipes import DataInfo, build_recipe
+
+    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "model.r1_gamma=1.0"])
+    built = build_recipe(config, DataInfo("points", (2,)))
+    assert tuple(built.build_players()) == RECIPE_PLAYERS[recipe]
+    assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])

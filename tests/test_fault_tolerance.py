@@ -1,6 +1,7 @@
 """Fault tolerance: corrupted and half-written checkpoints, NaN steps, exact resume after SIGKILL,
 preemption signals through the launcher, a dead rank, malformed input."""
 import json
+import math
 import os
 import random
 import signal
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from gendist.checkpoint import CheckpointWriter, find_resumable, save_torch
 from helpers import ROOT, accelerate_command, free_port, gendist_command, kill_tree, make_env, process_tree, \
@@ -64,33 +67,53 @@ def test_kill_during_checkpoint_write_resumes_from_previous_good(point, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["single", "zero2"])
-def test_injected_nan_steps_are_skipped_and_counted(launcher, tmp_path):
+@pytest.mark.parametrize("launcher, phase", [("single", "discriminator"), ("single", "generator"),
+                                             ("zero2", "discriminator"), ("zero2", "generator")])
+def test_injected_nan_steps_are_skipped_and_counted(launcher, phase, tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
-            "train.inject_nan_steps=[5, 6, 7]", "log.every=10", *QUIET]
+            "train.inject_nan_steps=[5, 6, 7]", f"train.inject_nan_phase={phase}", "log.every=10", *QUIET]
     command = gendist_command(*args) if launcher == "single" else accelerate_command(
         free_port(), *args, config="launch/cpu-deepspeed-zero2.yaml")
     run(command, make_env(tmp_path / "cache"))
-    last = [m for m in read_metrics(run_dir) if "discriminator/loss" in m][-1]
-    assert last["skipped/discriminator/nonfinite"] == 3.0
-    assert isinstance(last["discriminator/loss"], float) and last["step"] == 40
+    lines = [m for m in read_metrics(run_dir) if "discriminator/loss" in m]
+    assert [m["step"] for m in lines] == [10, 20, 30, 40]
+    other = "generator" if phase == "discriminator" else "discriminator"
+    for line in lines:
+        assert line[f"skipped/{phase}/nonfinite"] == 3.0 and f"skipped/{other}/nonfinite" not in line, line
+        assert math.isfinite(line["discriminator/loss"]) and math.isfinite(line["generator/loss"]), line
+    final = run_dir / "checkpoints" / "step_00000040" / "players"
+    assert all(torch.isfinite(t).all() for path in final.glob("*.safetensors") for t in load_file(path).values())
 
 
 @pytest.mark.slow
-def test_too_many_bad_steps_stop_with_checkpoint(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
-                                 "train.inject_nan_steps=[3, 4, 5, 6]", "train.max_bad_steps=2", *QUIET),
-                 make_env(tmp_path / "cache"), check=False)
-    assert result.returncode == 3, result.stderr
-    assert "non-finite steps in a row" in result.stdout
+@pytest.mark.parametrize("phase", ["discriminator", "generator"])
+def test_too_many_bad_steps_stop_with_the_last_good_weights(phase, tmp_path):
+    """NaN at steps 3, 4, 5 of one phase with max_bad_steps=2: the run stops in step 5 with exit 3 and saves
+    a checkpoint whose weights of that phase's player are exactly those after steps 0-2 (the skipped steps
+    never touched them), as an uninterrupted 3-step run has them."""
+    env = make_env(tmp_path / "cache")
+    run_dir, reference = tmp_path / "run", tmp_path / "reference"
+    base = ["train", "configs/gan_ring.yaml", "train.batch_size=64", *QUIET]
+    result = run(gendist_command(*base, f"run.dir={run_dir}", "train.max_steps=40", "train.inject_nan_steps=[3, 4, 5, 6]",
+                                 f"train.inject_nan_phase={phase}", "train.max_bad_steps=2"), env, check=False)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert (f"gendist: error: 3 non-finite steps in a row (phase '{phase}', step 5); raise train.max_bad_steps "
+            "or lower optim.lr") in result.stdout
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000005"
+    run(gendist_command(*base, f"run.dir={reference}", "train.max_steps=3"), env)
+    saved = load_file(run_dir / "checkpoints" / "step_00000005" / "players" / f"{phase}.safetensors")
+    expected = load_file(reference / "checkpoints" / "step_00000003" / "players" / f"{phase}.safetensors")
+    assert all(torch.equal(saved[key], value) for key, value in expected.items())
+    other = "generator" if phase == "discriminator" else "discriminator"
+    moved = load_file(run_dir / "checkpoints" / "step_00000005" / "players" / f"{other}.safetensors")
+    assert all(torch.isfinite(t).all() for t in moved.values())
 
 
 # -- exact resume ------------------------------------------------------------------------------------------
-def losses_by_step(run_dir):
-    return {m["step"]: {k: v for k, v in m.items() if k.endswith("/loss")}
+def logged_values(run_dir):
+    """Per logged step: losses, fp16 loss scales and learning rates (everything that must resume exactly)."""
+    return {m["step"]: {k: v for k, v in m.items() if k.endswith("/loss") or k.startswith(("amp/", "lr/"))}
             for m in read_metrics(run_dir) if "generator/loss" in m}
 
 
@@ -98,42 +121,82 @@ def data_keys(run_dir):
     return {path.name: path.read_text() for path in sorted((run_dir / "data_keys").glob("*.jsonl"))}
 
 
-def kill_at_step(command, env, run_dir, target_step):
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    try:
-        wait_for_step(run_dir, process, target_step, poll=0.01)
-    finally:
-        kill_tree(process.pid, signal.SIGKILL)
-        process.wait()
+def latest_step(run_dir) -> int | None:
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.read_text().split("_")[1]) if latest.is_file() else None
+
+
+def launch_and_kill_at_step(command, env, run_dir, target_step, log_path) -> None:
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            wait_for_step(run_dir, process, target_step, poll=0.01)
+        finally:
+            kill_tree(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def assert_resumed_from(output: str, run_dir, step: int | None) -> None:
+    """The relaunch says it resumed from exactly the checkpoint `latest` named when it started (never from 0)."""
+    if step is None:
+        assert "resumed from" not in output, output[-2000:]
+        return
+    folder = run_dir / "checkpoints" / f"step_{step:08d}"
+    assert f"gendist: resumed from {folder} (step {step})" in output, output[-3000:]
+    assert "skipping checkpoint" not in output, output[-3000:]
+
+
+# launcher config, extra overrides, tolerance on logged values (0: bit-exact)
+RESUME_CASES = {
+    "single-fp16-ema": (None, ["precision=fp16", "train.ema_decay=0.95"], 0.0),  # GradScaler state, EMA
+    "ddp-bf16": ("launch/cpu-ddp.yaml", ["precision=bf16"], 1e-6),
+    "fsdp-ema": ("launch/cpu-fsdp.yaml", ["train.ema_decay=0.95"], 1e-6),  # sharded EMA
+    "zero2": ("launch/cpu-deepspeed-zero2.yaml", [], 1e-6),
+    "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
+}
+RESUME_STEPS = 300
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher, tolerance", [("single", 0.0), ("ddp", 1e-6), ("zero2", 1e-6), ("zero3", 1e-6)])
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(launcher, tolerance, tmp_path):
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
+    config, extra, tolerance = RESUME_CASES[case]
     env = make_env(tmp_path / "cache")
-    configs = {"ddp": "launch/cpu-ddp.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml",
-               "zero3": "launch/cpu-deepspeed-zero3.yaml"}
 
     def command(run_dir):
-        args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=500", "ckpt.every=40",
-                "log.every=1", "log.data_keys=true", "train.batch_size=64", *QUIET]
-        if launcher == "single":
-            return gendist_command(*args)
-        return accelerate_command(free_port(), *args, config=configs[launcher])
+        args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", f"train.max_steps={RESUME_STEPS}",
+                "ckpt.every=40", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
+        return gendist_command(*args) if config is None else accelerate_command(free_port(), *args, config=config)
 
     reference = tmp_path / "reference"
     run(command(reference), env)
     interrupted = tmp_path / "interrupted"
-    for target in (150, 290, 430):
-        kill_at_step(command(interrupted), env, interrupted, target + random.Random(target).randrange(15))
-    run(command(interrupted), env)
-    expected, got = losses_by_step(reference), losses_by_step(interrupted)
-    assert sorted(got) == sorted(expected) == list(range(1, 501))
-    for step, losses in expected.items():
-        for key, value in losses.items():
-            assert abs(got[step][key] - value) <= tolerance * max(1.0, abs(value)), (step, key)
+    resumed_from = []
+    for index, target in enumerate((90, 170, 250)):
+        before = latest_step(interrupted)
+        log_path = tmp_path / f"launch_{index}.log"
+        launch_and_kill_at_step(command(interrupted), env, interrupted, target + random.Random(target).randrange(15),
+                                log_path)
+        assert_resumed_from(log_path.read_text(), interrupted, before)
+        resumed_from.append(before)
+    before = latest_step(interrupted)
+    final = run(command(interrupted), env)
+    assert_resumed_from(final.stdout, interrupted, before)
+    assert resumed_from[0] is None and all(step and step >= 40 for step in resumed_from[1:] + [before])
+    expected, got = logged_values(reference), logged_values(interrupted)
+    assert sorted(got) == sorted(expected) == list(range(1, RESUME_STEPS + 1))
+    for step, values in expected.items():
+        assert set(got[step]) == set(values), step
+        for key, value in values.items():
+            assert abs(got[step][key] - value) <= tolerance * max(1.0, abs(value)), (step, key, got[step][key], value)
     assert data_keys(interrupted) == data_keys(reference)
+    if "ema" in case:  # the EMA generator is saved and resumed with everything else
+        name = f"step_{RESUME_STEPS:08d}"
+        ema_ref = load_file(reference / "checkpoints" / name / "players" / "ema.safetensors")
+        ema_got = load_file(interrupted / "checkpoints" / name / "players" / "ema.safetensors")
+        for key, value in ema_ref.items():
+            assert float((ema_got[key] - value).abs().max()) <= tolerance, key
 
 
 # -- preemption and dead ranks -----------------------------------------------------------------------------
@@ -201,6 +264,28 @@ def test_preemption_signal_checkpoints_and_relaunch_resumes(signum, to_group, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["sigterm", "sigusr1"])
+def test_preemption_signal_to_a_single_process_exits_75_after_a_checkpoint(signum, tmp_path):
+    env = make_env(tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    command = gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=100000",
+                              "ckpt.every=0", "log.every=10", *QUIET)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        wait_for_step(run_dir, process, 30)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        kill_tree(process.pid, signal.SIGKILL)
+    assert process.returncode == 75, (process.returncode, stderr[-2000:])
+    saved_step = latest_step(run_dir)
+    assert saved_step is not None and saved_step >= 30
+    assert f"gendist: stop requested (signal {int(signum)}): checkpointing step {saved_step}" in stdout
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
 def test_killing_one_rank_ends_the_job_within_60_seconds(tmp_path):
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
@@ -220,3 +305,70 @@ def test_killing_one_rank_ends_the_job_within_60_seconds(tmp_path):
     assert launcher.returncode != 0
     assert ended - killed_at < 60
     assert "exitcode  : -9" in output and "rank" in output  # the launcher names the dead rank
+
+
+# -- damaged checkpoints of a real run ---------------------------------------------------------------------
+DAMAGES = {  # what to damage in the newest checkpoint -> the step the relaunch must resume from
+    "manifest": ("step_00000040/manifest.json", 20),
+    "latest": ("latest", 40),  # `latest` is only a hint: the newest checkpoint that verifies is used
+    "rank_state": ("step_00000040/rank_00000.pt", 20),
+    "player": ("step_00000040/players/generator.safetensors", 20),
+    "optimizer": ("step_00000040/optim.pt", 20),
+}
+
+
+@pytest.fixture(scope="module")
+def two_checkpoint_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("damaged")
+    env = make_env(base / "cache")
+    run_dir = base / "run"
+    args = gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
+                           "ckpt.every=20", "log.every=10", "train.batch_size=64", *QUIET)
+    run(args, env)
+    return run_dir, env
+
+
+def damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data[: max(1, len(data) - 7)]))  # flipped and truncated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", list(DAMAGES))
+def test_a_damaged_file_in_a_written_checkpoint_falls_back_loudly(what, two_checkpoint_run, tmp_path):
+    source, env = two_checkpoint_run
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(source, run_dir)
+    relative, expected_step = DAMAGES[what]
+    target = run_dir / "checkpoints" / relative
+    if what == "latest":
+        target.write_text("step_000\x00garbage")
+    else:
+        damage(target)
+    result = run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=50",
+                                 "ckpt.every=20", "log.every=10", "train.batch_size=64", *QUIET), env)
+    folder = run_dir / "checkpoints" / f"step_{expected_step:08d}"
+    assert f"gendist: resumed from {folder} (step {expected_step})" in result.stdout, result.stdout[-2000:]
+    if expected_step == 20:
+        assert f"gendist: WARNING: skipping checkpoint step_00000040: {target}" in result.stderr, result.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000050"
+
+
+@pytest.mark.slow
+def test_a_damaged_deepspeed_engine_file_falls_back_loudly(tmp_path):
+    env = make_env(tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "ckpt.every=20", "log.every=10",
+            "train.batch_size=64", *QUIET]
+    config = "launch/cpu-deepspeed-zero2.yaml"
+    run(accelerate_command(free_port(), *args, "train.max_steps=40", config=config), env)
+    engine_files = sorted((run_dir / "checkpoints" / "step_00000040" / "engines").rglob("*optim_states.pt"))
+    assert len(engine_files) == 4, engine_files  # 2 engines x 2 ranks' partitions
+    damage(engine_files[-1])
+    result = run(accelerate_command(free_port(), *args, "train.max_steps=50", config=config), env)
+    folder = run_dir / "checkpoints" / "step_00000020"
+    assert f"gendist: resumed from {folder} (step 20)" in result.stdout
+    assert f"skipping checkpoint step_00000040: {engine_files[-1]}" in result.stdout + result.stderr

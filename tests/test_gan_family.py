@@ -34,6 +34,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
     run_dir = tmp_path / "run"
@@ -51,6 +52,7 @@ def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
         assert all(line["discriminator/gradient_penalty"] >= 0 for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
     ("model.pack=3", "train.batch_size (256) must be a multiple of model.pack (3)"),
     ("model.gaussian_init=[0,-1]", "model.gaussian_init must be [mean, std] with std > 0"),
@@ -67,6 +69,7 @@ def test_bad_gan_settings_exit_2_with_one_line(override, message, cache, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
 
 
+@pytest.mark.slow
 def test_unrolled_gan_is_rejected_under_fsdp_in_one_process(cache, tmp_path):
     result = run(gendist_command("train", "configs/unrolled_ring.yaml", f"run.dir={tmp_path}", "dist.strategy=fsdp",
                                  *QUICK), make_env(cache), check=False)

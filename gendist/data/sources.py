@@ -44,12 +44,24 @@ def source_revision(spec: str) -> str:
     return {"mixture1d": repr(sorted(MIXTURE_1D.items())), "swissroll": "noise=0.25,scale=1/7.5"}.get(name, "")
 
 
+BUILTIN_SOURCES = ("ring", "grid", "swissroll", "mixture1d", "digits")
+PATH_SOURCES = ("npz", "folder")
+
+
+def check_source_spec(spec: str) -> None:
+    """A one-line UserError unless `spec` names a built-in source or `npz:PATH` / `folder:PATH`."""
+    name, _, argument = spec.partition(":")
+    if not ((name in BUILTIN_SOURCES and not argument) or (name in PATH_SOURCES and argument)):
+        raise UserError(f"data.source: unknown source '{spec}' — valid sources: {VALID_SOURCES}")
+
+
 def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
                 image_size: int | None = None) -> SourceData:
     """Load the source named by `spec`; the same (spec, seed) always gives the same data.
 
     `num_samples` overrides the size of the synthetic mixtures; `image_size` resizes folder images to a square.
     """
+    check_source_spec(spec)
     name, _, argument = spec.partition(":")
     if name == "ring":
         return build_ring(seed, num_samples or 100_000)
@@ -61,11 +73,9 @@ def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
         return build_mixture1d(seed, num_samples or 200_000)
     if name == "digits":
         return build_digits()
-    if name == "npz" and argument:
+    if name == "npz":
         return load_npz(Path(argument).expanduser())
-    if name == "folder" and argument:
-        return load_folder(Path(argument).expanduser(), image_size)
-    raise UserError(f"data.source: unknown source '{spec}' — valid sources: {VALID_SOURCES}")
+    return load_folder(Path(argument).expanduser(), image_size)
 
 
 def sample_mixture(modes: np.ndarray, std: float, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,8 +33,9 @@ def cache_root(config: RunConfig) -> Path:
 def _source_key(spec: str, seed: int) -> str:
     """Cache key of a source: its spec, and for file sources the file's size and modification time."""
     parts = [spec, str(seed)]
-    if source_revision(spec):
-        parts.append(source_revision(spec))
+    revision = source_revision(spec)
+    if revision:
+        parts.append(revision)
     if ":" in spec:
         path = Path(spec.split(":", 1)[1])
         if path.exists():

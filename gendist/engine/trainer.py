@@ -44,16 +44,17 @@ class Trainer:
         self.noise = StepNoise(config.train.seed, dist_info.device, dist_info.rank, dist_info.world_size,
                                config.train.grad_accum)
         self.ema: EMA | None = None
-        if config.train.ema_decay > 0:
-            if getattr(strategy, "stage", 0) == 3:
-                raise UserError("train.ema_decay is not supported with DeepSpeed ZeRO-3 yet; "
-                                "use dist.zero_stage=2 or dist.strategy=fsdp (sharded EMA)")
+        if config.train.ema_decay > 0:  # (DeepSpeedStrategy refuses ZeRO-3 with an EMA)
             self.ema = EMA(strategy.raw[recipe.generator_name], config.train.ema_decay)
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_counts: dict[str, int] = defaultdict(int)
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
         self.stop_signal: int | None = None
         self.nan_steps = set(config.train.inject_nan_steps)
+        self.nan_phase = config.train.inject_nan_phase or self.phases[0].name
+        if self.nan_steps and self.nan_phase not in {phase.name for phase in self.phases}:
+            raise UserError(f"train.inject_nan_phase: this run has no phase '{self.nan_phase}' (phases: "
+                            f"{', '.join(phase.name for phase in self.phases)})")
         self.keys_file = None  # opened by `open_data_keys` when log.data_keys is on
         # Launched workers (accelerate/torchrun) watch their launcher: if it dies they checkpoint and exit
         # instead of running on as orphans.
@@ -87,7 +88,7 @@ class Trainer:
                 with self.strategy.sync_context(phase, sync=micro == accum - 1):
                     with self.strategy.autocast():
                         outputs = phase.loss(nets, batch, self.step)
-                    if phase_index == 0 and repeat == 0 and self.step in self.nan_steps:
+                    if repeat == 0 and phase.name == self.nan_phase and self.step in self.nan_steps:
                         outputs = {**outputs, "loss": outputs["loss"] * float("nan")}  # fault injection
                     self.strategy.backward(phase, outputs["loss"])
                 self.accumulate(phase, outputs)  # tensors only: no host sync inside micro-steps
@@ -162,6 +163,9 @@ class Trainer:
             syncs.clear()
         self.optimizer_steps.clear()
         reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
+        reduced.update({f"amp/{name}_loss_scale": scale for name, scale in self.strategy.loss_scales().items()})
+        if self.loader.skipped:  # bad shards/samples passed over under data.on_error=skip (this rank)
+            reduced["data/skipped_this_rank"] = float(self.loader.skipped)
         reduced.update({f"lr/{name}": float(optimizer.param_groups[0]["lr"])
                         for name, optimizer in self.strategy.optimizers.items()})
         return reduced

@@ -167,6 +167,11 @@ class Strategy:
             return torch.zeros((), device=self.device)
         return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
 
+    def loss_scales(self) -> dict[str, float]:
+        """Current fp16 loss scale of each phase's scaler (empty unless precision=fp16); a host sync, so
+        only read at log steps."""
+        return {name: float(scaler.get_scale()) for name, scaler in self.scalers.items()}
+
     # -- state -------------------------------------------------------------------------------------------
     def model_state(self, name: str) -> dict[str, torch.Tensor]:
         """Full (unsharded) weights of a player, on CPU, identical on every rank."""

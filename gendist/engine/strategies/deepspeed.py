@@ -79,6 +79,9 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, config: RunConfig, dist_info: DistInfo, stage: int):
         super().__init__(config, dist_info)
         self.stage = stage
+        if stage == 3 and config.train.ema_decay > 0:  # checked before DeepSpeed is even imported
+            raise UserError("train.ema_decay is not supported with DeepSpeed ZeRO-3 yet; "
+                            "use dist.zero_stage=2 or dist.strategy=fsdp (sharded EMA)")
         self.engines: dict[str, "deepspeed.DeepSpeedEngine"] = {}  # noqa: F821
         self._boundary = True
         self._loss_finite: dict[str, torch.Tensor] = {}
@@ -143,6 +146,13 @@ class DeepSpeedStrategy(Strategy):
         if phase.clamp_weights and applied:
             self.clamp_weights(name, phase.clamp_weights)
         return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
+
+    def loss_scales(self) -> dict[str, float]:
+        """DeepSpeed's own fp16 loss scaler of each engine (empty unless precision=fp16)."""
+        if self.config.precision != "fp16":
+            return {}
+        return {name: float(getattr(engine.optimizer, "loss_scale", getattr(engine.optimizer, "cur_scale", 0.0)))
+                for name, engine in self.engines.items()}
 
     @torch.no_grad()
     def clamp_weights(self, name: str, limit: float) -> None:
