@@ -44,7 +44,7 @@ def wait_for_checkpoint(run_dir, process, timeout=120):
 def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
-    args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=1500", "ckpt.every=100",
+    args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=600", "ckpt.every=100",
             "log.every=50", *QUIET]
     configs = {"ddp": "launch/cpu-ddp.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml"}
     command = gendist_command(*args) if launcher == "single" else accelerate_command(
@@ -59,11 +59,11 @@ def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
         kill_tree(process.pid, signal.SIGKILL)  # the launcher and its workers: nothing gets to clean up
         process.wait()
     saved_step = int((run_dir / "checkpoints" / "latest").read_text().split("_")[1])
-    assert saved_step >= int(saved.split("_")[1]) and saved_step < 1500
+    assert saved_step >= int(saved.split("_")[1]) and saved_step < 600
     result = run(command, env)
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{saved_step:08d}'} (step {saved_step})" in result.stdout
     steps = [m["step"] for m in read_metrics(run_dir) if "generator/loss" in m]
-    assert steps == list(range(50, 1501, 50))  # each step logged once, none lost, none duplicated
+    assert steps == list(range(50, 601, 50))  # each step logged once, none lost, none duplicated
 
 
 def test_two_machines_on_loopback_end_identical(tmp_path):

@@ -81,7 +81,10 @@ def test_injected_nan_steps_are_skipped_and_counted(launcher, phase, tmp_path):
     other = "generator" if phase == "discriminator" else "discriminator"
     for line in lines:
         assert line[f"skipped/{phase}/nonfinite"] == 3.0 and f"skipped/{other}/nonfinite" not in line, line
-        assert math.isfinite(line["discriminator/loss"]) and math.isfinite(line["generator/loss"]), line
+        # the window holding the injected steps reports their NaN loss (nothing is hidden); later ones are finite
+        # (metrics.jsonl writes a non-finite value as the string "nan", which float() reads back)
+        assert math.isnan(float(line[f"{phase}/loss"])) == (line["step"] == 10), line
+        assert math.isfinite(float(line[f"{other}/loss"])), line
     final = run_dir / "checkpoints" / "step_00000040" / "players"
     assert all(torch.isfinite(t).all() for path in final.glob("*.safetensors") for t in load_file(path).values())
 
@@ -155,7 +158,7 @@ RESUME_CASES = {
     "zero2": ("launch/cpu-deepspeed-zero2.yaml", [], 1e-6),
     "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
 }
-RESUME_STEPS = 300
+RESUME_STEPS = 200
 
 
 @pytest.mark.slow
@@ -166,14 +169,14 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
 
     def command(run_dir):
         args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", f"train.max_steps={RESUME_STEPS}",
-                "ckpt.every=40", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
+                "ckpt.every=25", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
         return gendist_command(*args) if config is None else accelerate_command(free_port(), *args, config=config)
 
     reference = tmp_path / "reference"
     run(command(reference), env)
     interrupted = tmp_path / "interrupted"
     resumed_from = []
-    for index, target in enumerate((90, 170, 250)):
+    for index, target in enumerate((70, 140)):  # the second relaunch resumes a run that was itself resumed
         before = latest_step(interrupted)
         log_path = tmp_path / f"launch_{index}.log"
         launch_and_kill_at_step(command(interrupted), env, interrupted, target + random.Random(target).randrange(15),
@@ -183,7 +186,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
     before = latest_step(interrupted)
     final = run(command(interrupted), env)
     assert_resumed_from(final.stdout, interrupted, before)
-    assert resumed_from[0] is None and all(step and step >= 40 for step in resumed_from[1:] + [before])
+    assert resumed_from[0] is None and all(step and step >= 50 for step in resumed_from[1:] + [before])
     expected, got = logged_values(reference), logged_values(interrupted)
     assert sorted(got) == sorted(expected) == list(range(1, RESUME_STEPS + 1))
     for step, values in expected.items():
@@ -248,7 +251,7 @@ def test_preemption_signal_checkpoints_and_relaunch_resumes(signum, to_group, tm
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
     command = accelerate_command(free_port(), "train", "configs/gan_ring.yaml", f"run.dir={run_dir}",
-                                 "train.max_steps=1500", "ckpt.every=1000", "log.every=10", *QUIET)
+                                 "train.max_steps=400", "ckpt.every=1000", "log.every=10", *QUIET)
     launcher = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
     wait_for_step(run_dir, launcher, 100)
@@ -258,7 +261,7 @@ def test_preemption_signal_checkpoints_and_relaunch_resumes(signum, to_group, tm
     wait_gone(workers, timeout=60)  # the workers checkpoint and exit (code 75)
     saved = (run_dir / "checkpoints" / "latest").read_text()
     saved_step = int(saved.split("_")[1])
-    assert 100 <= saved_step < 1000
+    assert 100 <= saved_step < 400
     resumed = run(command, env)
     assert f"(step {saved_step})" in resumed.stdout
 

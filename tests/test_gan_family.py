@@ -48,8 +48,10 @@ def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
         assert max(float(w.abs().max()) for w in weights.values()) <= 0.01 + 1e-7
     if variant == "hinge_r1":  # the lazy phase ran every 4 steps and logged its penalty
         assert any("discriminator_r1/r1_penalty" in line for line in lines)
-    if variant == "wgan_gp":
-        assert all(line["discriminator/gradient_penalty"] >= 0 for line in lines)
+    if variant == "wgan_gp":  # the penalty is at work: it pulls the critic's gradient norm towards 1
+        penalties = [line["discriminator/gradient_penalty"] for line in lines]
+        assert all(math.isfinite(p) and p > 0 for p in penalties), penalties
+        assert penalties[-1] < 0.7 * penalties[0], penalties  # measured 0.26 -> 0.16 -> 0.10
 
 
 @pytest.mark.slow

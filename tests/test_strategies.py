@@ -37,9 +37,9 @@ RECIPES = {
 # (strategy, recipe) pairs: every strategy for the base recipes, the ones each variant stresses for the rest.
 # Strategies: 2 processes through accelerate launch with each shipped config; "torchrun" (DDP);
 # "fsdp-1proc"/"zero2-1proc": dist.strategy=fsdp|deepspeed in a single process.
-CASES = [(strategy, recipe) for recipe in ("gan", "gan_sgd", "vae")
-         for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
-CASES += [("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
+CASES = [(strategy, recipe) for recipe in ("gan_sgd", "vae") for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+CASES += [("ddp", "gan"), ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
+          ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
           ("fsdp", "wgan_clip"), ("zero2", "wgan_clip"), ("zero3", "wgan_clip"),
           ("ddp", "gan_sgd_clip"), ("fsdp", "gan_sgd_clip"), ("zero2", "gan_sgd_clip"),
           ("torchrun", "gan_sgd"), ("fsdp-1proc", "gan_sgd"), ("zero2-1proc", "gan_sgd")]
@@ -244,5 +244,9 @@ def test_mixed_precision_trains_without_nonfinite_steps(strategy, precision, cac
     for line in lines:
         assert isinstance(line["generator/loss"], float) and isinstance(line["discriminator/loss"], float)
         assert not any(key.endswith("/nonfinite") for key in line), line
+        if precision == "fp16":  # the per-phase GradScaler is at work and logged (its initial scale is 2^16)
+            assert 0 < line["amp/discriminator_loss_scale"] <= 2.0 ** 16 and 0 < line["amp/generator_loss_scale"] <= 2.0 ** 16
     evaluation = json.loads((run_dir / "eval.json").read_text())
-    assert 0 <= evaluation["modes_covered"] <= 8 and evaluation["mmd2"] < 1.0  # finite, sane samples
+    # the generator moved towards the data: an untrained one scores MMD^2 0.29 on the ring (measured), 300
+    # fp32 steps about 0.12
+    assert evaluation["mmd2"] < 0.2, evaluation
