@@ -138,6 +138,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+DATA_LOCATIONS = ("source", "dir", "shards")  # where the training data comes from: exactly one is set
 # Players (networks with an optimizer) of each recipe: what per-player settings such as optim.lr_overrides may
 # name. tests/test_config.py checks this against each recipe's build_players().
 RECIPE_PLAYERS = {"gan": ("generator", "discriminator"), "vae": ("vae",)}
@@ -264,12 +265,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError(f"config file '{path}'{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
         if not isinstance(tree, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections (run:, data:, model:, ...)")
-    for text in overrides:
-        keys, value = parse_override(text)
+    parsed = [(parse_override(text), text) for text in overrides]
+    if any(keys[:1] == ["data"] and keys[1:] in (["source"], ["dir"], ["shards"]) and value
+           for (keys, value), _ in parsed):
+        _drop_file_data_location(tree)
+    for (keys, value), text in parsed:
         _set_dotted(tree, keys, value, text)
     config = _build(RunConfig, tree, "")
     validate(config)
     return config
+
+
+def _drop_file_data_location(tree: dict) -> None:
+    """A data location given on the command line replaces the one the config file names (its source, dir or
+    shards, and the test shards that go with them); two locations on the command line stay an error."""
+    data = tree.get("data")
+    if isinstance(data, dict):
+        for key in DATA_LOCATIONS + ("test_shards",):
+            data.pop(key, None)
 
 
 def _get(config: RunConfig, dotted: str) -> Any:
@@ -322,10 +335,12 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: dist.zero_stage must be 1, 2 or 3, got {config.dist.zero_stage}")
     validate_model(config)
     data = config.data
-    given = [name for name in ("source", "dir", "shards") if getattr(data, name)]
-    if len(given) != 1:
-        raise UserError("config: set exactly one of data.source, data.dir, data.shards "
-                        f"(got {', '.join(given) or 'none'})")
+    given = [name for name in DATA_LOCATIONS if getattr(data, name)]
+    if not given:
+        raise UserError("config: no training data: set one of data.source, data.dir, data.shards")
+    if len(given) > 1:
+        raise UserError(f"config: set exactly one of data.source, data.dir, data.shards (got {', '.join(given)}); "
+                        "keep one (a location given on the command line replaces the config file's)")
     if data.source:
         from gendist.data.sources import check_source_spec
 

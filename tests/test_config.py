@@ -39,11 +39,12 @@ def test_overrides_apply_with_types():
     ("dist.zero_stage=4", "dist.zero_stage must be 1, 2 or 3"),
     ("train=3", "train must be a mapping"),
     ("novalue", "must look like key=value"),
-    ("data.dir=somewhere", "set exactly one of data.source, data.dir, data.shards"),
+    ("data.dir=somewhere data.shards=x/*.tar", "set exactly one of data.source, data.dir, data.shards (got dir, shards)"),
+    ("data.source=", "no training data: set one of data.source, data.dir, data.shards"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(UserError) as error:
-        load_config(CONFIGS[0], [override])
+        load_config(CONFIGS[0], override.split(" "))
     assert fragment in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -77,3 +78,25 @@ def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     built = build_recipe(config, DataInfo("points", (2,)))
     assert tuple(built.build_players()) == RECIPE_PLAYERS[recipe]
     assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.dir=data/mine", ("", "data/mine", "", "")),
+    ("data.shards=/d/train-*.tar", ("", "", "/d/train-*.tar", "")),
+    ("data.source=grid", ("grid", "", "", "")),
+])
+def test_a_data_location_on_the_command_line_replaces_the_files(override, expected):
+    """configs/gan_ring.yaml names data.source=ring; a location given on the command line takes its place
+    (and data.test_shards may come with data.shards)."""
+    config = load_config(ROOT / "configs" / "gan_ring.yaml", [override])
+    data = config.data
+    assert (data.source, data.dir, data.shards, data.test_shards) == expected
+    with_test = load_config(ROOT / "configs" / "gan_ring.yaml", ["data.shards=/d/train-*.tar", "data.test_shards=/d/test-*.tar"])
+    assert (with_test.data.source, with_test.data.test_shards) == ("", "/d/test-*.tar")
+
+
+def test_a_file_with_two_data_locations_is_an_error(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("data:\n  source: ring\n  dir: data/ring\n")
+    with pytest.raises(UserError, match=r"set exactly one of data.source, data.dir, data.shards \(got source, dir\); keep one"):
+        load_config(path)

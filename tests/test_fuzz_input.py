@@ -61,9 +61,9 @@ def at_least(bound):
 RANGES = {
     "run.dir": lambda v: v.strip() != "",
     "data.source": lambda v: v in ("ring", "grid", "swissroll", "mixture1d", "digits"),
-    "data.dir": lambda v: v == "",  # the base config names data.source: a second location is an error
-    "data.shards": lambda v: v == "",
-    "data.test_shards": lambda v: v == "",  # needs data.shards
+    # a location on the command line replaces the file's data.source (whether it exists is checked when the
+    # run starts); test shards need data.shards
+    "data.test_shards": lambda v: v == "",
     "data.num_workers": at_least(0), "data.shuffle_buffer": at_least(1),
     "model.latent_dim": at_least(1), "model.hidden": at_least(1), "model.depth": at_least(0),
     "model.divergence": lambda v: v in ("total_variation", "kl", "reverse_kl", "pearson", "neyman",
@@ -178,3 +178,19 @@ def test_fuzz_command_lines(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path) if argv[:1] == ["data"] else None
     code, lines = is_rejected(argv, capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("gendist: error:"), (argv, lines)
+
+
+def test_prepare_rejects_bad_arrays_and_an_unwritable_out_folder(tmp_path, capsys):
+    """Inputs that once gave tracebacks: a string array x, float labels, --out under a regular file."""
+    import numpy as np
+
+    np.savez(tmp_path / "strings.npz", x=np.array(["a", "b", "c", "d"]))
+    np.savez(tmp_path / "labels.npz", x=np.zeros((4, 2)), y=np.array([0.5, 1.0, 2.0, 3.0]))
+    (tmp_path / "a_file").write_text("not a folder")
+    cases = [(["--source", f"npz:{tmp_path / 'strings.npz'}", "--out", str(tmp_path / "o1")], "array x has dtype <U1"),
+             (["--source", f"npz:{tmp_path / 'labels.npz'}", "--out", str(tmp_path / "o2")], "labels must be integers"),
+             (["--source", "ring", "--out", str(tmp_path / "a_file" / "sub")], "cannot create the --out folder")]
+    for args, fragment in cases:
+        code, lines = is_rejected(["data", "prepare", *args], capsys)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("gendist: error:") and fragment in lines[0], \
+            (args, lines)

@@ -189,15 +189,23 @@ def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, t
         raise UserError(f"data prepare: {len(data.x)} samples from '{source}' cannot be split with "
                         f"test_fraction={test_fraction}; both splits need at least one sample")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"data prepare: cannot create the --out folder '{out_dir}' ({error.strerror or error}); "
+                        "pass a folder you can write") from None
     order = np.random.default_rng([seed, 1]).permutation(len(data.x))
     split_rows = {"train": order[num_test:], "test": order[:num_test]}
     # folder images are stored one per member group: record block_size 1 so block sizes stay derivable
     stored_block_size = 1 if data.encoded is not None else block_size
     splits = {}
-    for split in SPLITS:
-        shards = write_split(data, split_rows[split], split, out_dir, shard_size, stored_block_size)
-        splits[split] = {"num_samples": int(len(split_rows[split])), "shards": shards}
+    try:  # shards are written to temporary names and renamed when complete: a failure leaves no half shard
+        for split in SPLITS:
+            shards = write_split(data, split_rows[split], split, out_dir, shard_size, stored_block_size)
+            splits[split] = {"num_samples": int(len(split_rows[split])), "shards": shards}
+    except OSError as error:
+        raise UserError(f"data prepare: writing shards to '{out_dir}' failed ({error.strerror or error}); "
+                        "check the free space and permissions of --out") from None
     manifest = {
         "format": MANIFEST_FORMAT, "source": source, "kind": data.kind, "sample_shape": list(data.x.shape[1:]),
         "dtype": "float32", "has_labels": data.y is not None, "block_size": stored_block_size,

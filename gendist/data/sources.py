@@ -148,6 +148,9 @@ def load_npz(path: Path) -> SourceData:
     if x.ndim < 1 or len(x) == 0 or x.ndim > 4:
         raise UserError(f"data.source: '{path}' array x has shape {x.shape}; "
                         "expected (N, D), (N, H, W) or (N, C, H, W) with N >= 1")
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"data.source: '{path}' array x has dtype {x.dtype}; expected numbers (float points or "
+                        "images in [0, 1], or uint8 images)")
     # uint8 images are the common on-disk form: bring them to [0, 1] like every other image source
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     if not np.isfinite(x).all():
@@ -162,6 +165,8 @@ def load_npz(path: Path) -> SourceData:
         if y.shape != (len(x),):
             raise UserError(f"data.source: '{path}' has len(y)={len(y) if y.ndim else 0} but len(x)={len(x)}; "
                             "they must match")
+        if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise UserError(f"data.source: '{path}' array y has dtype {y.dtype}; labels must be integers")
         y = y.astype(np.int64)
     return SourceData(x=x, y=y, kind=kind, modes=None, mode_std=None, name=path.stem)
 
