@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +98,41 @@ def read_wandb_records(path: Path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def latest_step(run_dir) -> int | None:
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.read_text().split("_")[1]) if latest.is_file() else None
+
+
+def wait_for_step(run_dir, process, step, timeout=120, poll=0.05):
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if last_logged_step(metrics) >= step:
+            return
+        assert process.poll() is None, "the run ended early"
+        time.sleep(poll)
+    raise AssertionError(f"step {step} not reached")
+
+
+def last_logged_step(metrics: Path) -> int:
+    """Step of the newest complete line; the line being written may be torn, so it is skipped."""
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except ValueError:
+            continue
+    return 0
+
+
+def launch_and_kill_at_step(command, env, run_dir, target_step, log_path) -> None:
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            wait_for_step(run_dir, process, target_step, poll=0.01)
+        finally:
+            kill_tree(process.pid, signal.SIGKILL)
+            process.wait()

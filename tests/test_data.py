@@ -315,3 +315,24 @@ def test_packed_ring_reads_fast(ring):
     samples_per_second = measure_throughput(shard_urls(folder, manifest), manifest, batch_size=256)
     print(f"packed ring read throughput: {samples_per_second:,.0f} samples/s")
     assert samples_per_second > 100_000  # single-sample tar members manage ~6,000/s
+
+
+def test_standard_member_groups_decode_with_ids_from_keys_and_labels_from_cls_or_json():
+    import io as _io
+
+    from gendist.data.reading import decode_group, sample_id
+
+    def npy(array):
+        buffer = _io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    block = decode_group({"__key__": "000123", "npy": npy(np.arange(6, dtype=np.float32).reshape(2, 3)),
+                          "json": b'{"label": 4}'}, None)
+    assert block.x.shape == (1, 1, 2, 3) and block.y.tolist() == [4] and block.idx.tolist() == [123]
+    points = decode_group({"__key__": "a/b", "npy": npy(np.array([0.5, 1.5])), "cls": b"7"}, None)
+    assert points.x.shape == (1, 2) and points.y.tolist() == [7]
+    assert points.idx.tolist() == [sample_id({"__key__": "a/b"})] and 0 <= points.idx[0] < 2 ** 63
+    assert sample_id({"__key__": "a/b"}) != sample_id({"__key__": "a/c"})
+    with pytest.raises(ValueError, match="no sample"):
+        decode_group({"__key__": "x", "txt": b"hello"}, None)

@@ -1,6 +1,5 @@
 """The engine in one process, step by step (no CLI): what each optimizer step does with learning rates,
 warm-up, per-player overrides, gradient clipping and accumulation, checked against the arithmetic of SGD."""
-import math
 
 import pytest
 import torch

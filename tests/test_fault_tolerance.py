@@ -1,6 +1,5 @@
 """Fault tolerance: corrupted and half-written checkpoints, NaN steps, exact resume after SIGKILL,
 preemption signals through the launcher, a dead rank, malformed input."""
-import json
 import math
 import os
 import random
@@ -14,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from gendist.checkpoint import CheckpointWriter, find_resumable, save_torch
-from helpers import ROOT, accelerate_command, free_port, gendist_command, kill_tree, make_env, process_tree, \
-    read_metrics, run
+from helpers import ROOT, accelerate_command, free_port, gendist_command, kill_tree, latest_step, \
+    launch_and_kill_at_step, make_env, process_tree, read_metrics, run, wait_for_step
 
 QUIET = ["log.wandb=false", "log.progress=false", "log.sample_every=0", "eval.num_samples=200"]
 
@@ -124,22 +123,6 @@ def data_keys(run_dir):
     return {path.name: path.read_text() for path in sorted((run_dir / "data_keys").glob("*.jsonl"))}
 
 
-def latest_step(run_dir) -> int | None:
-    latest = run_dir / "checkpoints" / "latest"
-    return int(latest.read_text().split("_")[1]) if latest.is_file() else None
-
-
-def launch_and_kill_at_step(command, env, run_dir, target_step, log_path) -> None:
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            wait_for_step(run_dir, process, target_step, poll=0.01)
-        finally:
-            kill_tree(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def assert_resumed_from(output: str, run_dir, step: int | None) -> None:
     """The relaunch says it resumed from exactly the checkpoint `latest` named when it started (never from 0)."""
     if step is None:
@@ -203,28 +186,6 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
 
 
 # -- preemption and dead ranks -----------------------------------------------------------------------------
-def wait_for_step(run_dir, process, step, timeout=120, poll=0.05):
-    deadline = time.time() + timeout
-    metrics = run_dir / "metrics.jsonl"
-    while time.time() < deadline:
-        if last_logged_step(metrics) >= step:
-            return
-        assert process.poll() is None, "the run ended early"
-        time.sleep(poll)
-    raise AssertionError(f"step {step} not reached")
-
-
-def last_logged_step(metrics: Path) -> int:
-    """Step of the newest complete line; the line being written may be torn, so it is skipped."""
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line).get("step", 0))
-        except ValueError:
-            continue
-    return 0
-
-
 def wait_gone(pids, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -2,7 +2,9 @@
 truncation checks against the expected block counts and the raise/skip error policy."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import webdataset as wds
 from einops import rearrange
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "ppm", "pgm")
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 log = logging.getLogger(__name__)
 
@@ -102,20 +104,51 @@ def decode_image(data: bytes, image_mode: str | None) -> np.ndarray:
     return rearrange(pixels, "h w c -> 1 c h w")
 
 
+def sample_id(group: dict) -> int:
+    """A sample's id: gendist's own `idx` member, else the webdataset `__key__` (a number as is, any other key
+    as a stable 63-bit hash), so standard shards get ids that are the same in every run."""
+    if "idx" in group:
+        return int(group["idx"])
+    key = str(group.get("__key__", ""))
+    if key.isdigit():
+        return int(key)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def sample_label(group: dict) -> np.ndarray | None:
+    """The class label of a standard member group: `cls` (an integer as text), or `json` with cls/label/class."""
+    if "cls" in group:
+        return np.array([int(group["cls"])], dtype=np.int64)
+    if "json" in group:
+        meta = json.loads(group["json"])
+        for key in ("cls", "label", "class"):
+            if isinstance(meta, dict) and isinstance(meta.get(key), int):
+                return np.array([meta[key]], dtype=np.int64)
+    return None
+
+
 def decode_group(group: dict, image_mode: str | None) -> Block:
-    """A packed block (`x.npy`, `y.npy`, `idx.npy`) or one image (`png`/`jpg`/..., `cls`, `idx`)."""
+    """A packed block of gendist's own shards (`x.npy`, `y.npy`, `idx.npy`) or one sample of a standard
+    webdataset shard (`png`/`jpg`/`webp`/... or `npy`, with `cls`/`json` labels, id from `idx` or `__key__`)."""
     if "x.npy" in group:
         x, idx = load_npy(group, "x.npy"), load_npy(group, "idx.npy").astype(np.int64)
         y = load_npy(group, "y.npy").astype(np.int64) if "y.npy" in group else None
         if len(x) != len(idx) or (y is not None and len(y) != len(idx)):
             raise ValueError(f"x/y/idx lengths differ ({len(x)}, {None if y is None else len(y)}, {len(idx)})")
         return Block(x.astype(np.float32, copy=False), y, idx)
+    idx = np.array([sample_id(group)], dtype=np.int64)
     for extension in IMAGE_EXTENSIONS:
         if extension in group:
-            x = decode_image(group[extension], image_mode)
-            y = np.array([int(group["cls"])], dtype=np.int64) if "cls" in group else None
-            return Block(x, y, np.array([int(group["idx"])], dtype=np.int64))
-    raise ValueError(f"member group has neither x.npy nor an image ({sorted(k for k in group if k[0] != '_')})")
+            return Block(decode_image(group[extension], image_mode), sample_label(group), idx)
+    if "npy" in group:  # one array per sample: (D,) points, (H, W) or (C, H, W) images; uint8 or float
+        x = load_npy(group, "npy")
+        if x.dtype.kind not in "biuf" or not 1 <= x.ndim <= 3:
+            raise ValueError(f"npy member holds a {x.dtype} array of shape {x.shape}; expected numbers of shape "
+                             "(D,), (H, W) or (C, H, W)")
+        x = x[None, None] if x.ndim == 2 else x[None]  # (1, ...) with images as (1, C, H, W)
+        return Block(x if x.dtype == np.uint8 else x.astype(np.float32), sample_label(group), idx)
+    raise ValueError(f"member group has no sample (x.npy, npy or an image: {', '.join(IMAGE_EXTENSIONS)}); "
+                     f"found {sorted(k for k in group if k[0] != '_')}")
 
 
 def read_shard(task: ShardTask, image_mode: str | None, on_error: str, skipped: SkipCounter) -> Iterator[Block]:

@@ -34,7 +34,7 @@ class ImageGenerator(nn.Module):
 
     def __init__(self, latent_dim: int, shape: tuple[int, ...], base_channels: int):
         super().__init__()
-        self.decoder = ConvDecoder(latent_dim, shape[0], shape[-1], base_channels)
+        self.decoder = ConvDecoder(latent_dim, shape[0], shape[1:], base_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z))
@@ -125,7 +125,7 @@ class GANRecipe:
         pack = model.pack
         if model.arch == "conv":
             generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
-            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[-1], 1, model.hidden)
+            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[1:], 1, model.hidden)
             return {"generator": generator, "discriminator": discriminator}
         dim = math.prod(shape)
         if model.arch == "gaussian":

@@ -80,8 +80,8 @@ class VAERecipe:
     def build_players(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
         if model.arch == "conv":
-            encoder: nn.Module = ConvEncoder(shape[0], shape[-1], 2 * model.latent_dim, model.hidden)
-            decoder: nn.Module = ConvDecoder(model.latent_dim, shape[0], shape[-1], model.hidden)
+            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], 2 * model.latent_dim, model.hidden)
+            decoder: nn.Module = ConvDecoder(model.latent_dim, shape[0], shape[1:], model.hidden)
         else:
             dim = math.prod(shape)
             encoder = MLP(dim, 2 * model.latent_dim, model.hidden, model.depth)
