@@ -6,8 +6,6 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from gendist.metrics import (frechet_distance, kernel_inception_distance, mmd2, mode_coverage,
-                             precision_recall)
 from gendist.recipes.base import DataInfo
 
 MAX_REFERENCE_SAMPLES = 2500
@@ -26,6 +24,8 @@ def _reference(test_data: Iterable[torch.Tensor], limit: int) -> np.ndarray:
 def sample_metrics(samples: torch.Tensor, test_data: Iterable[torch.Tensor], info: DataInfo,
                    seed: int) -> dict[str, float]:
     """Mode coverage for mixtures; MMD, KID, Fréchet distance and precision/recall against held-out data."""
+    from gendist.metrics import frechet_distance, kernel_inception_distance, mmd2, mode_coverage, precision_recall
+
     generated = samples.detach().float().cpu().reshape(samples.shape[0], -1).numpy()  # (N, D)
     metrics: dict[str, float] = {}
     if info.modes is not None and info.mode_std is not None:

@@ -148,7 +148,8 @@ def test_training_with_loader_workers_is_deterministic_and_skips_a_corrupt_shard
     run(gendist_command("data", "prepare", "--source", "ring", "--out", str(data), "--shard-size", "10000"), env)
     broken = sorted(data.glob("train-*.tar"))[3]
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
-    common = ["train", "configs/gan_ring.yaml", "data.source=", f"data.dir={data}", "train.max_steps=400",
+    # batch 1,024: an epoch (87 batches) and so the broken shard lies within 100 steps
+    common = ["train", "configs/gan_ring.yaml", f"data.dir={data}", "train.max_steps=100", "train.batch_size=1024",
               "log.every=100", "ckpt.every=0", "log.sample_every=0", "log.wandb=false", "log.progress=false",
               "eval.num_samples=200", "data.num_workers=2", "log.data_keys=true"]
     failed = run(gendist_command(*common, f"run.dir={tmp_path / 'raise'}"), env, check=False)
@@ -159,7 +160,7 @@ def test_training_with_loader_workers_is_deterministic_and_skips_a_corrupt_shard
     for run_dir in runs:
         run(gendist_command(*common, f"run.dir={run_dir}", "data.on_error=skip"), env)
     last = [m for m in read_metrics(runs[0]) if "generator/loss" in m][-1]
-    assert last["data/skipped_this_rank"] >= 1 and last["step"] == 400
+    assert last["data/skipped_this_rank"] >= 1 and last["step"] == 100
     keys = [(run_dir / "data_keys" / "rank_00000.jsonl").read_text() for run_dir in runs]
-    assert keys[0] == keys[1] and len(keys[0].splitlines()) == 400
+    assert keys[0] == keys[1] and len(keys[0].splitlines()) == 100
     assert [m.get("generator/loss") for m in read_metrics(runs[0])] == [m.get("generator/loss") for m in read_metrics(runs[1])]

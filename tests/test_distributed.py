@@ -40,7 +40,8 @@ def wait_for_checkpoint(run_dir, process, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.parametrize("launcher", ["single", "ddp", "zero2"])
+# (DDP, FSDP, ZeRO-2/3 kills: tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run)
+@pytest.mark.parametrize("launcher", ["single"])
 def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"

@@ -276,8 +276,6 @@ DAMAGES = {  # what to damage in the newest checkpoint -> the step the relaunch 
     "manifest": ("step_00000040/manifest.json", 20),
     "latest": ("latest", 40),  # `latest` is only a hint: the newest checkpoint that verifies is used
     "rank_state": ("step_00000040/rank_00000.pt", 20),
-    "player": ("step_00000040/players/generator.safetensors", 20),
-    "optimizer": ("step_00000040/optim.pt", 20),
 }
 
 
