@@ -14,7 +14,7 @@ from gendist.data.sources import MIXTURE_1D, load_source
 from gendist.divergences import get_divergence
 from gendist.metrics.quadrature import best_gaussian, f_divergence, gaussian_log_density, mixture_log_density
 from gendist.nets import GaussianGenerator
-from helpers import ROOT, gendist_command, make_env, read_metrics, run
+from helpers import gendist_command, make_env, read_metrics, run
 
 QUICK = ["train.max_steps=30", "ckpt.every=0", "log.every=10", "log.sample_every=0", "log.wandb=false",
          "log.progress=false", "eval.num_samples=200"]
