@@ -67,7 +67,7 @@ def test_kill_during_checkpoint_write_resumes_from_previous_good(point, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher, phase", [("single", "discriminator"), ("single", "generator"),
-                                             ("zero2", "discriminator"), ("zero2", "generator")])
+                                             ("zero2", "generator")])
 def test_injected_nan_steps_are_skipped_and_counted(launcher, phase, tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=40",
@@ -141,7 +141,7 @@ RESUME_CASES = {
     "zero2": ("launch/cpu-deepspeed-zero2.yaml", [], 1e-6),
     "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
 }
-RESUME_STEPS = 200
+RESUME_STEPS = 120
 
 
 @pytest.mark.slow
@@ -152,14 +152,14 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
 
     def command(run_dir):
         args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", f"train.max_steps={RESUME_STEPS}",
-                "ckpt.every=25", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
+                "ckpt.every=15", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
         return gendist_command(*args) if config is None else accelerate_command(free_port(), *args, config=config)
 
     reference = tmp_path / "reference"
     run(command(reference), env)
     interrupted = tmp_path / "interrupted"
     resumed_from = []
-    for index, target in enumerate((70, 140)):  # the second relaunch resumes a run that was itself resumed
+    for index, target in enumerate((45, 85)):  # the second relaunch resumes a run that was itself resumed
         before = latest_step(interrupted)
         log_path = tmp_path / f"launch_{index}.log"
         launch_and_kill_at_step(command(interrupted), env, interrupted, target + random.Random(target).randrange(15),
@@ -169,7 +169,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
     before = latest_step(interrupted)
     final = run(command(interrupted), env)
     assert_resumed_from(final.stdout, interrupted, before)
-    assert resumed_from[0] is None and all(step and step >= 50 for step in resumed_from[1:] + [before])
+    assert resumed_from[0] is None and all(step and step >= 30 for step in resumed_from[1:] + [before])
     expected, got = logged_values(reference), logged_values(interrupted)
     assert sorted(got) == sorted(expected) == list(range(1, RESUME_STEPS + 1))
     for step, values in expected.items():
@@ -177,6 +177,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
         for key, value in values.items():
             assert abs(got[step][key] - value) <= tolerance * max(1.0, abs(value)), (step, key, got[step][key], value)
     assert data_keys(interrupted) == data_keys(reference)
+    # no step of either run was non-finite (bf16/fp16 overflows are counted apart, as "overflow")
+    assert not any(key.endswith("/nonfinite") for line in read_metrics(interrupted) for key in line)
     if "ema" in case:  # the EMA generator is saved and resumed with everything else
         name = f"step_{RESUME_STEPS:08d}"
         ema_ref = load_file(reference / "checkpoints" / name / "players" / "ema.safetensors")

@@ -30,7 +30,7 @@ def write_digit_shards(folder, image_format: str) -> tuple[str, str]:
     return str(folder / "train-000000.tar"), str(folder / "test-000000.tar")
 
 
-@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+@pytest.mark.parametrize("image_format", ["JPEG"])  # PNG: the resume test below
 def test_standard_shards_train_directly(image_format, tmp_path):
     train, test = write_digit_shards(tmp_path / "shards", image_format)
     env = make_env(tmp_path / "cache")

@@ -39,7 +39,7 @@ RECIPES = {
 # "fsdp-1proc"/"zero2-1proc": dist.strategy=fsdp|deepspeed in a single process.
 CASES = [(strategy, "gan_sgd") for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
 CASES += [("ddp", "vae"), ("fsdp", "vae"), ("zero3", "vae"),  # one player, a Gaussian decoder's log-variance
-          ("ddp", "gan"), ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
+          ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
           ("fsdp", "wgan_clip"), ("zero2", "wgan_clip"), ("zero3", "wgan_clip"),
           ("ddp", "gan_sgd_clip"), ("fsdp", "gan_sgd_clip"), ("zero2", "gan_sgd_clip"),
@@ -223,8 +223,8 @@ def test_sharded_strategies_hold_less_state_per_rank(cache, tmp_path):
     assert measured["zero3"][0] <= 0.6 * ddp_bytes
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+# (DDP bf16 trains and resumes in tests/test_fault_tolerance.py::test_resume_after_sigkill...[ddp-bf16])
+@pytest.mark.parametrize("strategy, precision", [("ddp", "fp16"), ("zero2", "bf16"), ("zero2", "fp16")])
 def test_mixed_precision_trains_without_nonfinite_steps(strategy, precision, cache, tmp_path):
     """Short version of benchmarks/gan_ring.py (3,000 steps, >= 7 modes recorded in RESULTS.md): 300 steps,
     finite losses, no non-finite step; fp16 overflows are allowed (the loss scalers skip those). Mode
