@@ -266,7 +266,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not isinstance(tree, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections (run:, data:, model:, ...)")
     parsed = [(parse_override(text), text) for text in overrides]
-    if any(keys[:1] == ["data"] and keys[1:] in (["source"], ["dir"], ["shards"]) and value
+    if any(len(keys) == 2 and keys[0] == "data" and keys[1] in DATA_LOCATIONS and value
            for (keys, value), _ in parsed):
         _drop_file_data_location(tree)
     for (keys, value), text in parsed:
