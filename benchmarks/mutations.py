@@ -47,7 +47,7 @@ MUTATIONS = [
              "        return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])",
              ("tests/test_strategies.py::test_two_ranks_match_one_rank_with_double_batch[ddp-gan_sgd]",)),
     Mutation("ema_not_restored", "the EMA generator is not loaded on resume (it restarts at the current weights)",
-             "gendist/engine/trainer.py", "self.ema.load_full_state(load_tensors(ema_path))", "pass",
+             "gendist/engine/trainer.py", "self.ema[name].load_full_state(load_tensors(ema_path))", "pass",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[single-fp16-ema]",)),
     Mutation("grad_scaler_not_restored", "the fp16 GradScaler state is not loaded on resume",
              "gendist/engine/strategies/base.py", "            scaler.load_state_dict(state[\"scalers\"][name])\n\n    def local_parameters",
@@ -81,7 +81,7 @@ MUTATIONS = [
              "gendist/checkpoint.py", "        problem = verify(folder)\n", "        problem = None\n",
              ("tests/test_fault_tolerance.py::test_a_damaged_file_in_a_written_checkpoint_falls_back_loudly",)),
     Mutation("fsdp_ema_not_saved", "the sharded EMA is not written into checkpoints",
-             "gendist/engine/trainer.py", "                save_tensors(folder / \"players\" / \"ema.safetensors\", ema_state)",
+             "gendist/engine/trainer.py", "                save_tensors(folder / NETWORKS_DIR / ema_file(name), ema_state)",
              "                pass",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[fsdp-ema]",)),
 ]

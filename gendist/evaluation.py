@@ -6,7 +6,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from gendist.recipes.base import DataInfo
+from gendist.data.info import DataInfo
 
 MAX_REFERENCE_SAMPLES = 2500
 

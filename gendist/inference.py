@@ -10,6 +10,8 @@ from gendist.checkpoint import find_resumable, load_tensors, read_trainer_state
 from gendist.config import RunConfig, load_config
 from gendist.distributed import init_distributed
 from gendist.engine.data_setup import DataSpec, resolve_data
+from gendist.engine.strategies.base import NETWORKS_DIR, load_network
+from gendist.engine.trainer import ema_file
 from gendist.errors import UserError
 from gendist.recipes import Nets, Recipe, build_recipe
 
@@ -34,12 +36,12 @@ def load_run(run_dir: Path) -> LoadedRun:
     dist_info = init_distributed(config.dist.timeout_s)
     spec = resolve_data(config, dist_info)
     recipe = build_recipe(config, spec.info)
-    players = recipe.build_players()
-    for name, module in players.items():
-        module.load_state_dict(load_tensors(folder / "players" / f"{name}.safetensors"))
+    networks = recipe.build_networks()
+    for name, module in networks.items():
+        module.load_state_dict(load_network(folder, name))
+        ema_path = folder / NETWORKS_DIR / ema_file(name)
+        if ema_path.is_file():  # sample from the EMA weights, as training's own evaluation does
+            module.load_state_dict(load_tensors(ema_path), strict=False)
         module.eval()
-    ema_path = folder / "players" / "ema.safetensors"
-    if ema_path.is_file():  # sample from the EMA generator, as training's own evaluation does
-        players[recipe.generator_name].load_state_dict(load_tensors(ema_path))
     torch.set_grad_enabled(False)
-    return LoadedRun(config, recipe, Nets(players), spec, int(read_trainer_state(folder)["step"]))
+    return LoadedRun(config, recipe, Nets(networks), spec, int(read_trainer_state(folder)["step"]))

@@ -14,7 +14,7 @@ from einops import rearrange
 from PIL import Image
 
 from gendist.config import RunConfig, to_dict
-from gendist.recipes.base import DataInfo
+from gendist.data.info import DataInfo
 
 
 def truncate_jsonl(path: Path, after_step: int) -> None:

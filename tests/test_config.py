@@ -72,11 +72,12 @@ def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     """config.RECIPE_PLAYERS / RECIPE_PHASES (what per-player and per-phase settings may name) are the
     recipes' own players and phases (the R1 phase appears with model.r1_gamma > 0)."""
     from gendist.config import RECIPE_PHASES, RECIPE_PLAYERS
-    from gendist.recipes import DataInfo, build_recipe
+    from gendist.data.info import DataInfo
+    from gendist.recipes import build_recipe
 
     config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "model.r1_gamma=1.0"])
     built = build_recipe(config, DataInfo("points", (2,)))
-    assert tuple(built.build_players()) == RECIPE_PLAYERS[recipe]
+    assert tuple(built.build_networks()) == RECIPE_PLAYERS[recipe]
     assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])
 
 

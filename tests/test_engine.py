@@ -24,7 +24,7 @@ def make_trainer(tmp_path, monkeypatch):
 
 
 def parameters(trainer, player):
-    return torch.cat([p.detach().flatten().clone() for p in trainer.strategy.raw[player].parameters()])
+    return torch.cat([p.detach().flatten().clone() for p in trainer.strategy.networks[player].parameters()])
 
 
 def test_warmup_schedule_and_per_player_learning_rates_reach_the_optimizers(make_trainer):
@@ -34,8 +34,8 @@ def test_warmup_schedule_and_per_player_learning_rates_reach_the_optimizers(make
     for step in range(10):
         trainer.train_step()
         scale = lr_scale(trainer.config.optim, step, 10)
-        for name, optimizer in trainer.strategy.optimizers.items():
-            assert optimizer.param_groups[0]["lr"] == pytest.approx(base[name] * scale, rel=1e-12), (step, name)
+        for name, lr in trainer.strategy.learning_rates().items():
+            assert lr == pytest.approx(base[name] * scale, rel=1e-12), (step, name)
     assert lr_scale(trainer.config.optim, 0, 10) == pytest.approx(0.25)  # warm-up starts at lr / warmup_steps
     assert lr_scale(trainer.config.optim, 9, 10) == pytest.approx(0.1 + 0.9 * (1 - 5 / 6))
 

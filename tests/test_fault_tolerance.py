@@ -181,8 +181,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
     assert not any(key.endswith("/nonfinite") for line in read_metrics(interrupted) for key in line)
     if "ema" in case:  # the EMA generator is saved and resumed with everything else
         name = f"step_{RESUME_STEPS:08d}"
-        ema_ref = load_file(reference / "checkpoints" / name / "players" / "ema.safetensors")
-        ema_got = load_file(interrupted / "checkpoints" / name / "players" / "ema.safetensors")
+        ema_ref = load_file(reference / "checkpoints" / name / "players" / "ema_generator.safetensors")
+        ema_got = load_file(interrupted / "checkpoints" / name / "players" / "ema_generator.safetensors")
         for key, value in ema_ref.items():
             assert float((ema_got[key] - value).abs().max()) <= tolerance, key
 

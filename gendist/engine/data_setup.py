@@ -14,7 +14,7 @@ from gendist.data import ShardLoader, load_manifest, prepare_dataset, resolve_sh
 from gendist.data.sources import source_revision
 from gendist.distributed import DistInfo, barrier
 from gendist.errors import UserError
-from gendist.recipes.base import DataInfo
+from gendist.data.info import DataInfo
 
 
 @dataclass

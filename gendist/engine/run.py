@@ -15,6 +15,7 @@ from gendist.config import RunConfig, dump_config
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
 from gendist.engine.strategies import build_strategy
+from gendist.engine.units import build_units, check_gradient_coverage, probe_batch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
 from gendist.fsutil import write_bytes_atomic
 from gendist.recipes import build_recipe
@@ -114,7 +115,12 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     recipe = build_recipe(config, spec.info)
     strategy = build_strategy(config, dist_info)
-    strategy.setup(recipe.build_players(), recipe.phases())
+    units = build_units(recipe.build_networks(), recipe.units)
+    phases = recipe.phases()
+    domain_b = spec.info.domain_b
+    check_gradient_coverage(units, phases, probe_batch(spec.info.sample_shape, config.train.batch_size, torch.device("cpu"),
+                                                       domain_b.sample_shape if domain_b else None))
+    strategy.setup(units, phases)
     loader = build_train_loader(config, spec, dist_info)
     return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir)), spec
 

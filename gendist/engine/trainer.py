@@ -21,11 +21,16 @@ from gendist.engine.ema import EMA
 from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
-from gendist.recipes.base import Batch, Nets, Phase, Recipe
+from gendist.engine.strategies.base import NETWORKS_DIR
+from gendist.recipes.base import Batch, Nets, Phase, Recipe, unit_of
 from gendist.tracking import truncate_jsonl
 
 
 LAUNCHER_DIED = -1  # stop_signal value when the launcher process is gone
+
+
+def ema_file(network: str) -> str:
+    return f"ema_{network}.safetensors"
 
 
 class TrainingDiverged(RuntimeError):
@@ -43,9 +48,12 @@ class Trainer:
         self.skipped_steps: dict[str, int] = defaultdict(int)
         self.noise = StepNoise(config.train.seed, dist_info.device, dist_info.rank, dist_info.world_size,
                                config.train.grad_accum)
-        self.ema: EMA | None = None
-        if config.train.ema_decay > 0:  # (DeepSpeedStrategy refuses ZeRO-3 with an EMA)
-            self.ema = EMA(strategy.raw[recipe.generator_name], config.train.ema_decay)
+        # EMA of the sampling networks, each in its network's own layout (DeepSpeedStrategy refuses ZeRO-3)
+        self.ema: dict[str, EMA] = {}
+        if config.train.ema_decay > 0:
+            self.ema = {name: EMA(strategy.networks[name], config.train.ema_decay) for name in recipe.ema_networks}
+        unit_of_network = unit_of(recipe.units)
+        self.ema_units = {unit_of_network[name] for name in self.ema}
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_counts: dict[str, int] = defaultdict(int)
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
@@ -102,11 +110,10 @@ class Trainer:
             self.pending_counts[name] += 1
 
     def after_step(self, phase: Phase, result: StepResult) -> None:
-        for name in phase.trains:
-            self.optimizer_steps[name] += 1
+        self.optimizer_steps[phase.trains] += 1
         if result.applied:
             self.bad_steps_in_a_row[phase.name] = 0
-            if self.ema is not None and self.recipe.generator_name in phase.trains:
+            if phase.trains in self.ema_units:
                 self.update_ema()
             return
         kind = "overflow" if result.overflow else "nonfinite"
@@ -119,7 +126,8 @@ class Trainer:
                                    f"'{phase.name}', step {self.step}); raise train.max_bad_steps or lower optim.lr")
 
     def update_ema(self) -> None:
-        self.ema.update(self.strategy.raw[self.recipe.generator_name])
+        for name, ema in self.ema.items():
+            ema.update(self.strategy.networks[name])
 
     def train_step(self) -> None:
         if self.schedule_enabled:
@@ -157,7 +165,7 @@ class Trainer:
         self.pending_counts.clear()
         reduced.update({f"skipped/{k}": float(v) for k, v in self.skipped_steps.items()})
         syncs = self.strategy.gradient_syncs
-        if syncs:  # all-reduce calls per optimizer step of each player (1 = no redundant sync)
+        if syncs:  # all-reduce calls per optimizer step of each unit (1 = no redundant sync)
             reduced.update({f"sync/{name}_allreduce_per_step": syncs[name] / steps
                             for name, steps in self.optimizer_steps.items()})
             syncs.clear()
@@ -166,8 +174,7 @@ class Trainer:
         reduced.update({f"amp/{name}_loss_scale": scale for name, scale in self.strategy.loss_scales().items()})
         if self.loader.skipped:  # bad shards/samples passed over under data.on_error=skip (this rank)
             reduced["data/skipped_this_rank"] = float(self.loader.skipped)
-        reduced.update({f"lr/{name}": float(optimizer.param_groups[0]["lr"])
-                        for name, optimizer in self.strategy.optimizers.items()})
+        reduced.update({f"lr/{name}": lr for name, lr in self.strategy.learning_rates().items()})
         return reduced
 
     def open_data_keys(self) -> None:
@@ -192,10 +199,10 @@ class Trainer:
         writer = CheckpointWriter(root, self.step)
         folder = writer.begin()
         self.strategy.save(folder, self.dist.is_main)
-        if self.ema is not None:
-            ema_state = self.ema.full_state()  # collective under FSDP
+        for name, ema in self.ema.items():
+            ema_state = ema.full_state()  # collective under FSDP
             if self.dist.is_main:
-                save_tensors(folder / "players" / "ema.safetensors", ema_state)
+                save_tensors(folder / NETWORKS_DIR / ema_file(name), ema_state)
         rank_state = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
                       "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                       "numpy_rng_pos": int(np.random.get_state()[2]),
@@ -217,12 +224,12 @@ class Trainer:
 
     def load(self, folder: Path, trainer_state: dict) -> None:
         self.strategy.load(folder)
-        if self.ema is not None:
-            ema_path = folder / "players" / "ema.safetensors"
+        for name in self.ema:
+            ema_path = folder / NETWORKS_DIR / ema_file(name)
             if ema_path.is_file():
-                self.ema.load_full_state(load_tensors(ema_path))
+                self.ema[name].load_full_state(load_tensors(ema_path))
             else:  # EMA switched on for a run that had none: start the average at the current weights
-                self.ema = EMA(self.strategy.raw[self.recipe.generator_name], self.config.train.ema_decay)
+                self.ema[name] = EMA(self.strategy.networks[name], self.config.train.ema_decay)
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
@@ -239,17 +246,17 @@ class Trainer:
                   f"this run has {self.dist.world_size}: data position and RNG restart", flush=True)
 
     def sampling_nets(self) -> Nets | None:
-        """Unsharded copies of the players on this rank's device, with the EMA generator weights when there
-        is an EMA. A collective (sharded strategies gather): every rank calls it, rank 0 uses it."""
-        states = {name: self.strategy.model_state(name) for name in self.strategy.raw}
-        ema_state = self.ema.full_state() if self.ema is not None else None
+        """Unsharded copies of the networks on this rank's device, with the EMA weights of the sampling
+        networks when there is an EMA. A collective (sharded strategies gather): every rank calls it, rank 0
+        uses it."""
+        states = self.strategy.network_states()
+        for name, ema in self.ema.items():  # EMA parameters, the network's own buffers
+            states[name] = {**states[name], **ema.full_state()}
         if not self.dist.is_main:  # gathered (full) states exist on rank 0 only
             return None
-        with torch.random.fork_rng(devices=[]):  # building fresh players must not move the training RNG
-            players = self.recipe.build_players()
-        for name, module in players.items():
+        with torch.random.fork_rng(devices=[]):  # building fresh networks must not move the training RNG
+            networks = self.recipe.build_networks()
+        for name, module in networks.items():
             module.load_state_dict(states[name])
             module.to(self.dist.device).requires_grad_(False).eval()
-        if ema_state is not None:
-            players[self.recipe.generator_name].load_state_dict(ema_state, strict=False)
-        return Nets(players)
+        return Nets(networks)

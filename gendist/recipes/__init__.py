@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from gendist.config import RunConfig
-from gendist.recipes.base import Batch, DataInfo, Nets, Phase, Recipe
+from gendist.data.info import DataInfo
+from gendist.recipes.base import Batch, Nets, Phase, Recipe
 
 
 def build_recipe(config: RunConfig, data_info: DataInfo) -> Recipe:
@@ -13,4 +14,4 @@ def build_recipe(config: RunConfig, data_info: DataInfo) -> Recipe:
     return recipes[config.model.recipe](config, data_info)
 
 
-__all__ = ["Batch", "DataInfo", "Nets", "Phase", "Recipe", "build_recipe"]
+__all__ = ["Batch", "Nets", "Phase", "Recipe", "build_recipe"]

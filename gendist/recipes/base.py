@@ -1,12 +1,17 @@
-"""What a recipe is: players (networks), phases (who trains on which loss, how often) and evaluation.
+"""What a recipe is: networks, the units that optimize them, phases (which unit trains on which loss, how
+often) and evaluation.
+
+A *network* is what a loss calls (`nets.encoder(x)`). A *unit* is what the engine optimizes: one
+optimizer (a parameter group per network), one distributed wrapper, one fp16 loss scaler, one checkpoint
+entry; it holds one or more networks (BiGAN: {encoder, generator}). Every phase trains exactly one unit.
 
 A loss is a pure function `(nets, batch, step) -> {"loss": Tensor, ...}`: it never calls backward, steps an
-optimizer or talks to other ranks. The engine freezes the players a phase does not train, so a loss may
-call any player: gradients flow through frozen players to the inputs but never into their parameters.
+optimizer or talks to other ranks. The engine freezes the units a phase does not train, so a loss may call
+any network: gradients flow through frozen networks to their inputs but never into their parameters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import torch
@@ -14,16 +19,16 @@ from torch import nn
 
 
 class Nets(dict):
-    """Players by name, also reachable as attributes (`nets.generator`).
+    """Networks by name, also reachable as attributes (`nets.generator`).
 
-    `nets.unwrapped` holds the same players without their distributed wrapper (the very same parameters).
-    Losses use it for double backward (gradient penalties): DDP does not support `torch.autograd.grad`
-    through its forward, while gradients that reach the shared parameters by another path are still summed
-    into the same `.grad` before DDP reduces it.
+    In a training phase the networks of the trained unit are handles that call through the unit's
+    distributed wrapper (so gradient sync and ZeRO hooks see every use); `nets.unwrapped` holds the plain
+    modules (the very same parameters). Losses use it for double backward (gradient penalties: DDP does not
+    support `torch.autograd.grad` through its forward) and to read weights (`torch.func.functional_call`).
     """
 
-    def __init__(self, players=(), unwrapped: "Nets | None" = None, **named: nn.Module):
-        super().__init__(players, **named)
+    def __init__(self, networks=(), unwrapped: "Nets | None" = None, **named: nn.Module):
+        super().__init__(networks, **named)
         self._unwrapped = unwrapped
 
     @property
@@ -43,13 +48,15 @@ class NoiseSource(Protocol):
 
 @dataclass
 class Batch:
-    """One micro-batch on this rank. `x` is None for phases that do not read data (a generator step)."""
+    """One micro-batch on this rank. `x` is None for phases that do not read data (a generator step);
+    `x_b` is the second domain's batch of unpaired two-domain data (CycleGAN), drawn independently of `x`."""
 
     size: int
     x: torch.Tensor | None
     y: torch.Tensor | None
     noise: NoiseSource
     idx: torch.Tensor | None = None
+    x_b: torch.Tensor | None = None
 
     def randn(self, *tail: int) -> torch.Tensor:
         """Standard normal noise (size, *tail), a deterministic function of (seed, step, phase, global row)."""
@@ -61,40 +68,43 @@ LossFn = Callable[[Nets, Batch, int], dict[str, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Phase:
-    """One kind of optimizer step: `trains` are updated on `loss`, every `every` steps, `repeat` times."""
+    """One kind of optimizer step: unit `trains` is updated on `loss`, every `every` steps, `repeat` times."""
 
     name: str
-    trains: tuple[str, ...]
+    trains: str  # the unit this phase optimizes (exactly one)
     loss: LossFn
     every: int = 1
     repeat: int = 1
     uses_data: bool = True
-    # players whose weights the loss reads itself (torch.func.functional_call): they must be whole tensors
+    # networks whose weights the loss reads itself (torch.func.functional_call): they must be whole tensors
     reads_weights_of: tuple[str, ...] = ()
     double_backward: bool = False  # the loss differentiates through a gradient (penalties): not under ZeRO-3
-    clamp_weights: float = 0.0  # after each step clamp the trained players' weights to [-c, c] (WGAN); 0: off
-
-
-@dataclass
-class DataInfo:
-    """What a recipe needs to know of the data (from the shard manifest)."""
-
-    kind: str  # "points" or "images"
-    sample_shape: tuple[int, ...]
-    modes: list[list[float]] | None = None
-    mode_std: float | None = None
-    extras: dict = field(default_factory=dict)
+    clamp_weights: float = 0.0  # after each step clamp the trained unit's weights to [-c, c] (WGAN); 0: off
 
 
 class Recipe(Protocol):
-    """A model family. `generator_name` names the player that samples (and gets EMA)."""
+    """A model family.
 
-    generator_name: str
+    `units` maps each unit to the networks it optimizes (every network belongs to exactly one unit);
+    `ema_networks` are the networks that sample (and get an EMA when train.ema_decay > 0).
+    """
 
-    def build_players(self) -> dict[str, nn.Module]: ...
+    units: dict[str, tuple[str, ...]]
+    ema_networks: tuple[str, ...]
+
+    def build_networks(self) -> dict[str, nn.Module]: ...
 
     def phases(self) -> list[Phase]: ...
 
-    def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor: ...
+    def sample(self, nets: Nets, count: int, generator: torch.Generator,
+               inputs: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]: ...
+
+
+def unit_of(units: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """network -> the unit that optimizes it."""
+    return {network: unit for unit, networks in units.items() for network in networks}
+
+
+__all__ = ["Batch", "LossFn", "Nets", "NoiseSource", "Phase", "Recipe", "unit_of"]

@@ -24,7 +24,8 @@ from gendist.divergences import (Divergence, critic_objective, generator_objecti
                                  with_exponential_negative_tail)
 from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator
-from gendist.recipes.base import Batch, DataInfo, Nets, Phase
+from gendist.data.info import DataInfo
+from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_samples, r1_penalty,
                                               unrolled_discriminator)
 
@@ -98,8 +99,9 @@ def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, obje
     if unroll is None:
         return {"loss": objective(nets.discriminator(pack_samples(fake, pack)))}
     steps, lr, d_objective = unroll
-    state = unrolled_discriminator(nets.discriminator, d_objective, batch.x, fake, steps, lr, pack)
-    return {"loss": objective(call_with(nets.discriminator, state, pack_samples(fake, pack)))}
+    discriminator = nets.unwrapped.discriminator  # read as weights (torch.func), not through a wrapper
+    state = unrolled_discriminator(discriminator, d_objective, batch.x, fake, steps, lr, pack)
+    return {"loss": objective(call_with(discriminator, state, pack_samples(fake, pack)))}
 
 
 def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
@@ -114,13 +116,14 @@ def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pa
 
 
 class GANRecipe:
-    generator_name = "generator"
+    units = {"generator": ("generator",), "discriminator": ("discriminator",)}
+    ema_networks = ("generator",)
 
     def __init__(self, config: RunConfig, data_info: DataInfo):
         self.config = config
         self.info = data_info
 
-    def build_players(self) -> dict[str, nn.Module]:
+    def build_networks(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
         pack = model.pack
         if model.arch == "conv":
@@ -162,18 +165,20 @@ class GANRecipe:
         g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=model.pack,
                          unroll=unroll)
         clamp = model.clip_value if model.gan_loss == "wgan" else 0.0
-        phases = [Phase("discriminator", ("discriminator",), d_loss, repeat=model.n_critic, clamp_weights=clamp,
+        phases = [Phase("discriminator", "discriminator", d_loss, repeat=model.n_critic, clamp_weights=clamp,
                         double_backward=bool(gp_weight))]
         if model.r1_gamma:
             r1 = partial(r1_loss, gamma=model.r1_gamma, every=model.r1_every, pack=model.pack)
-            phases.append(Phase("discriminator_r1", ("discriminator",), r1, every=model.r1_every,
+            phases.append(Phase("discriminator_r1", "discriminator", r1, every=model.r1_every,
                                 clamp_weights=clamp, double_backward=True))
-        phases.append(Phase("generator", ("generator",), g_loss, uses_data=unroll is not None,
+        phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None,
                             reads_weights_of=("discriminator",) if unroll else ()))
         return phases
 
-    def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
-        z = torch.randn(count, self.config.model.latent_dim, generator=generator)
+    def sample(self, nets: Nets, count: int, generator: torch.Generator,
+               inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` samples G(z); `inputs` (latent codes (count, latent_dim)) replace the random z."""
+        z = torch.randn(count, self.config.model.latent_dim, generator=generator) if inputs is None else inputs
         return nets.generator(z.to(next(nets.generator.parameters()).device))
 
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:

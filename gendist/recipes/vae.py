@@ -15,7 +15,8 @@ from gendist.config import RunConfig
 from gendist.evaluation import sample_metrics
 from gendist.metrics import importance_weighted_bound, log_bernoulli_logits, log_normal_diag, log_standard_normal
 from gendist.nets import MLP, ConvDecoder, ConvEncoder
-from gendist.recipes.base import Batch, DataInfo, Nets, Phase
+from gendist.data.info import DataInfo
+from gendist.recipes.base import Batch, Nets, Phase
 
 
 class VAE(nn.Module):
@@ -71,13 +72,14 @@ def importance_weighted_log_likelihood(vae: VAE, x: torch.Tensor, samples: int,
 
 
 class VAERecipe:
-    generator_name = "vae"
+    units = {"vae": ("vae",)}
+    ema_networks = ("vae",)
 
     def __init__(self, config: RunConfig, data_info: DataInfo):
         self.config = config
         self.info = data_info
 
-    def build_players(self) -> dict[str, nn.Module]:
+    def build_networks(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
         if model.arch == "conv":
             encoder: nn.Module = ConvEncoder(shape[0], shape[1:], 2 * model.latent_dim, model.hidden)
@@ -89,11 +91,17 @@ class VAERecipe:
         return {"vae": VAE(encoder, decoder, model.latent_dim, model.decoder)}
 
     def phases(self) -> list[Phase]:
-        return [Phase("elbo", ("vae",), partial(elbo_loss, latent_dim=self.config.model.latent_dim))]
+        return [Phase("elbo", "vae", partial(elbo_loss, latent_dim=self.config.model.latent_dim))]
 
-    def sample(self, nets: Nets, count: int, generator: torch.Generator) -> torch.Tensor:
-        z = torch.randn(count, self.config.model.latent_dim, generator=generator)
-        return nets.vae.mean_sample(z.to(next(nets.vae.parameters()).device))
+    def sample(self, nets: Nets, count: int, generator: torch.Generator,
+               inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` decoder means of z ~ N(0, I); with `inputs` (data), their reconstructions (encoder means)."""
+        device = next(nets.vae.parameters()).device
+        if inputs is not None:
+            z, _ = nets.vae.encode(inputs.to(device))
+        else:
+            z = torch.randn(count, self.config.model.latent_dim, generator=generator).to(device)
+        return nets.vae.mean_sample(z)
 
     @torch.no_grad()
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:

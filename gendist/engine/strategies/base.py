@@ -1,4 +1,4 @@
-"""Strategy: owns wrapping, optimizers, loss scaling, backward, step and gradient sync for each player.
+"""Strategy: owns wrapping, optimizers, loss scaling, backward, step and gradient sync for each unit.
 
 The trainer never touches `.grad`, `DistributedDataParallel` or a DeepSpeed engine: it asks the strategy
 for the modules a phase may call (`phase_nets`), runs the loss, and calls `backward` and `step`.
@@ -18,6 +18,7 @@ from gendist.checkpoint import load_tensors, load_torch, save_tensors, save_torc
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
 from gendist.errors import UserError
+from gendist.engine.units import Member, Unit
 from gendist.recipes.base import Nets, Phase
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,16 +33,22 @@ class StepResult:
     grad_norm: float
 
 
-def build_optimizer(config: RunConfig, name: str, params) -> torch.optim.Optimizer:
+def build_optimizer(config: RunConfig, name: str, unit: Unit) -> torch.optim.Optimizer:
+    """One optimizer for a unit, a parameter group per network (`group["network"]`) with its learning
+    rate: `optim.lr_overrides` may name a network or the unit (the network's entry wins)."""
     optim = config.optim
-    lr = optim.lr_overrides.get(name, optim.lr)
-    params = [p for p in params if p.requires_grad]
+    groups = []
+    for member, network in unit.items():
+        params = [p for p in network.parameters() if p.requires_grad]
+        if params:
+            lr = optim.lr_overrides.get(member, optim.lr_overrides.get(name, optim.lr))
+            groups.append({"params": params, "lr": lr, "network": member})
     if optim.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=optim.betas[0], weight_decay=optim.weight_decay)
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.betas[0], weight_decay=optim.weight_decay)
     if optim.name == "rmsprop":  # betas[1] is RMSprop's smoothing constant alpha (0.99 in torch's default)
-        return torch.optim.RMSprop(params, lr=lr, alpha=optim.betas[1], weight_decay=optim.weight_decay)
+        return torch.optim.RMSprop(groups, lr=optim.lr, alpha=optim.betas[1], weight_decay=optim.weight_decay)
     cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    return cls(groups, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
 
 
 def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = True) -> None:
@@ -61,7 +68,11 @@ def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = Tr
 
 
 class Strategy:
-    """Single-process strategy; the distributed ones override `wrap` and `sync_context`."""
+    """Single-process strategy; the distributed ones override `wrap`, `sync_context` and state handling.
+
+    `units` are the plain unit modules (what checkpoints and frozen calls use), `wrapped` what a phase that
+    trains a unit calls, `networks` every network by name (the same modules as inside the units).
+    """
 
     name = "single"
 
@@ -69,47 +80,59 @@ class Strategy:
         self.config = config
         self.dist = dist_info
         self.device = dist_info.device
-        self.raw: dict[str, nn.Module] = {}  # unwrapped players (what checkpoints and sampling use)
-        self.wrapped: dict[str, nn.Module] = {}  # what a phase that trains the player calls
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.units: dict[str, Unit] = {}
+        self.networks: dict[str, nn.Module] = {}
+        self.wrapped: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # one per trained unit
         self.scalers: dict[str, torch.amp.GradScaler] = {}  # one per phase: an overflow skips only that phase
-        self.gradient_syncs: Counter[str] = Counter()  # all-reduce calls per player (DDP comm hook)
+        self.gradient_syncs: Counter[str] = Counter()  # all-reduce calls per unit (DDP comm hook)
 
     # -- set-up ------------------------------------------------------------------------------------------
-    def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
-        for name, module in players.items():
-            module.to(self.device)
-            self.raw[name] = module
-        trained = {name for phase in phases for name in phase.trains}
-        for name in players:
+    def setup(self, units: dict[str, Unit], phases: list[Phase]) -> None:
+        trained = {phase.trains for phase in phases}
+        for name, unit in units.items():
+            unit.to(self.device)
+            self.register(name, unit)
             if name in trained:
-                self.wrapped[name] = self.wrap(name, self.raw[name])
-                self.optimizers[name] = build_optimizer(self.config, name, self.raw[name].parameters())
+                self.wrapped[name] = self.wrap(name, unit)
+                self.optimizers[name] = build_optimizer(self.config, name, unit)
         if self.config.precision == "fp16":
             for phase in phases:
                 self.scalers[phase.name] = torch.amp.GradScaler(self.device.type)
 
-    def wrap(self, name: str, module: nn.Module) -> nn.Module:
-        return module
+    def register(self, name: str, unit: Unit) -> None:
+        self.units[name] = unit
+        self.networks.update(unit.items())
+
+    def wrap(self, name: str, unit: Unit) -> nn.Module:
+        return unit
 
     def set_lr_scale(self, scale: float) -> None:
-        """Every optimizer's learning rate = its configured (per-player) rate x `scale`."""
+        """Every parameter group's learning rate = its configured (per-network) rate x `scale`."""
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group.setdefault("base_lr", group["lr"])
                 group["lr"] = group["base_lr"] * scale
 
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate of each network (its parameter group)."""
+        return {group.get("network", name): float(group["lr"]) for name, optimizer in self.optimizers.items()
+                for group in optimizer.param_groups}
+
     # -- one phase ---------------------------------------------------------------------------------------
     def phase_nets(self, phase: Phase) -> Nets:
-        """Freeze every player the phase does not train; hand trained players out wrapped, others raw.
+        """Freeze every unit the phase does not train; the trained unit's networks are called through its
+        wrapper, the others through their plain unit.
 
-        Frozen players get no gradient (so no all-reduce, no 'parameter already reduced' under ZeRO) but
+        Frozen units get no gradient (so no all-reduce, no 'parameter already reduced' under ZeRO) but
         still pass gradients to their inputs, which is what the generator step needs from the discriminator.
         """
-        for name, module in self.raw.items():
-            module.requires_grad_(name in phase.trains)
-        return Nets({name: self.wrapped[name] if name in phase.trains else module
-                     for name, module in self.raw.items()}, unwrapped=Nets(self.raw))
+        nets = {}
+        for name, unit in self.units.items():
+            unit.requires_grad_(name == phase.trains)
+            call = self.wrapped[name] if name == phase.trains else unit
+            nets.update({member: Member(call, network, member) for member, network in unit.items()})
+        return Nets(nets, unwrapped=Nets(self.networks))
 
     def autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
@@ -128,41 +151,35 @@ class Strategy:
         (scaler.scale(loss) if scaler else loss).backward()
 
     def step(self, phase: Phase) -> StepResult:
-        """Unscale, clip, check for non-finite gradients, and step every player of the phase (or none)."""
+        """Unscale, clip, check for non-finite gradients, and step the phase's unit (or skip the step)."""
         scaler = self.scalers.get(phase.name)
-        optimizers = [self.optimizers[name] for name in phase.trains]
+        optimizer = self.optimizers[phase.trains]
         if scaler:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-        norms = [self.clip_gradients(name) for name in phase.trains]
-        total_norm = float(torch.stack(norms).norm())  # the one host sync per optimizer step
+            scaler.unscale_(optimizer)
+        total_norm = float(self.clip_gradients(phase.trains))  # the one host sync per optimizer step
         finite = math.isfinite(total_norm)
-        if scaler:  # GradScaler skips an optimizer whose gradients hold inf/NaN and lowers its scale
-            for optimizer in optimizers:
-                scaler.step(optimizer)
+        if scaler:  # GradScaler skips the step when the gradients hold inf/NaN and lowers its scale
+            scaler.step(optimizer)
             scaler.update()
         elif finite:
-            for optimizer in optimizers:
-                optimizer.step()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if phase.clamp_weights and finite:
-            for name in phase.trains:
-                self.clamp_weights(name, phase.clamp_weights)
+            self.clamp_weights(phase.trains, phase.clamp_weights)
         return StepResult(applied=finite, overflow=bool(scaler) and not finite, grad_norm=total_norm)
 
     @torch.no_grad()
     def clamp_weights(self, name: str, limit: float) -> None:
-        """Clamp a player's weights to [-limit, limit] (WGAN's Lipschitz constraint). Elementwise, so it acts
+        """Clamp a unit's weights to [-limit, limit] (WGAN's Lipschitz constraint). Elementwise, so it acts
         on FSDP shards as on whole tensors, and every rank applies it to identical (synchronized) weights."""
-        for param in self.raw[name].parameters():
+        for param in self.units[name].parameters():
             param.clamp_(-limit, limit)
 
     def clip_gradients(self, name: str) -> torch.Tensor:
-        """Clip and return the gradient norm. Gradients are already synchronized, so every rank gets the
-        same norm and makes the same skip decision without another collective."""
+        """Clip the unit's gradients (one norm over all its networks) and return the norm. Gradients are
+        already synchronized, so every rank gets the same norm and makes the same skip decision."""
         max_norm = self.config.optim.grad_clip or float("inf")
-        params = [p for p in self.raw[name].parameters() if p.grad is not None]
+        params = [p for p in self.units[name].parameters() if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
         return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
@@ -173,22 +190,45 @@ class Strategy:
         return {name: float(scaler.get_scale()) for name, scaler in self.scalers.items()}
 
     # -- state -------------------------------------------------------------------------------------------
-    def model_state(self, name: str) -> dict[str, torch.Tensor]:
-        """Full (unsharded) weights of a player, on CPU, identical on every rank."""
-        return {key: value.detach().cpu() for key, value in self.raw[name].state_dict().items()}
+    def unit_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Full (unsharded) weights of a unit keyed `network.param`, on CPU, identical on every rank. A
+        collective under sharded strategies: every rank calls it."""
+        return {key: value.detach().cpu() for key, value in self.units[name].state_dict().items()}
+
+    def network_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Full weights of every network (a collective under sharded strategies)."""
+        states: dict[str, dict[str, torch.Tensor]] = {}
+        for name, unit in self.units.items():
+            full = self.unit_state(name)
+            for member in unit:
+                prefix = member + "."
+                states[member] = {key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)}
+        return states
+
+    def save_networks(self, folder: Path, is_main: bool) -> None:
+        """Each network's full weights as `networks/<name>.safetensors` (what sampling and `encode` load)."""
+        states = self.network_states()
+        if is_main:
+            for network, state in states.items():
+                save_tensors(folder / NETWORKS_DIR / f"{network}.safetensors", state)
+
+    def load_unit_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        self.units[name].load_state_dict(state)
+
+    def load_networks(self, folder: Path) -> None:
+        for name, unit in self.units.items():
+            self.load_unit_state(name, {f"{member}.{key}": value for member in unit
+                                        for key, value in load_network(folder, member).items()})
 
     def save(self, folder: Path, is_main: bool) -> None:
-        """Players as safetensors and optimizer/scaler state; replicated state is written by rank 0 only."""
-        if not is_main:
-            return
-        for name in self.raw:
-            save_tensors(folder / "players" / f"{name}.safetensors", self.model_state(name))
-        save_torch(folder / "optim.pt", {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                                        "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
+        """Networks as safetensors and optimizer/scaler state; replicated state is written by rank 0 only."""
+        self.save_networks(folder, is_main)
+        if is_main:
+            save_torch(folder / "optim.pt", {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                                            "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
 
     def load(self, folder: Path) -> None:
-        for name, module in self.raw.items():
-            module.load_state_dict(load_tensors(folder / "players" / f"{name}.safetensors"))
+        self.load_networks(folder)
         state = load_torch(folder / "optim.pt")
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
@@ -196,17 +236,24 @@ class Strategy:
             scaler.load_state_dict(state["scalers"][name])
 
     def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """(name, the part of the parameter this rank holds): whole for replicated strategies, the local
-        shard of a DTensor under FSDP."""
-        return [(f"{player}.{key}", value.to_local() if hasattr(value, "to_local") else value)
-                for player in sorted(self.raw) for key, value in self.raw[player].named_parameters()]
+        """(network.param, the part of the parameter this rank holds): whole for replicated strategies, the
+        local shard of a DTensor under FSDP."""
+        return [(f"{network}.{key}", value.to_local() if hasattr(value, "to_local") else value)
+                for network in sorted(self.networks) for key, value in self.networks[network].named_parameters()]
 
     def local_state_bytes(self) -> int:
         """Bytes of parameters and optimizer state this rank holds (each storage counted once)."""
-        tensors = [p for module in self.raw.values() for p in module.parameters()]
+        tensors = [p for unit in self.units.values() for p in unit.parameters()]
         tensors += [v for optimizer in self.optimizers.values() for state in optimizer.state.values()
                     for v in state.values() if isinstance(v, torch.Tensor)]
         return unique_bytes(tensors)
+
+
+NETWORKS_DIR = "players"  # checkpoint sub-folder of the per-network weights
+
+
+def load_network(folder: Path, network: str) -> dict[str, torch.Tensor]:
+    return load_tensors(folder / NETWORKS_DIR / f"{network}.safetensors")
 
 
 def unique_bytes(tensors) -> int:

@@ -1,9 +1,11 @@
-"""DDP with one DistributedDataParallel wrapper per trained player.
+"""DDP with one DistributedDataParallel wrapper per trained unit.
 
-Each player is wrapped on its own, so a phase all-reduces only the players it trains: frozen players are
-called unwrapped (no DDP forward, no reducer state) and have requires_grad=False (no gradient hooks fire),
-so `find_unused_parameters` is never needed. Accumulation micro-steps run under `no_sync()`: one
-all-reduce per trained player per optimizer step (small players fit one bucket). A comm hook counts them.
+Each unit is wrapped on its own, so a phase all-reduces only the unit it trains: frozen units are called
+unwrapped (no DDP forward, no reducer state) and have requires_grad=False (no gradient hooks fire). The
+trained unit's networks are all called through its wrapper (`wrapper(member, ...)`), possibly several
+times per step; every parameter gets a gradient (checked at start-up), so `find_unused_parameters` is
+never needed. Accumulation micro-steps run under `no_sync()`: one all-reduce per unit per optimizer step
+(small units fit one bucket). A comm hook counts them.
 """
 from __future__ import annotations
 
@@ -28,17 +30,14 @@ def _counting_allreduce_hook(counter_key: str, counter):
 class DDPStrategy(Strategy):
     name = "ddp"
 
-    def wrap(self, name: str, module: nn.Module) -> nn.Module:
+    def wrap(self, name: str, unit: nn.Module) -> nn.Module:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # bucket_cap_mb: DDP's default (25 MB) keeps small players in a single all-reduce.
-        wrapped = DistributedDataParallel(module, device_ids=device_ids)
+        # bucket_cap_mb: DDP's default (25 MB) keeps small units in a single all-reduce.
+        wrapped = DistributedDataParallel(unit, device_ids=device_ids)
         wrapped.register_comm_hook(None, _counting_allreduce_hook(name, self.gradient_syncs))
         return wrapped
 
     def sync_context(self, phase: Phase, sync: bool):
         if sync:
             return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        for name in phase.trains:
-            stack.enter_context(self.wrapped[name].no_sync())
-        return stack
+        return self.wrapped[phase.trains].no_sync()

@@ -1,10 +1,11 @@
-"""DeepSpeed with one `deepspeed.initialize` engine per trained player.
+"""DeepSpeed with one `deepspeed.initialize` engine per trained unit.
 
 Accelerate's multi-model DeepSpeed support is experimental, needs `transformers` and trains one model, so
-gendist builds the engines itself: each player gets its own optimizer, ZeRO partition, loss scaler (fp16)
-and clipping. A phase calls its trained players through their engines and the others as plain modules
-with requires_grad=False, so a frozen ZeRO-3 discriminator still gathers its parameters for the generator's
-forward/backward but never receives or reduces a gradient ("parameter already reduced" cannot happen).
+gendist builds the engines itself: each unit gets its own optimizer (a parameter group per network),
+ZeRO partition, loss scaler (fp16) and clipping. A phase calls its trained unit's networks through the
+unit's engine (`engine(member, ...)`) and the others as plain modules with requires_grad=False, so a frozen
+ZeRO-3 discriminator still gathers its parameters for the generator's forward/backward but never receives
+or reduces a gradient ("parameter already reduced" cannot happen).
 The micro-step boundary is set explicitly on every backward, so DeepSpeed's own counter never disagrees
 with the trainer's accumulation loop.
 """
@@ -17,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gendist.checkpoint import save_tensors
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
 from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer, reject_weight_readers, unique_bytes
@@ -86,7 +86,7 @@ class DeepSpeedStrategy(Strategy):
         self._boundary = True
         self._loss_finite: dict[str, torch.Tensor] = {}
 
-    def setup(self, players: dict[str, nn.Module], phases: list[Phase]) -> None:
+    def setup(self, units: dict[str, nn.Module], phases: list[Phase]) -> None:
         reject_weight_readers(phases, f"{self.name} with ZeRO-3", sharded=self.stage == 3)
         import deepspeed
 
@@ -97,34 +97,29 @@ class DeepSpeedStrategy(Strategy):
             raise UserError(f"precision=fp16 with DeepSpeed needs fp16 support on {self.device.type} (on CPU: "
                             "oneDNN fp16, i.e. AVX512-FP16/AMX), which this machine lacks; use precision=bf16, or "
                             "dist.strategy=ddp (torch's GradScaler)")
-        for phase in phases:
-            if len(phase.trains) != 1:
-                raise UserError(f"dist.strategy=deepspeed: phase '{phase.name}' trains {len(phase.trains)} players; "
-                                "DeepSpeed needs one engine per optimizer step; use ddp or fsdp for this recipe")
-        trained = {name for phase in phases for name in phase.trains}
+        trained = {phase.trains for phase in phases}
         ds_config = build_deepspeed_config(self.config, self.stage)
-        for name, module in players.items():
-            module.to(self.device)
+        for name, unit in units.items():
+            unit.to(self.device)
             if name in trained:
-                optimizer = build_optimizer(self.config, name, module.parameters())
-                engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                optimizer = build_optimizer(self.config, name, unit)
+                engine, optimizer, _, _ = deepspeed.initialize(model=unit, optimizer=optimizer,
                                                                config=json.loads(json.dumps(ds_config)))
                 if self.stage == 3:
                     share_zero3_master_partition(engine.optimizer)
                 self.engines[name] = engine
                 self.wrapped[name] = engine
                 self.optimizers[name] = optimizer
-                module = engine.module
-            self.raw[name] = module
+                unit = engine.module
+            self.register(name, unit)
 
     def sync_context(self, phase: Phase, sync: bool):
         self._boundary = sync
-        for name in phase.trains:
-            self.engines[name].set_gradient_accumulation_boundary(sync)
+        self.engines[phase.trains].set_gradient_accumulation_boundary(sync)
         return super().sync_context(phase, sync)
 
     def backward(self, phase: Phase, loss: torch.Tensor) -> None:
-        (name,) = phase.trains
+        name = phase.trains
         finite = torch.isfinite(loss.detach())
         self._loss_finite[name] = finite if name not in self._loss_finite else self._loss_finite[name] & finite
         self.engines[name].backward(loss)  # the engine divides by gradient_accumulation_steps
@@ -132,7 +127,7 @@ class DeepSpeedStrategy(Strategy):
             self.engines[name].step()  # advances DeepSpeed's micro-step; no update before the boundary
 
     def step(self, phase: Phase) -> StepResult:
-        (name,) = phase.trains
+        name = phase.trains
         engine = self.engines[name]
         engine.step()
         norm = engine.get_global_grad_norm()  # may be the previous step's value when DeepSpeed skipped the norm
@@ -162,28 +157,25 @@ class DeepSpeedStrategy(Strategy):
         for group in (getattr(optimizer, "single_partition_of_fp32_groups", None)
                       or getattr(optimizer, "fp32_partitioned_groups_flat", None) or []):
             group.clamp_(-limit, limit)
-        for param in self.raw[name].parameters():
+        for param in self.units[name].parameters():
             partition = getattr(param, "ds_tensor", None)
             (partition if partition is not None else param).clamp_(-limit, limit)
 
-    def model_state(self, name: str) -> dict[str, torch.Tensor]:
+    def unit_state(self, name: str) -> dict[str, torch.Tensor]:
         """Full fp32-shaped weights; under ZeRO-3 gathered from the shards (a collective on every rank)."""
-        module = self.raw[name]
+        unit = self.units[name]
         if self.stage == 3:
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+            with deepspeed.zero.GatheredParameters(list(unit.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in unit.state_dict().items()}
+        return {k: v.detach().float().cpu() for k, v in unit.state_dict().items()}
 
     def save(self, folder: Path, is_main: bool) -> None:
         """Each engine into its own sub-folder (every rank writes its partition), plus full weights."""
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(folder / "engines" / name), tag=ENGINE_TAG, save_latest=False)
-        for name in self.raw:
-            state = self.model_state(name)
-            if is_main:
-                save_tensors(folder / "players" / f"{name}.safetensors", state)
+        self.save_networks(folder, is_main)
 
     def load(self, folder: Path) -> None:
         for name, engine in self.engines.items():
@@ -195,13 +187,13 @@ class DeepSpeedStrategy(Strategy):
 
     def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """ZeRO-3: the rank's partition (`ds_tensor`); stages 1-2: the whole parameter."""
-        return [(f"{player}.{key}", getattr(value, "ds_tensor", value))
-                for player in sorted(self.raw) for key, value in self.raw[player].named_parameters()]
+        return [(f"{network}.{key}", getattr(value, "ds_tensor", value))
+                for network in sorted(self.networks) for key, value in self.networks[network].named_parameters()]
 
     def local_state_bytes(self) -> int:
         """Parameters (the ZeRO-3 partition `ds_tensor` when partitioned), fp32 master partitions and the
         inner optimizer's state held by this rank."""
-        params = [p for module in self.raw.values() for p in module.parameters()]
+        params = [p for unit in self.units.values() for p in unit.parameters()]
         tensors = params + [p.ds_tensor for p in params if hasattr(p, "ds_tensor")]  # gathered (if any) + partition
         for engine in self.engines.values():
             zero = engine.optimizer
