@@ -26,16 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Each loss is a list of overrides on top of configs/gan_<benchmark>.yaml.
 LOSSES: dict[str, list[str]] = {
-    "nonsaturating": ["model.gan_loss=nonsaturating"],
-    "minimax": ["model.gan_loss=minimax"],
-    "hinge": ["model.gan_loss=hinge"],
-    "wgan": ["model.gan_loss=wgan", "model.n_critic=5", "optim.name=rmsprop", "optim.lr=5e-5", "model.clip_value=0.01"],
-    "wgan_gp": ["model.gan_loss=wgan_gp", "model.n_critic=5", "model.gp_weight=0.1", "optim.lr=1e-4",
+    "nonsaturating": ["gan.loss=nonsaturating"],
+    "minimax": ["gan.loss=minimax"],
+    "hinge": ["gan.loss=hinge"],
+    "wgan": ["gan.loss=wgan", "gan.n_critic=5", "optim.name=rmsprop", "optim.lr=5e-5", "gan.clip_value=0.01"],
+    "wgan_gp": ["gan.loss=wgan_gp", "gan.n_critic=5", "gan.gp_weight=0.1", "optim.lr=1e-4",
                 "optim.betas=[0.5,0.9]"],
-    "fgan_js": ["model.gan_loss=fgan", "model.divergence=jensen_shannon"],
-    "nonsaturating_r1": ["model.gan_loss=nonsaturating", "model.r1_gamma=1.0", "model.r1_every=4"],
-    "pacgan2": ["model.gan_loss=nonsaturating", "model.pack=2"],
-    "unrolled5": ["model.gan_loss=nonsaturating", "model.unroll_steps=5"],
+    "fgan_js": ["gan.loss=fgan", "gan.divergence=jensen_shannon"],
+    "nonsaturating_r1": ["gan.loss=nonsaturating", "gan.r1_gamma=1.0", "gan.r1_every=4"],
+    "pacgan2": ["gan.loss=nonsaturating", "gan.pack=2"],
+    "unrolled5": ["gan.loss=nonsaturating", "gan.unroll_steps=5"],
     "r1": [],  # configs/r1_<benchmark>.yaml: the best recipe (non-saturating + lazy R1 + linear decay, 20k steps)
 }
 

@@ -115,7 +115,7 @@ def command_sample(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from gendist.engine.data_setup import iterate_test
+    from gendist.engine.run import evaluate_recipe
     from gendist.inference import load_run
 
     loaded = load_run(args.run_dir)
@@ -124,7 +124,7 @@ def command_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--num-samples must be >= 2, got {args.num_samples}")
         loaded.config.eval.num_samples = args.num_samples
     seed = loaded.config.train.seed if args.seed is None else args.seed
-    metrics = {"step": loaded.step, **loaded.recipe.evaluate(loaded.nets, iterate_test(loaded.spec), seed)}
+    metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed)}
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -27,6 +27,7 @@ class RunSection:
 @dataclass
 class DataConfig:
     source: str = ""  # built-in source (ring|grid|digits|npz:PATH|folder:PATH), prepared once into the cache
+    source_b: str = ""  # second domain of unpaired two-domain data (CycleGAN), a source spec like data.source
     dir: str = ""  # a folder written by `gendist data prepare`
     shards: str = ""  # path, glob or brace pattern of training .tar shards (data prepared elsewhere)
     test_shards: str = ""  # same for the held-out split
@@ -39,17 +40,28 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    recipe: Literal["gan", "vae"] = "gan"  # model family
+    """Which family and which networks; each family's objective lives in its own section (gan, bigan,
+    cyclegan, vae)."""
+
+    recipe: Literal["gan", "vae", "bigan", "cyclegan"] = "gan"  # model family
     arch: Literal["mlp", "conv", "gaussian"] = "mlp"  # mlp for vectors/points, conv (DCGAN-style) for images,
     # gaussian: the GAN generator is x = mu + sigma * z (a learnable Gaussian; Nowozin et al.'s 1-D experiment)
     latent_dim: int = 2  # size of z
     hidden: int = 128  # MLP width, or base channels of conv nets
     depth: int = 3  # hidden layers of each MLP
-    # GAN objective: nonsaturating | minimax (saturating) | fgan (model.divergence) | wgan (weight clipping,
-    # model.clip_value) | wgan_gp (gradient penalty, model.gp_weight) | hinge
-    gan_loss: Literal["nonsaturating", "minimax", "fgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"
+    gaussian_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # arch=gaussian: initial [mean, std]
+
+
+@dataclass
+class GANConfig:
+    """The GAN family's objective and its regularizers (model.recipe=gan)."""
+
+    # nonsaturating | minimax (saturating) | fgan (gan.divergence) | wgan (weight clipping, gan.clip_value) |
+    # wgan_gp (gradient penalty, gan.gp_weight) | hinge
+    loss: Literal["nonsaturating", "minimax", "fgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"
     divergence: str = "jensen_shannon"  # f-GAN divergence (Nowozin et al. 2016, gendist/divergences.py)
     alpha: float = 1.5  # the α of divergence=alpha
+    pi: float = 0.5  # the π of divergence=jensen_shannon_weighted, in (0, 1)
     fgan_generator: Literal["nonsaturating", "saturating"] = "nonsaturating"  # f-GAN generator objective
     # f-GAN output activation: the paper's g_f (table), or for dom f* = R an exponential branch for negative
     # scores (exp_negative_tail; see gendist.divergences.with_exponential_negative_tail)
@@ -61,10 +73,33 @@ class ModelConfig:
     r1_every: int = 16  # the lazy R1 phase runs every r1_every steps (its loss is scaled by r1_every)
     unroll_steps: int = 0  # unrolled GAN (Metz et al. 2017): the generator sees D after k SGD steps; 0 disables
     unroll_lr: float = 0.0  # step size of the unrolled discriminator steps; 0 uses the discriminator's lr
-    gaussian_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # arch=gaussian: initial [mean, std]
     pack: int = 1  # PacGAN (Lin et al. 2018): the discriminator judges `pack` samples at once; 1 disables
-    decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # VAE likelihood p(x|z)
-    iw_samples: int = 64  # importance samples for the VAE's test log-likelihood estimate
+
+
+@dataclass
+class BiGANConfig:
+    """BiGAN (Donahue et al. 2017): D on (x, z) pairs separates (x, E(x)) from (G(z), z) (model.recipe=bigan)."""
+
+    loss: Literal["nonsaturating", "minimax"] = "nonsaturating"  # what E and G minimize against D
+    n_critic: int = 1  # discriminator steps per encoder+generator step
+
+
+@dataclass
+class CycleGANConfig:
+    """CycleGAN (Zhu et al. 2017): G: A->B, F: B->A, D_A, D_B on unpaired data (model.recipe=cyclegan)."""
+
+    loss: Literal["least_squares", "standard"] = "least_squares"  # adversarial loss (the paper's: least squares)
+    cycle_weight: float = 10.0  # lambda of ||F(G(a)) - a||_1 + ||G(F(b)) - b||_1
+    identity_weight: float = 0.0  # weight of ||G(b) - b||_1 + ||F(a) - a||_1, relative to cycle_weight (paper: 0.5)
+    pool_size: int = 50  # history of generated images each discriminator also sees (per rank); 0 disables
+
+
+@dataclass
+class VAEConfig:
+    """VAE (model.recipe=vae)."""
+
+    decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # likelihood p(x|z)
+    iw_samples: int = 64  # importance samples for the test log-likelihood estimate
 
 
 @dataclass
@@ -129,6 +164,10 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    bigan: BiGANConfig = field(default_factory=BiGANConfig)
+    cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -139,16 +178,26 @@ class RunConfig:
 
 
 DATA_LOCATIONS = ("source", "dir", "shards")  # where the training data comes from: exactly one is set
-# Players (networks with an optimizer) of each recipe: what per-player settings such as optim.lr_overrides may
-# name. tests/test_config.py checks this against each recipe's build_players().
-RECIPE_PLAYERS = {"gan": ("generator", "discriminator"), "vae": ("vae",)}
-# Phases of each recipe (train.inject_nan_phase); the R1 phase exists only with model.r1_gamma > 0.
-RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "generator"), "vae": ("elbo",)}
+# Units (what one optimizer trains) and their networks, per recipe: what optim.lr_overrides may name (a network
+# or a unit). tests/test_config.py checks this against each recipe's own `units`.
+RECIPE_UNITS = {"gan": {"generator": ("generator",), "discriminator": ("discriminator",)},
+                "vae": {"vae": ("vae",)},
+                "bigan": {"generator": ("generator", "encoder"), "discriminator": ("discriminator",)},
+                "cyclegan": {"generators": ("g_ab", "g_ba"), "discriminators": ("d_a", "d_b")}}
+# Phases of each recipe (train.inject_nan_phase); the R1 phase exists only with gan.r1_gamma > 0.
+RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "generator"), "vae": ("elbo",),
+                 "bigan": ("discriminator", "generator"), "cyclegan": ("discriminators", "generators")}
+# Keys that moved out of the flat `model` section: an old key is an error naming its new place.
+MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
+    "divergence", "alpha", "fgan_generator", "fgan_activation", "n_critic", "clip_value", "gp_weight", "r1_gamma",
+    "r1_every", "unroll_steps", "unroll_lr", "pack")},
+    "model.gan_loss": "gan.loss", "model.decoder": "vae.decoder", "model.iw_samples": "vae.iw_samples"}
 
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
-                 "model.n_critic", "model.iw_samples", "model.r1_every", "model.pack", "log.every", "eval.num_samples", "ckpt.keep",
-                 "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps"}
-NON_NEGATIVE_INTS = {"model.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every", "data.num_workers", "model.depth"}
+                 "gan.n_critic", "vae.iw_samples", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
+                 "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
+NON_NEGATIVE_INTS = {"gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
+                     "data.num_workers", "model.depth", "cyclegan.pool_size"}
 
 
 def lr_scale(optim: OptimConfig, step: int, max_steps: int) -> float:
@@ -214,6 +263,11 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    moved = [key for key in unknown if prefix + key in MOVED_KEYS]
+    if moved:
+        old = prefix + moved[0]
+        raise UserError(f"config: {old} moved to {MOVED_KEYS[old]}; write it as {MOVED_KEYS[old]} "
+                        f"(in the file: a '{MOVED_KEYS[old].split('.')[0]}:' section)")
     if unknown:
         raise UserError(f"config: unknown key '{prefix}{unknown[0]}' (valid keys here: {', '.join(sorted(names))})")
     kwargs = {}
@@ -281,7 +335,7 @@ def _drop_file_data_location(tree: dict) -> None:
     shards, and the test shards that go with them); two locations on the command line stay an error."""
     data = tree.get("data")
     if isinstance(data, dict):
-        for key in DATA_LOCATIONS + ("test_shards",):
+        for key in DATA_LOCATIONS + ("test_shards", "source_b"):
             data.pop(key, None)
 
 
@@ -312,11 +366,12 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if not config.run.dir.strip():
         raise UserError("config: run.dir must name a folder, got ''; e.g. run.dir=runs/my_run")
-    players = RECIPE_PLAYERS[config.model.recipe]
+    units = RECIPE_UNITS[config.model.recipe]
+    names = [*units, *(network for networks in units.values() for network in networks if network not in units)]
     for name, lr in config.optim.lr_overrides.items():
-        if name not in players:
-            raise UserError(f"config: optim.lr_overrides.{name}: no player '{name}' in model.recipe="
-                            f"{config.model.recipe} (players: {', '.join(players)})")
+        if name not in names:
+            raise UserError(f"config: optim.lr_overrides.{name}: no network or unit '{name}' in model.recipe="
+                            f"{config.model.recipe} (names: {', '.join(names)})")
         if not lr > 0:
             raise UserError(f"config: optim.lr_overrides.{name} must be > 0, got {lr}")
     phases = RECIPE_PHASES[config.model.recipe]
@@ -345,35 +400,51 @@ def validate(config: RunConfig) -> None:
         from gendist.data.sources import check_source_spec
 
         check_source_spec(data.source)
+    if data.source_b:
+        from gendist.data.sources import check_source_spec
+
+        check_source_spec(data.source_b, "data.source_b")
+        if not data.source:
+            raise UserError("config: data.source_b needs data.source (domain A); for a prepared folder use "
+                            "`gendist data prepare --source A --source-b B --out DIR` and data.dir=DIR")
+    if config.model.recipe == "cyclegan" and data.shards:
+        raise UserError("config: model.recipe=cyclegan needs two domains: data.source + data.source_b, or "
+                        "data.dir prepared with `gendist data prepare --source A --source-b B`")
+    if config.model.recipe == "cyclegan" and data.source and not data.source_b:
+        raise UserError("config: model.recipe=cyclegan needs data.source_b (domain B) besides data.source")
     if data.test_shards and not data.shards:
         raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
 
 
 def validate_model(config: RunConfig) -> None:
-    model = config.model
+    model, gan = config.model, config.gan
     for key in ("clip_value", "gp_weight", "r1_gamma", "unroll_lr"):
-        value = getattr(model, key)
+        value = getattr(gan, key)
         if value < 0 or value != value:
-            raise UserError(f"config: model.{key} must be >= 0, got {value}")
+            raise UserError(f"config: gan.{key} must be >= 0, got {value}")
+    for key in ("cycle_weight", "identity_weight"):
+        value = getattr(config.cyclegan, key)
+        if value < 0 or value != value:
+            raise UserError(f"config: cyclegan.{key} must be >= 0, got {value}")
     from gendist.divergences import get_divergence
 
-    try:  # a name from the table (and a valid alpha for "alpha")
-        get_divergence(model.divergence, model.alpha)
+    try:  # a name from the table (and a valid alpha / pi for the rows that take one)
+        get_divergence(gan.divergence, gan.alpha, gan.pi)
     except UserError as error:
-        key = "model.alpha" if model.divergence == "alpha" else "model.divergence"
+        key = {"alpha": "gan.alpha", "jensen_shannon_weighted": "gan.pi"}.get(gan.divergence, "gan.divergence")
         raise UserError(f"config: {key}: {error}") from None
-    if model.gan_loss == "wgan" and model.clip_value == 0:
-        raise UserError("config: model.clip_value must be > 0 with model.gan_loss=wgan (or use wgan_gp)")
-    if config.train.batch_size % model.pack:
-        raise UserError(f"config: train.batch_size ({config.train.batch_size}) must be a multiple of model.pack "
-                        f"({model.pack})")
-    if model.unroll_steps and model.gan_loss == "wgan_gp":
-        raise UserError("config: model.unroll_steps does not combine with model.gan_loss=wgan_gp "
+    if gan.loss == "wgan" and gan.clip_value == 0:
+        raise UserError("config: gan.clip_value must be > 0 with gan.loss=wgan (or use wgan_gp)")
+    if model.recipe == "gan" and config.train.batch_size % gan.pack:
+        raise UserError(f"config: train.batch_size ({config.train.batch_size}) must be a multiple of gan.pack "
+                        f"({gan.pack})")
+    if gan.unroll_steps and gan.loss == "wgan_gp":
+        raise UserError("config: gan.unroll_steps does not combine with gan.loss=wgan_gp "
                         "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")
     if len(model.gaussian_init) != 2 or not model.gaussian_init[1] > 0:
         raise UserError(f"config: model.gaussian_init must be [mean, std] with std > 0, got {model.gaussian_init}")
     if model.arch == "gaussian" and model.recipe != "gan":
-        raise UserError("config: model.arch=gaussian is a GAN generator; use mlp or conv for model.recipe=vae")
+        raise UserError(f"config: model.arch=gaussian is a GAN generator; use mlp or conv for model.recipe={model.recipe}")
 
 
 def to_dict(config: RunConfig) -> dict:

@@ -198,6 +198,52 @@ def _gan() -> Divergence:
     )
 
 
+def jensen_shannon_weighted(pi: float) -> Divergence:
+    """Jensen-Shannon-weighted, for a weight π in (0, 1) (Table 1's last row):
+
+        f(u)  = π u log u - (1 - π + π u) log(1 - π + π u),
+        D_f(P||Q) = π KL(P||M) + (1 - π) KL(Q||M) with M = π P + (1 - π) Q,
+
+    so π = 1/2 gives the plain Jensen-Shannon divergence, half the "jensen_shannon" row (which is 2 JS).
+    With m = 1 - π + π u: f'(u) = π log(u / m), increasing from -inf (u -> 0) to -π log π (u -> inf), so
+    dom f* = (-inf, -π log π). Solving t = f'(u) gives u = (1 - π) s / (1 - π s) with s = e^{t/π}, m =
+    (1 - π) / (1 - π s), and f*(t) = t u - f(u) = (1 - π) log m, i.e.
+
+        f*(t) = (1 - π) log((1 - π) / (1 - π e^{t/π})),   g_f(v) = -π log π - log(1 + e^{-v}) (Table 2).
+
+    π e^{t/π} = e^{(t - upper)/π} with upper = -π log π; forming t - upper first is exact near the boundary
+    (Sterbenz), which is where g_f puts large scores, and log_one_minus_exp keeps the log accurate there.
+    """
+    if not 0.0 < pi < 1.0:  # also rejects nan
+        raise UserError(f"jensen_shannon_weighted needs a weight pi in (0, 1), got pi={pi}")
+    upper = -pi * math.log(pi)
+    log_one_minus_pi = math.log1p(-pi)
+
+    def generator_f(u: torch.Tensor) -> torch.Tensor:
+        mixture = 1.0 + pi * (u - 1.0)  # 1 - π + π u, exactly 1 at u = 1
+        return pi * torch.xlogy(u, u) - mixture * torch.log1p(pi * (u - 1.0))
+
+    def conjugate(t: torch.Tensor) -> torch.Tensor:
+        return (1.0 - pi) * (log_one_minus_pi - log_one_minus_exp((t - upper) / pi))
+
+    def optimal_critic(ratio: torch.Tensor) -> torch.Tensor:
+        # π log(u / m): exact near u = 1 in the log1p form; for large u the equivalent form
+        # upper - π log1p((1 - π) / (π u)) approaches the bound from below without rounding past it (the first
+        # form overshoots it by ~1e-17 at u = 1e300).
+        near_one = pi * (torch.log(ratio) - torch.log1p(pi * (ratio - 1.0)))
+        large = upper - pi * torch.log1p((1.0 - pi) / (pi * torch.clamp(ratio, min=1.0)))
+        return torch.where(ratio > 2.0, large, near_one)
+
+    return Divergence(
+        name="jensen_shannon_weighted",
+        generator_f=generator_f,
+        conjugate=conjugate,
+        activation=lambda v: upper + functional.logsigmoid(v),
+        conjugate_domain=(-math.inf, upper),
+        optimal_critic=optimal_critic,
+    )
+
+
 def alpha_divergence(alpha: float) -> Divergence:
     """α-divergence, f(u) = (u^α - 1 - α(u - 1)) / (α(α - 1)) for α ∉ {0, 1} (Table 1).
 
@@ -251,15 +297,20 @@ DIVERGENCES: dict[str, Divergence] = {
         _jensen_shannon(),
         _gan(),
         alpha_divergence(1.5),
+        jensen_shannon_weighted(0.5),
     )
 }
-"""Every row of the f-GAN table by name; "alpha" here uses α = 1.5 (use `get_divergence` for others)."""
+"""Every row of the f-GAN table by name; "alpha" here uses α = 1.5 and "jensen_shannon_weighted" π = 1/2
+(use `get_divergence` for others)."""
 
 
-def get_divergence(name: str, alpha: float = 1.5) -> Divergence:
-    """Look a divergence up by name; `alpha` is used only for name "alpha". Raises UserError on bad input."""
+def get_divergence(name: str, alpha: float = 1.5, pi: float = 0.5) -> Divergence:
+    """Look a divergence up by name; `alpha` is used only for name "alpha", `pi` only for
+    "jensen_shannon_weighted". Raises UserError on bad input."""
     if name == "alpha":
         return alpha_divergence(alpha)
+    if name == "jensen_shannon_weighted":
+        return jensen_shannon_weighted(pi)
     if name not in DIVERGENCES:
         raise UserError(f"unknown divergence {name!r}; valid names: {', '.join(DIVERGENCES)}")
     return DIVERGENCES[name]
@@ -272,11 +323,11 @@ def with_exponential_negative_tail(divergence: Divergence) -> Divergence:
     variational bound's supremum unchanged. Where q >> p the optimal critic T* = f'(p/q) can be very
     negative (Jeffrey: ~ -q/p), which a piecewise-linear critic reaches only slowly; the exponential branch
     reaches it at moderate scores. g is continuous with slope 1 at 0; v is clamped at -50 so float32 stays
-    finite. Used by configs/fgan_jeffrey_mixture1d.yaml (`model.fgan_activation=exp_negative_tail`).
+    finite. Used by configs/fgan_jeffrey_mixture1d.yaml (`gan.fgan_activation: exp_negative_tail`).
     """
     if divergence.conjugate_domain != (-math.inf, math.inf):
-        raise UserError(f"model.fgan_activation=exp_negative_tail needs dom f* = R; {divergence.name}'s is "
-                        f"{divergence.conjugate_domain}: use model.fgan_activation=table")
+        raise UserError(f"gan.fgan_activation=exp_negative_tail needs dom f* = R; {divergence.name}'s is "
+                        f"{divergence.conjugate_domain}: use gan.fgan_activation=table")
 
     def activation(v: torch.Tensor) -> torch.Tensor:
         return torch.where(v > 0, divergence.activation(v), -torch.expm1(-v.clamp(-50.0, 0.0)))

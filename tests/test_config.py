@@ -67,17 +67,18 @@ def test_parse_override_scientific_notation():
     assert load_config(CONFIGS[0], ["optim.lr=1e-4"]).optim.lr == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("recipe", ["gan", "vae"])
+@pytest.mark.parametrize("recipe", ["gan", "vae", "bigan", "cyclegan"])
 def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     """config.RECIPE_PLAYERS / RECIPE_PHASES (what per-player and per-phase settings may name) are the
-    recipes' own players and phases (the R1 phase appears with model.r1_gamma > 0)."""
-    from gendist.config import RECIPE_PHASES, RECIPE_PLAYERS
+    recipes' own players and phases (the R1 phase appears with gan.r1_gamma > 0)."""
+    from gendist.config import RECIPE_PHASES, RECIPE_UNITS
     from gendist.data.info import DataInfo
     from gendist.recipes import build_recipe
 
-    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "model.r1_gamma=1.0"])
+    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "gan.r1_gamma=1.0"])
     built = build_recipe(config, DataInfo("points", (2,)))
-    assert tuple(built.build_networks()) == RECIPE_PLAYERS[recipe]
+    assert built.units == RECIPE_UNITS[recipe]
+    assert sorted(built.build_networks()) == sorted(n for networks in built.units.values() for n in networks)
     assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])
 
 

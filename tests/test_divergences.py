@@ -21,12 +21,19 @@ from gendist.divergences import (
     generator_objective,
     generator_objective_nonsaturating,
     get_divergence,
+    jensen_shannon_weighted,
 )
 from gendist.errors import UserError
 
 ALPHAS = (0.5, 1.5, 2.0, -1.0)
-CASES = [(name, None) for name in DIVERGENCES if name != "alpha"] + [("alpha", alpha) for alpha in ALPHAS]
-CASE_IDS = [name if alpha is None else f"alpha={alpha}" for name, alpha in CASES]
+PIS = (0.2, 0.5, 0.8)  # weights of the Jensen-Shannon-weighted row
+PARAMETERIZED = {"alpha": ("alpha", ALPHAS), "jensen_shannon_weighted": ("pi", PIS)}
+# (name, keyword arguments of get_divergence): every plain row once, each parametrized row for each value.
+CASES = [(name, {}) for name in DIVERGENCES if name not in PARAMETERIZED] + [
+    (name, {keyword: value}) for name, (keyword, values) in PARAMETERIZED.items() for value in values
+]
+CASE_IDS = [name if not kwargs else name + "-" + ",".join(f"{k}={v}" for k, v in kwargs.items())
+            for name, kwargs in CASES]
 
 # Two discrete distributions on four points: every divergence is finite and TV / chi^2 are exact sums.
 DISCRETE_P = np.array([0.1, 0.4, 0.2, 0.3])
@@ -39,8 +46,8 @@ INTEGRATION_LIMIT = 25.0
 
 @pytest.fixture(params=CASES, ids=CASE_IDS)
 def divergence(request: pytest.FixtureRequest) -> Divergence:
-    name, alpha = request.param
-    return get_divergence(name) if alpha is None else get_divergence(name, alpha=alpha)
+    name, kwargs = request.param
+    return get_divergence(name, **kwargs)
 
 
 def evaluate(function: Callable[[torch.Tensor], torch.Tensor], values: float | np.ndarray) -> np.ndarray:
@@ -175,6 +182,10 @@ def test_discrete_closed_forms() -> None:
     for alpha in ALPHAS:
         value = ((p**alpha * q ** (1 - alpha)).sum() - 1.0) / (alpha * (alpha - 1.0))
         assert divergence_discrete(alpha_divergence(alpha)) == pytest.approx(value, rel=1e-10)
+    for pi in (*PIS, 0.01, 0.99):  # π KL(P||M) + (1 - π) KL(Q||M), M = π P + (1 - π) Q
+        mixture = pi * p + (1 - pi) * q
+        value = pi * special.rel_entr(p, mixture).sum() + (1 - pi) * special.rel_entr(q, mixture).sum()
+        assert divergence_discrete(jensen_shannon_weighted(pi)) == pytest.approx(value, rel=1e-10), pi
 
 
 def test_suboptimal_critic_gives_smaller_bound(divergence: Divergence) -> None:
@@ -243,13 +254,13 @@ def gaussian_closed_form(name: str, p: tuple[float, float], q: tuple[float, floa
 
 
 @pytest.mark.parametrize(
-    ("name", "alpha"),
+    ("name", "kwargs"),
     [case for case in CASES if case[0] != "total_variation"],
     ids=[case_id for case_id in CASE_IDS if case_id != "total_variation"],
 )
-def test_bound_is_tight_at_optimal_critic_gaussian(name: str, alpha: float | None) -> None:
+def test_bound_is_tight_at_optimal_critic_gaussian(name: str, kwargs: dict[str, float]) -> None:
     """Total variation is left to the discrete test: its T* = sign(p - q) / 2 is discontinuous."""
-    divergence = get_divergence(name) if alpha is None else get_divergence(name, alpha=alpha)
+    divergence = get_divergence(name, **kwargs)
     p, q = gaussian_pair(divergence)
 
     def critic(x: float) -> torch.Tensor:
@@ -340,10 +351,101 @@ def test_get_divergence_rejects_degenerate_alpha(alpha: float) -> None:
         get_divergence("alpha", alpha=alpha)
 
 
+@pytest.mark.parametrize("pi", [0.0, 1.0, -0.5, 1.5, math.nan, math.inf])
+def test_get_divergence_rejects_pi_outside_unit_interval(pi: float) -> None:
+    with pytest.raises(UserError, match="pi"):
+        get_divergence("jensen_shannon_weighted", pi=pi)
+
+
+def test_get_divergence_keyword_defaults() -> None:
+    """Existing calls keep working; alpha and pi only affect their own rows, positionally too."""
+    assert get_divergence("kl", 0.5, 0.3) is DIVERGENCES["kl"]
+    assert get_divergence("alpha", 0.5, 0.3).conjugate_domain == (-math.inf, 2.0)
+    weighted = get_divergence("jensen_shannon_weighted", 0.5, 0.3)
+    assert weighted.conjugate_domain[1] == pytest.approx(-0.3 * math.log(0.3))
+    assert get_divergence("jensen_shannon_weighted").conjugate_domain[1] == pytest.approx(0.5 * math.log(2.0))
+
+
 def test_table_has_every_row() -> None:
     expected = {
         "total_variation", "kl", "reverse_kl", "pearson", "neyman", "squared_hellinger",
-        "jeffrey", "jensen_shannon", "gan", "alpha",
+        "jeffrey", "jensen_shannon", "gan", "alpha", "jensen_shannon_weighted",
     }
-    assert set(DIVERGENCES) == expected
+    assert len(DIVERGENCES) == 11 and set(DIVERGENCES) == expected
     assert get_divergence("kl") is DIVERGENCES["kl"]
+
+
+def test_optimal_critic_matches_autograd(divergence: Divergence) -> None:
+    """T* = f'(u) against autograd of f, and (f*)'(T*(u)) = u (the conjugate's slope inverts f'), except for
+    total variation, whose f* = t has slope 1 everywhere on its closed domain."""
+    u = torch.tensor([1e-3, 0.1, 0.3, 0.7, 1.3, 2.0, 5.0, 12.0, 1e3], dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(divergence.generator_f(u).sum(), u)
+    torch.testing.assert_close(divergence.optimal_critic(u.detach()), slope, rtol=1e-10, atol=1e-12)
+    if divergence.name == "total_variation":
+        return
+    critic = divergence.optimal_critic(u.detach()).requires_grad_(True)
+    (conjugate_slope,) = torch.autograd.grad(divergence.conjugate(critic).sum(), critic)
+    torch.testing.assert_close(conjugate_slope, u.detach(), rtol=1e-8, atol=0.0)
+
+
+def weighted_js_reference(pi: float, u: np.ndarray) -> np.ndarray:
+    """Table 1 written out literally (no log1p/xlogy rearrangement), for u > 0."""
+    return pi * u * np.log(u) - (1 - pi + pi * u) * np.log(1 - pi + pi * u)
+
+
+@pytest.mark.parametrize("pi", [0.01, *PIS, 0.99])
+def test_jensen_shannon_weighted_closed_forms(pi: float) -> None:
+    """f as in Table 1; f*(t) = (1 - π) log((1 - π) / (1 - π e^{t/π})) on t < -π log π; g_f(v) = -π log π -
+    log(1 + e^{-v}) (Table 2); T* = f'(u) = π log(u / (1 - π + π u)); and the optimal critic spans dom f*."""
+    divergence = jensen_shannon_weighted(pi)
+    upper = -pi * math.log(pi)
+    assert divergence.conjugate_domain == (-math.inf, pytest.approx(upper, rel=1e-15))
+    u = np.geomspace(1e-4, 1e4, 81)
+    np.testing.assert_allclose(evaluate(divergence.generator_f, u), weighted_js_reference(pi, u), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(evaluate(divergence.optimal_critic, u), pi * np.log(u / (1 - pi + pi * u)), rtol=1e-12)
+    t = np.linspace(-50.0, upper - 1e-3, 201)
+    expected_conjugate = (1 - pi) * np.log((1 - pi) / (1 - pi * np.exp(t / pi)))
+    np.testing.assert_allclose(evaluate(divergence.conjugate, t), expected_conjugate, rtol=1e-9, atol=1e-14)
+    v = np.linspace(-30.0, 30.0, 121)
+    np.testing.assert_allclose(evaluate(divergence.activation, v), upper - np.logaddexp(0.0, -v),
+                               rtol=1e-12, atol=1e-14)
+    # f'(u) -> -inf as u -> 0 and -> -π log π as u -> inf: the range of T* is dom f*.
+    # Never past the bound in float64 (at u = 1e300 the true gap, ~1e-300, rounds to 0).
+    critic = evaluate(divergence.optimal_critic, np.array([1e-300, 1e10, 1e300]))
+    assert critic[0] < -600 * pi and upper - 1e-9 < critic[1] < upper and critic[2] <= upper
+    # Limits: f*(t) -> -f(0) = (1 - π) log(1 - π) as t -> -inf; f*(t) -> +inf as t -> -π log π.
+    assert float(evaluate(divergence.conjugate, -1e4)) == pytest.approx((1 - pi) * math.log1p(-pi), rel=1e-12)
+    assert float(evaluate(divergence.conjugate, upper - 1e-12)) > 10.0 * (1 - pi)
+
+
+def test_jensen_shannon_weighted_at_one_half_is_half_the_jensen_shannon_row() -> None:
+    """The "jensen_shannon" row is 2 JS: f_JS(u) = u log u - (u + 1) log((u + 1)/2). With π = 1/2,
+    f_JSw = f_JS / 2 exactly, hence (c f)*(t) = c f*(t / c) gives f*_JSw(t) = f*_JS(2 t) / 2, the domains
+    scale by 1/2 (log 2 / 2 vs log 2), and T*_JSw = T*_JS / 2. The activations are not a plain rescaling
+    (log 2 / 2 + log σ(v) vs log 2 + log σ(v)); both land in their own domain."""
+    weighted, plain = jensen_shannon_weighted(0.5), DIVERGENCES["jensen_shannon"]
+    u = np.geomspace(1e-4, 1e4, 81)
+    np.testing.assert_allclose(evaluate(weighted.generator_f, u), 0.5 * evaluate(plain.generator_f, u),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(evaluate(weighted.optimal_critic, u), 0.5 * evaluate(plain.optimal_critic, u),
+                               rtol=1e-12, atol=1e-15)
+    t = np.linspace(-20.0, 0.5 * math.log(2.0) - 1e-4, 101)
+    np.testing.assert_allclose(evaluate(weighted.conjugate, t), 0.5 * evaluate(plain.conjugate, 2.0 * t), rtol=1e-12)
+    assert weighted.conjugate_domain[1] == pytest.approx(0.5 * plain.conjugate_domain[1], rel=1e-15)
+    assert divergence_discrete(weighted) == pytest.approx(0.5 * divergence_discrete(plain), rel=1e-12)
+
+
+@pytest.mark.parametrize("pi", [0.01, 0.5, 0.99])
+@pytest.mark.parametrize(("dtype", "extent", "tolerance"), [(torch.float32, 8.0, 1e-4), (torch.float64, 30.0, 1e-4)])
+def test_jensen_shannon_weighted_conjugate_of_activation_is_accurate(
+    pi: float, dtype: torch.dtype, extent: float, tolerance: float
+) -> None:
+    """The training losses compose f*(g_f(v)); compare it in float32 and float64 with the same quantity written
+    directly in v and evaluated in float64, which has no cancellation at the domain boundary."""
+    divergence = jensen_shannon_weighted(pi)
+    v = torch.linspace(-extent, extent, 161, dtype=dtype)
+    composed = divergence.conjugate(divergence.activation(v)).double()
+    # (t - upper)/π = -softplus(-v)/π, so f*(g(v)) = (1 - π)(log(1 - π) - log(1 - exp(-softplus(-v)/π))).
+    exponent = -np.logaddexp(0.0, -v.double().numpy()) / pi
+    reference = (1 - pi) * (math.log1p(-pi) - np.log(-np.expm1(exponent)))
+    np.testing.assert_allclose(composed.numpy(), reference, rtol=tolerance, atol=1e-6)

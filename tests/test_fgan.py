@@ -14,7 +14,9 @@ from gendist.divergences import DIVERGENCES
 from gendist.engine.run import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-DISJOINT_VALUE = {"total_variation": 1.0, "squared_hellinger": 2.0, "jensen_shannon": 2 * math.log(2), "gan": 0.0}
+DISJOINT_VALUE = {"total_variation": 1.0, "squared_hellinger": 2.0, "jensen_shannon": 2 * math.log(2), "gan": 0.0,
+                  # -pi log pi - (1 - pi) log(1 - pi) at the configs' pi = 0.5
+                  "jensen_shannon_weighted": math.log(2)}
 
 
 def build(name, tmp_path, monkeypatch):

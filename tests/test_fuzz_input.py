@@ -66,12 +66,15 @@ RANGES = {
     "data.test_shards": lambda v: v == "",
     "data.num_workers": at_least(0), "data.shuffle_buffer": at_least(1),
     "model.latent_dim": at_least(1), "model.hidden": at_least(1), "model.depth": at_least(0),
-    "model.divergence": lambda v: v in ("total_variation", "kl", "reverse_kl", "pearson", "neyman",
-                                        "squared_hellinger", "jeffrey", "jensen_shannon", "gan", "alpha"),
-    "model.n_critic": at_least(1), "model.clip_value": at_least(0), "model.gp_weight": at_least(0),
-    "model.r1_gamma": at_least(0), "model.r1_every": at_least(1), "model.unroll_steps": at_least(0),
-    "model.unroll_lr": at_least(0), "model.pack": lambda v: v >= 1 and 256 % v == 0,
-    "model.gaussian_init": lambda v: len(v) == 2 and float(v[1]) > 0, "model.iw_samples": at_least(1),
+    "gan.divergence": lambda v: v in ("total_variation", "kl", "reverse_kl", "pearson", "neyman",
+                                        "squared_hellinger", "jeffrey", "jensen_shannon", "gan", "alpha",
+                                      "jensen_shannon_weighted"),
+    "gan.pi": lambda v: 0 < float(v) < 1, "bigan.n_critic": at_least(1), "cyclegan.cycle_weight": at_least(0),
+    "cyclegan.identity_weight": at_least(0), "cyclegan.pool_size": at_least(0),
+    "gan.n_critic": at_least(1), "gan.clip_value": at_least(0), "gan.gp_weight": at_least(0),
+    "gan.r1_gamma": at_least(0), "gan.r1_every": at_least(1), "gan.unroll_steps": at_least(0),
+    "gan.unroll_lr": at_least(0), "gan.pack": lambda v: v >= 1 and 256 % v == 0,
+    "model.gaussian_init": lambda v: len(v) == 2 and float(v[1]) > 0, "vae.iw_samples": at_least(1),
     "optim.lr": lambda v: float(v) > 0, "optim.betas": lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
     "optim.weight_decay": lambda v: float(v) >= 0, "optim.grad_clip": lambda v: float(v) >= 0,
     "optim.lr_overrides": lambda v: set(v) <= {"generator", "discriminator"} and all(float(x) > 0 for x in v.values()),
@@ -98,9 +101,10 @@ def override_cases() -> list[tuple[str, str]]:
     cases = [(key, value) for key in config_fields() for value in rng.sample(WRONG_VALUES, 3)]
     # values that are wrong in context and were once accepted, plus a few that are right
     cases += [("run.dir", "''"), ("optim.lr_overrides", "{nosuchplayer: 1}"), ("optim.lr_overrides", "{discriminator: 0}"),
-              ("optim.lr_overrides", "{discriminator: 4.0e-4}"), ("model.pack", "3"), ("model.pack", "4"),
-              ("optim.lr", "2e-4"), ("model.divergence", "kl"), ("data.source", "digits"), ("data.source", "npz:x.npz"),
-              ("train.inject_nan_phase", "generator"), ("train.inject_nan_steps", "[-1]"), ("optim.lr", ".nan")]
+              ("optim.lr_overrides", "{discriminator: 4.0e-4}"), ("gan.pack", "3"), ("gan.pack", "4"),
+              ("optim.lr", "2e-4"), ("gan.divergence", "kl"), ("data.source", "digits"), ("data.source", "npz:x.npz"),
+              ("train.inject_nan_phase", "generator"), ("train.inject_nan_steps", "[-1]"), ("optim.lr", ".nan"),
+              ("gan.pi", "0.3"), ("gan.pi", "1.0"), ("model.recipe", "bigan"), ("cyclegan.cycle_weight", "5")]
     return cases
 
 
@@ -127,6 +131,14 @@ def test_fuzz_overrides_each_outcome_is_the_expected_one(tmp_path, capsys, monke
         assert len(lines) == 1 and lines[0].startswith("gendist: error:"), (override, lines)
         assert key in lines[0], f"{override}: the error does not name {key}: {lines[0]}"
     assert outcomes[True] >= 15 and outcomes[False] >= 150, outcomes  # both branches really exercised
+
+
+@pytest.mark.parametrize("old, new", [("model.gan_loss=hinge", "gan.loss"), ("model.r1_gamma=1", "gan.r1_gamma"),
+                                      ("model.decoder=gaussian", "vae.decoder"), ("model.pack=2", "gan.pack")])
+def test_keys_that_moved_out_of_model_name_their_new_place(old, new, tmp_path, capsys):
+    code, lines = is_rejected(["train", BASE, f"run.dir={tmp_path / 'never'}", old], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{old.split('=')[0]} moved to {new}" in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("override, fragment", [

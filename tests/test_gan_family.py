@@ -19,13 +19,13 @@ from helpers import gendist_command, make_env, read_metrics, run
 QUICK = ["train.max_steps=30", "ckpt.every=0", "log.every=10", "log.sample_every=0", "log.wandb=false",
          "log.progress=false", "eval.num_samples=200"]
 VARIANTS = {
-    "minimax": ["model.gan_loss=minimax"],
-    "wgan": ["model.gan_loss=wgan", "optim.name=rmsprop", "model.n_critic=2"],
-    "wgan_gp": ["model.gan_loss=wgan_gp", "model.n_critic=2"],
-    "hinge_r1": ["model.gan_loss=hinge", "model.r1_gamma=1.0", "model.r1_every=4"],
-    "unrolled": ["model.unroll_steps=3"],
-    "pacgan": ["model.pack=4"],
-    "fgan_pearson": ["model.gan_loss=fgan", "model.divergence=pearson"],
+    "minimax": ["gan.loss=minimax"],
+    "wgan": ["gan.loss=wgan", "optim.name=rmsprop", "gan.n_critic=2"],
+    "wgan_gp": ["gan.loss=wgan_gp", "gan.n_critic=2"],
+    "hinge_r1": ["gan.loss=hinge", "gan.r1_gamma=1.0", "gan.r1_every=4"],
+    "unrolled": ["gan.unroll_steps=3"],
+    "pacgan": ["gan.pack=4"],
+    "fgan_pearson": ["gan.loss=fgan", "gan.divergence=pearson"],
 }
 
 
@@ -56,11 +56,11 @@ def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
-    ("model.pack=3", "train.batch_size (256) must be a multiple of model.pack (3)"),
+    ("gan.pack=3", "train.batch_size (256) must be a multiple of gan.pack (3)"),
     ("model.gaussian_init=[0,-1]", "model.gaussian_init must be [mean, std] with std > 0"),
-    ("model.gp_weight=-1", "model.gp_weight must be >= 0"),
-    ("model.gan_loss=wgan_gp model.unroll_steps=2", "model.unroll_steps does not combine with"),
-    ("model.gan_loss=wasserstein", "model.gan_loss must be one of"),
+    ("gan.gp_weight=-1", "gan.gp_weight must be >= 0"),
+    ("gan.loss=wgan_gp gan.unroll_steps=2", "gan.unroll_steps does not combine with"),
+    ("gan.loss=wasserstein", "gan.loss must be one of"),
     ("optim.schedule=exponential", "optim.schedule must be one of"),
     ("optim.final_lr_fraction=2", "optim.final_lr_fraction must be in [0, 1]"),
 ])

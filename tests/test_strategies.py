@@ -20,19 +20,19 @@ RECIPES = {
     # ranks, or a missing division by the accumulation micro-steps, moves the parameters 2x as far.
     "gan_sgd": ["configs/gan_ring.yaml", *SGD],
     "gan_sgd_clip": ["configs/gan_ring.yaml", *SGD, "optim.grad_clip=0.01"],  # clipping after the sync
-    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "model.decoder=gaussian", "model.latent_dim=2"],
+    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2"],
     # double backward (gradient penalty, lazy R1 phase), PacGAN packing, a learning-rate schedule
-    "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "model.gan_loss=wgan_gp", "model.pack=2", "model.r1_gamma=1.0",
-                        "model.r1_every=2", "optim.schedule=linear"],
+    "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "gan.loss=wgan_gp", "gan.pack=2", "gan.r1_gamma=1.0",
+                        "gan.r1_every=2", "optim.schedule=linear"],
     # weight clipping after each step (under DeepSpeed: of the fp32 master partitions too)
     # (SGD: RMSprop's and Adam's first steps are ~lr * sign(g), which turns float noise in the near-zero
     # gradients of a clamped critic into +-lr differences; SGD keeps the comparison meaningful)
-    "wgan_clip": ["configs/gan_ring.yaml", "model.gan_loss=wgan", "optim.name=sgd", "optim.lr=0.05",
-                  "model.n_critic=2"],
+    "wgan_clip": ["configs/gan_ring.yaml", "gan.loss=wgan", "optim.name=sgd", "optim.lr=0.05",
+                  "gan.n_critic=2"],
     # the generator differentiates through 2 unrolled discriminator steps (torch.func); each rank unrolls
     # on its own batch (a loss never talks to other ranks), so 2 x b differs from 1 x 2b by design: the
     # strategies are compared with each other instead
-    "unrolled_hinge": ["configs/gan_ring.yaml", "model.gan_loss=hinge", "model.unroll_steps=2"],
+    "unrolled_hinge": ["configs/gan_ring.yaml", "gan.loss=hinge", "gan.unroll_steps=2"],
 }
 # (strategy, recipe) pairs: every strategy for the base recipes, the ones each variant stresses for the rest.
 # Strategies: 2 processes through accelerate launch with each shipped config; "torchrun" (DDP);

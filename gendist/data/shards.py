@@ -177,13 +177,17 @@ def check_prepare_arguments(shard_size: int, test_fraction: float, block_size: i
 
 
 def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, test_fraction: float = 0.1,
-                    seed: int = 0, block_size: int = 1024) -> dict:
+                    seed: int = 0, block_size: int = 1024, half: int | None = None) -> dict:
     """Load `source`, split train/test with a seeded permutation, write shards and `manifest.json`.
 
-    Returns the manifest. Re-running into the same folder replaces the previous shards cleanly.
+    `half` (0 or 1) keeps one of two disjoint halves of the samples (a seeded split; two-domain data made
+    from the same samples). Returns the manifest. Re-running into the same folder replaces the previous
+    shards cleanly.
     """
     check_prepare_arguments(shard_size, test_fraction, block_size)
     data = load_source(source, seed=seed)
+    if half is not None:
+        data = take_half(data, half, seed)
     num_test = int(round(len(data.x) * test_fraction))
     if len(data.x) < 2 or not 1 <= num_test < len(data.x):
         raise UserError(f"data prepare: {len(data.x)} samples from '{source}' cannot be split with "
@@ -207,7 +211,7 @@ def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, t
         raise UserError(f"data prepare: writing shards to '{out_dir}' failed ({error.strerror or error}); "
                         "check the free space and permissions of --out") from None
     manifest = {
-        "format": MANIFEST_FORMAT, "source": source, "kind": data.kind, "sample_shape": list(data.x.shape[1:]),
+        "format": MANIFEST_FORMAT, "source": source, "half": half, "kind": data.kind, "sample_shape": list(data.x.shape[1:]),
         "dtype": "float32", "has_labels": data.y is not None, "block_size": stored_block_size,
         "image_mode": data.image_mode,
         "modes": data.modes.tolist() if data.modes is not None else None, "mode_std": data.mode_std,
@@ -219,3 +223,28 @@ def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, t
 
 
 __all__ = ["ShardWriter", "prepare_dataset", "write_json_atomic", "MANIFEST_FORMAT"]
+
+
+def take_half(data, half: int, seed: int):
+    """Rows of one of two disjoint halves (seeded permutation, the same for every variant of the source)."""
+    import dataclasses
+
+    order = np.random.default_rng([seed, 2]).permutation(len(data.x))
+    rows = np.sort(order[: len(order) // 2] if half == 0 else order[len(order) // 2:])
+    return dataclasses.replace(data, x=data.x[rows], y=None if data.y is None else data.y[rows],
+                               encoded=None if data.encoded is None else [data.encoded[i] for i in rows])
+
+
+def prepare_two_domains(source_a: str, source_b: str, out_dir: Path | str, **options) -> dict:
+    """Unpaired two-domain data (CycleGAN): domain A in `out_dir`, domain B in `out_dir/b`, each with its
+    own train/test split and manifest. Sources made from the same samples get disjoint halves."""
+    from gendist.data.sources import same_base_data
+
+    halves = (0, 1) if same_base_data(source_a, source_b) else (None, None)
+    out_dir = Path(out_dir)
+    manifest_b = prepare_dataset(source_b, out_dir / DOMAIN_B_DIR, half=halves[1], **options)
+    manifest = prepare_dataset(source_a, out_dir, half=halves[0], **options)  # written last: marks completion
+    return {"a": manifest, "b": manifest_b}
+
+
+DOMAIN_B_DIR = "b"  # sub-folder of a two-domain data folder that holds domain B

@@ -12,7 +12,7 @@ from einops import rearrange
 
 from gendist.errors import UserError
 
-VALID_SOURCES = "ring, grid, swissroll, mixture1d, digits, npz:PATH, folder:PATH"
+VALID_SOURCES = "ring, grid, swissroll, mixture1d, digits, digits_rot90, digits_inverted, npz:PATH, folder:PATH"
 
 # The 1-D two-component mixture of the f-GAN Gaussian-fit experiment (Nowozin et al. 2016, section 4):
 # unequal weights and widths make every divergence's best single Gaussian different and unique.
@@ -44,15 +44,15 @@ def source_revision(spec: str) -> str:
     return {"mixture1d": repr(sorted(MIXTURE_1D.items())), "swissroll": "noise=0.25,scale=1/7.5"}.get(name, "")
 
 
-BUILTIN_SOURCES = ("ring", "grid", "swissroll", "mixture1d", "digits")
+BUILTIN_SOURCES = ("ring", "grid", "swissroll", "mixture1d", "digits", "digits_rot90", "digits_inverted")
 PATH_SOURCES = ("npz", "folder")
 
 
-def check_source_spec(spec: str) -> None:
+def check_source_spec(spec: str, key: str = "data.source") -> None:
     """A one-line UserError unless `spec` names a built-in source or `npz:PATH` / `folder:PATH`."""
     name, _, argument = spec.partition(":")
     if not ((name in BUILTIN_SOURCES and not argument) or (name in PATH_SOURCES and argument)):
-        raise UserError(f"data.source: unknown source '{spec}' — valid sources: {VALID_SOURCES}")
+        raise UserError(f"{key}: unknown source '{spec}' — valid sources: {VALID_SOURCES}")
 
 
 def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
@@ -71,8 +71,8 @@ def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
         return build_swissroll(seed, num_samples or 100_000)
     if name == "mixture1d":
         return build_mixture1d(seed, num_samples or 200_000)
-    if name == "digits":
-        return build_digits()
+    if name.startswith("digits"):
+        return build_digits(name.removeprefix("digits").lstrip("_"))
     if name == "npz":
         return load_npz(Path(argument).expanduser())
     return load_folder(Path(argument).expanduser(), image_size)
@@ -122,14 +122,28 @@ def build_mixture1d(seed: int, num_samples: int = 200_000) -> SourceData:
                       mode_std=None, name="mixture1d")
 
 
-def build_digits() -> SourceData:
-    """scikit-learn's 1,797 8x8 digits (bundled with the package, no download), scaled from 0..16 to [0, 1]."""
+def build_digits(variant: str = "") -> SourceData:
+    """scikit-learn's 1,797 8x8 digits (bundled with the package, no download), scaled from 0..16 to [0, 1].
+
+    Variants make second domains for unpaired translation (CycleGAN): "rot90" turns every digit by 90 degrees
+    counter-clockwise, "inverted" is 1 - intensity (white digits on black become black on white).
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = rearrange(digits.images.astype(np.float32) / 16.0, "n h w -> n 1 h w")
+    if variant == "rot90":
+        images = np.ascontiguousarray(np.rot90(images, k=1, axes=(2, 3)))
+    elif variant == "inverted":
+        images = 1.0 - images
     return SourceData(x=images, y=digits.target.astype(np.int64), kind="images", modes=None, mode_std=None,
-                      name="digits")
+                      name="digits" + (f"_{variant}" if variant else ""))
+
+
+def same_base_data(spec_a: str, spec_b: str) -> bool:
+    """Both sources are made from the same samples (the digits and a variant of them): two-domain data then
+    takes disjoint halves, so no sample appears in both domains (unpaired)."""
+    return spec_a.partition(":")[0].startswith("digits") and spec_b.partition(":")[0].startswith("digits")
 
 
 def load_npz(path: Path) -> SourceData:

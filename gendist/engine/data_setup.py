@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gendist.config import RunConfig
 from gendist.data import ShardLoader, load_manifest, prepare_dataset, resolve_shards
+from gendist.data.shards import DOMAIN_B_DIR, prepare_two_domains
 from gendist.data.sources import source_revision
 from gendist.distributed import DistInfo, barrier
 from gendist.errors import UserError
@@ -23,6 +24,7 @@ class DataSpec:
     test_urls: list[str]
     manifest: dict | None
     info: DataInfo
+    domain_b: "DataSpec | None" = None  # second domain of two-domain data (CycleGAN)
 
 
 def cache_root(config: RunConfig) -> Path:
@@ -45,14 +47,22 @@ def _source_key(spec: str, seed: int) -> str:
 
 
 def prepare_cached_source(config: RunConfig, dist_info: DistInfo) -> Path:
-    """Prepare `data.source` once per machine (file lock: several ranks/runs may race) and reuse it."""
-    folder = cache_root(config) / _source_key(config.data.source, config.train.seed)
+    """Prepare `data.source` (and `data.source_b`) once per machine (file lock: several ranks/runs may race)
+    and reuse it."""
+    data, seed = config.data, config.train.seed
+    key = _source_key(data.source, seed)
+    if data.source_b:
+        key = f"two-{key}-{_source_key(data.source_b, seed)}"
+    folder = cache_root(config) / key
     if dist_info.local_rank == 0:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f".{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (folder / "manifest.json").is_file():
-                prepare_dataset(config.data.source, folder, seed=config.train.seed)
+                if data.source_b:
+                    prepare_two_domains(data.source, data.source_b, folder, seed=seed)
+                else:
+                    prepare_dataset(data.source, folder, seed=seed)
     barrier()
     return folder
 
@@ -77,14 +87,29 @@ def resolve_data(config: RunConfig, dist_info: DistInfo) -> DataSpec:
         kind = "points" if len(shape) == 1 else "images"
         return DataSpec(train, test, None, DataInfo(kind=kind, sample_shape=shape))
     folder = Path(data.dir) if data.dir else prepare_cached_source(config, dist_info)
+    spec = spec_of_folder(folder)
+    if config.model.recipe == "cyclegan":
+        if not (folder / DOMAIN_B_DIR / "manifest.json").is_file():
+            raise UserError(f"data: '{folder}' holds one domain; model.recipe=cyclegan needs two: prepare it with "
+                            "`gendist data prepare --source A --source-b B --out DIR` (or set data.source_b)")
+        spec.domain_b = spec_of_folder(folder / DOMAIN_B_DIR)
+        spec.info.domain_b = spec.domain_b.info
+    return spec
+
+
+def spec_of_folder(folder: Path) -> DataSpec:
     manifest = load_manifest(folder)
     return DataSpec(_urls(folder, manifest, "train"), _urls(folder, manifest, "test"), manifest,
                     info_from_manifest(manifest))
 
 
-def build_train_loader(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> ShardLoader:
+SEED_OFFSET_B = 7919  # domain B's loader draws its own stream: its seed is train.seed + this
+
+
+def build_train_loader(config: RunConfig, spec: DataSpec, dist_info: DistInfo, seed_offset: int = 0) -> ShardLoader:
     data = config.data
-    return ShardLoader(spec.train_urls, spec.manifest, batch_size=config.train.batch_size, seed=config.train.seed,
+    return ShardLoader(spec.train_urls, spec.manifest, batch_size=config.train.batch_size,
+                       seed=config.train.seed + seed_offset,
                        rank=dist_info.rank, world_size=dist_info.world_size, split_mode=data.split_mode,
                        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, on_error=data.on_error)
 
@@ -106,10 +131,13 @@ def iterate_test(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
 def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> None:
     if spec.manifest is None:
         return
-    total = spec.manifest["splits"]["train"]["num_samples"]
-    if config.train.batch_size * dist_info.world_size > total:
-        raise UserError(f"train.batch_size={config.train.batch_size} x {dist_info.world_size} processes exceeds "
-                        f"the {total} training samples; lower train.batch_size")
+    for domain in (spec, spec.domain_b):
+        if domain is None:
+            continue
+        total = domain.manifest["splits"]["train"]["num_samples"]
+        if config.train.batch_size * dist_info.world_size > total:
+            raise UserError(f"train.batch_size={config.train.batch_size} x {dist_info.world_size} processes exceeds "
+                            f"the {total} training samples; lower train.batch_size")
 
 
 __all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_test", "check_batch_size"]

@@ -13,7 +13,7 @@ import torch
 from gendist.checkpoint import find_resumable, read_trainer_state
 from gendist.config import RunConfig, dump_config
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
-from gendist.engine.data_setup import DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
+from gendist.engine.data_setup import SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, probe_batch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
@@ -75,23 +75,51 @@ class Hooks:
         nets = self.sampling_nets(trainer)  # collective: every rank takes part, rank 0 draws
         if not trainer.dist.is_main:
             return
-        info = self.spec.info
+        info, recipe, folder = self.spec.info, trainer.recipe, self.run_dir / "samples"
         with torch.no_grad():
-            samples = trainer.recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
-                                            torch.Generator().manual_seed(self.config.train.seed))
-        path = save_samples(samples.cpu(), info, self.run_dir / "samples" / f"step_{trainer.step:08d}.png")
-        self.tracker.log_image(trainer.step, "samples", path)
+            if getattr(recipe, "input_grid", "") != "translations":  # CycleGAN has no unconditional sampler
+                samples = recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
+                                        torch.Generator().manual_seed(self.config.train.seed))
+                path = save_samples(samples.cpu(), info, folder / f"step_{trainer.step:08d}.png")
+                self.tracker.log_image(trainer.step, "samples", path)
+            if getattr(recipe, "input_grid", "") and info.kind == "images":
+                self.input_grid(trainer, nets)
+
+    def input_grid(self, trainer: Trainer, nets) -> None:
+        """Reconstructions (VAE, BiGAN) or A -> B translations (CycleGAN) of held-out images: the grid's top
+        half are the inputs, the bottom half what the model made of them (same order)."""
+        recipe, info = trainer.recipe, self.spec.info
+        inputs = torch.cat(list(iterate_test(self.spec, batch_size=32, limit=32)))[:32]
+        outputs = recipe.sample(nets, len(inputs), torch.Generator().manual_seed(self.config.train.seed),
+                                inputs).cpu()
+        info_out = info.domain_b if recipe.input_grid == "translations" else info
+        kind = recipe.input_grid
+        folder = self.run_dir / "samples"
+        if outputs.shape[1:] == inputs.shape[1:]:
+            path = save_samples(torch.cat([inputs.float(), outputs.float()]), info_out,
+                                folder / f"{kind}_step_{trainer.step:08d}.png")
+        else:  # domains of different shapes: inputs and outputs side by side as two files
+            save_samples(inputs, info, folder / f"{kind}_step_{trainer.step:08d}_inputs.png")
+            path = save_samples(outputs, info_out, folder / f"{kind}_step_{trainer.step:08d}.png")
+        self.tracker.log_image(trainer.step, kind, path)
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
         metrics: dict[str, float] = {}
         nets = self.sampling_nets(trainer)  # collective
         if trainer.dist.is_main:
-            metrics = trainer.recipe.evaluate(nets, iterate_test(self.spec), self.config.train.seed)
+            metrics = evaluate_recipe(trainer.recipe, nets, self.spec, self.config.train.seed)
             self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
             self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
             write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())
         barrier()
         return metrics
+
+
+def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int) -> dict[str, float]:
+    """The recipe's evaluation on held-out data (both domains' for two-domain data)."""
+    if spec.domain_b is not None:
+        return recipe.evaluate(nets, iterate_test(spec), seed, test_data_b=iterate_test(spec.domain_b))
+    return recipe.evaluate(nets, iterate_test(spec), seed)
 
 
 def requeue_slurm_job_once() -> None:
@@ -118,11 +146,13 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     units = build_units(recipe.build_networks(), recipe.units)
     phases = recipe.phases()
     domain_b = spec.info.domain_b
-    check_gradient_coverage(units, phases, probe_batch(spec.info.sample_shape, config.train.batch_size, torch.device("cpu"),
-                                                       domain_b.sample_shape if domain_b else None))
+    probe = probe_batch(spec.info.sample_shape, config.train.batch_size, torch.device("cpu"),
+                        domain_b.sample_shape if domain_b else None)
+    check_gradient_coverage(units, phases, probe, recipe)
     strategy.setup(units, phases)
     loader = build_train_loader(config, spec, dist_info)
-    return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir)), spec
+    loader_b = build_train_loader(config, spec.domain_b, dist_info, SEED_OFFSET_B) if spec.domain_b else None
+    return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir), loader_b), spec
 
 
 def train(config: RunConfig) -> int:

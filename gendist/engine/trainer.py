@@ -39,9 +39,10 @@ class TrainingDiverged(RuntimeError):
 
 class Trainer:
     def __init__(self, config: RunConfig, recipe: Recipe, strategy: Strategy, loader, dist_info: DistInfo,
-                 run_dir: Path):
+                 run_dir: Path, loader_b=None):
         self.config, self.recipe, self.strategy = config, recipe, strategy
         self.loader, self.dist, self.run_dir = loader, dist_info, run_dir
+        self.loader_b = loader_b  # domain B of two-domain data: an independent, resumable stream
         self.phases: list[Phase] = recipe.phases()
         self.step = 0
         self.bad_steps_in_a_row: dict[str, int] = defaultdict(int)  # per phase: other phases may be fine
@@ -68,6 +69,7 @@ class Trainer:
         # instead of running on as orphans.
         self.launcher_pid = os.getppid() if dist_info.launched else None
         self._data_iter = None
+        self._data_iter_b = None
         self.schedule_enabled = config.optim.schedule != "constant" or config.optim.warmup_steps > 0
 
     # -- one step ----------------------------------------------------------------------------------------
@@ -84,7 +86,12 @@ class Trainer:
         device = self.dist.device
         x = data["x"].to(device, non_blocking=True)
         y = data["y"].to(device, non_blocking=True) if "y" in data else None
-        return Batch(x.shape[0], x, y, noise, data.get("idx"))
+        x_b = None
+        if self.loader_b is not None:
+            if self._data_iter_b is None:
+                self._data_iter_b = iter(self.loader_b)
+            x_b = next(self._data_iter_b)["x"].to(device, non_blocking=True)
+        return Batch(x.shape[0], x, y, noise, data.get("idx"), x_b)
 
     def run_phase(self, phase: Phase, phase_index: int) -> None:
         nets = self.strategy.phase_nets(phase)
@@ -207,6 +214,10 @@ class Trainer:
                       "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                       "numpy_rng_pos": int(np.random.get_state()[2]),
                       "loader": self.loader.state_dict(), "param_digest": self.param_digest()}
+        if self.loader_b is not None:
+            rank_state["loader_b"] = self.loader_b.state_dict()
+        if hasattr(self.recipe, "state_dict"):  # per-rank recipe state (CycleGAN's history pools)
+            rank_state["recipe"] = self.recipe.state_dict()
         save_torch(folder / f"rank_{self.dist.rank:05d}.pt", rank_state)
         state = {"step": self.step, "bad_steps_in_a_row": dict(self.bad_steps_in_a_row),
                  "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
@@ -241,6 +252,10 @@ class Trainer:
             np.random.set_state(("MT19937", rank_state["numpy_rng"].numpy().astype(np.uint32),
                                  int(rank_state["numpy_rng_pos"])))
             self.loader.load_state_dict(rank_state["loader"])
+            if self.loader_b is not None:
+                self.loader_b.load_state_dict(rank_state["loader_b"])
+            if "recipe" in rank_state:
+                self.recipe.load_state_dict(rank_state["recipe"])
         else:  # a different world size: weights and optimizers carry over, data order restarts the epoch
             print(f"gendist: WARNING: checkpoint was written by {trainer_state.get('world_size')} processes, "
                   f"this run has {self.dist.world_size}: data position and RNG restart", flush=True)

@@ -67,11 +67,12 @@ def probe_batch(shape: tuple[int, ...], size: int, device: torch.device,
                  torch.arange(size), x_b)
 
 
-def check_gradient_coverage(units: dict[str, Unit], phases: list[Phase], batch: Batch) -> None:
+def check_gradient_coverage(units: dict[str, Unit], phases: list[Phase], batch: Batch, recipe=None) -> None:
     """Run every phase's loss once on the plain networks and raise a one-line UserError naming the first
-    parameter of the phase's unit that receives no gradient. Weights, buffers (batch-norm statistics) and
-    the global RNG are left exactly as they were."""
+    parameter of the phase's unit that receives no gradient. Weights, buffers (batch-norm statistics), the
+    recipe's own state (history pools) and the global RNG are left exactly as they were."""
     saved = {name: copy.deepcopy(unit.state_dict()) for name, unit in units.items()}
+    recipe_state = copy.deepcopy(recipe.state_dict()) if hasattr(recipe, "state_dict") else None
     networks = {member: network for unit in units.values() for member, network in unit.items()}
     try:
         with torch.random.fork_rng(devices=[]):
@@ -93,3 +94,5 @@ def check_gradient_coverage(units: dict[str, Unit], phases: list[Phase], batch: 
             unit.zero_grad(set_to_none=True)
             unit.requires_grad_(True)
             unit.load_state_dict(saved[name])
+        if recipe_state is not None:
+            recipe.load_state_dict(recipe_state)

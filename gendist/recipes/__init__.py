@@ -7,10 +7,12 @@ from gendist.recipes.base import Batch, Nets, Phase, Recipe
 
 
 def build_recipe(config: RunConfig, data_info: DataInfo) -> Recipe:
+    from gendist.recipes.bigan import BiGANRecipe
+    from gendist.recipes.cyclegan import CycleGANRecipe
     from gendist.recipes.gan import GANRecipe
     from gendist.recipes.vae import VAERecipe
 
-    recipes = {"gan": GANRecipe, "vae": VAERecipe}
+    recipes = {"gan": GANRecipe, "vae": VAERecipe, "bigan": BiGANRecipe, "cyclegan": CycleGANRecipe}
     return recipes[config.model.recipe](config, data_info)
 
 

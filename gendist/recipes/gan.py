@@ -125,7 +125,7 @@ class GANRecipe:
 
     def build_networks(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
-        pack = model.pack
+        pack = self.config.gan.pack
         if model.arch == "conv":
             generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
             discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[1:], 1, model.hidden)
@@ -140,36 +140,36 @@ class GANRecipe:
 
     def objectives(self) -> tuple[Callable, Callable]:
         """(discriminator objective on (real, fake) scores, generator objective on fake scores)."""
-        model = self.config.model
-        if model.gan_loss == "fgan":
-            divergence = get_divergence(model.divergence, model.alpha)
-            if model.fgan_activation == "exp_negative_tail":
+        gan = self.config.gan
+        if gan.loss == "fgan":
+            divergence = get_divergence(gan.divergence, gan.alpha, gan.pi)
+            if gan.fgan_activation == "exp_negative_tail":
                 divergence = with_exponential_negative_tail(divergence)
-            generator_fn = generator_objective if model.fgan_generator == "saturating" else \
+            generator_fn = generator_objective if gan.fgan_generator == "saturating" else \
                 generator_objective_nonsaturating
             return partial(fgan_critic, divergence), partial(generator_fn, divergence)
-        return DISCRIMINATOR_OBJECTIVES[model.gan_loss], GENERATOR_OBJECTIVES[model.gan_loss]
+        return DISCRIMINATOR_OBJECTIVES[gan.loss], GENERATOR_OBJECTIVES[gan.loss]
 
     def phases(self) -> list[Phase]:
-        model = self.config.model
+        model, gan = self.config.model, self.config.gan
         d_objective, g_objective = self.objectives()
-        gp_weight = model.gp_weight if model.gan_loss == "wgan_gp" else 0.0
+        gp_weight = gan.gp_weight if gan.loss == "wgan_gp" else 0.0
         objective_log = {"fgan": "divergence_bound", "wgan": "wasserstein_estimate",
-                         "wgan_gp": "wasserstein_estimate"}.get(model.gan_loss, "")
-        d_loss = partial(discriminator_loss, latent_dim=model.latent_dim, objective=d_objective, pack=model.pack,
+                         "wgan_gp": "wasserstein_estimate"}.get(gan.loss, "")
+        d_loss = partial(discriminator_loss, latent_dim=model.latent_dim, objective=d_objective, pack=gan.pack,
                          gp_weight=gp_weight, objective_log=objective_log)
         unroll = None
-        if model.unroll_steps:
-            lr = model.unroll_lr or self.config.optim.lr_overrides.get("discriminator", self.config.optim.lr)
-            unroll = (model.unroll_steps, lr, d_objective)
-        g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=model.pack,
+        if gan.unroll_steps:
+            lr = gan.unroll_lr or self.config.optim.lr_overrides.get("discriminator", self.config.optim.lr)
+            unroll = (gan.unroll_steps, lr, d_objective)
+        g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=gan.pack,
                          unroll=unroll)
-        clamp = model.clip_value if model.gan_loss == "wgan" else 0.0
-        phases = [Phase("discriminator", "discriminator", d_loss, repeat=model.n_critic, clamp_weights=clamp,
+        clamp = gan.clip_value if gan.loss == "wgan" else 0.0
+        phases = [Phase("discriminator", "discriminator", d_loss, repeat=gan.n_critic, clamp_weights=clamp,
                         double_backward=bool(gp_weight))]
-        if model.r1_gamma:
-            r1 = partial(r1_loss, gamma=model.r1_gamma, every=model.r1_every, pack=model.pack)
-            phases.append(Phase("discriminator_r1", "discriminator", r1, every=model.r1_every,
+        if gan.r1_gamma:
+            r1 = partial(r1_loss, gamma=gan.r1_gamma, every=gan.r1_every, pack=gan.pack)
+            phases.append(Phase("discriminator_r1", "discriminator", r1, every=gan.r1_every,
                                 clamp_weights=clamp, double_backward=True))
         phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None,
                             reads_weights_of=("discriminator",) if unroll else ()))

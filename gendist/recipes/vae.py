@@ -73,6 +73,7 @@ def importance_weighted_log_likelihood(vae: VAE, x: torch.Tensor, samples: int,
 
 class VAERecipe:
     units = {"vae": ("vae",)}
+    input_grid = "reconstructions"  # what `sample(..., inputs)` makes: saved next to the sample grids
     ema_networks = ("vae",)
 
     def __init__(self, config: RunConfig, data_info: DataInfo):
@@ -88,7 +89,7 @@ class VAERecipe:
             dim = math.prod(shape)
             encoder = MLP(dim, 2 * model.latent_dim, model.hidden, model.depth)
             decoder = MLP(model.latent_dim, dim, model.hidden, model.depth, out_shape=shape)
-        return {"vae": VAE(encoder, decoder, model.latent_dim, model.decoder)}
+        return {"vae": VAE(encoder, decoder, model.latent_dim, self.config.vae.decoder)}
 
     def phases(self) -> list[Phase]:
         return [Phase("elbo", "vae", partial(elbo_loss, latent_dim=self.config.model.latent_dim))]
@@ -115,9 +116,9 @@ class VAERecipe:
             x = x.to(device)
             eps = torch.randn(x.shape[0], vae.latent_dim, generator=generator).to(device)
             elbo_sum += vae(x, eps)["elbo"].sum().item()
-            ll_sum += importance_weighted_log_likelihood(vae, x, self.config.model.iw_samples, generator).sum().item()
+            ll_sum += importance_weighted_log_likelihood(vae, x, self.config.vae.iw_samples, generator).sum().item()
             count += x.shape[0]
-        metrics = {"test_elbo": elbo_sum / count, f"test_log_likelihood_iw{self.config.model.iw_samples}": ll_sum / count}
+        metrics = {"test_elbo": elbo_sum / count, f"test_log_likelihood_iw{self.config.vae.iw_samples}": ll_sum / count}
         samples = self.sample(nets, self.config.eval.num_samples, generator)
         metrics.update(sample_metrics(samples, test_batches, self.info, seed))
         return metrics

@@ -59,11 +59,11 @@ def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = Tr
     for phase in phases:
         if phase.reads_weights_of:
             raise UserError(f"dist.strategy={strategy}: phase '{phase.name}' reads the full weights of "
-                            f"{', '.join(phase.reads_weights_of)} (e.g. model.unroll_steps), which this strategy "
+                            f"{', '.join(phase.reads_weights_of)} (e.g. gan.unroll_steps), which this strategy "
                             "shards; use ddp or DeepSpeed ZeRO-1/2")
         if phase.double_backward:
             raise UserError(f"dist.strategy={strategy}: phase '{phase.name}' differentiates through a gradient "
-                            "(model.gan_loss=wgan_gp or model.r1_gamma), which this strategy's sharded parameters "
+                            "(gan.loss=wgan_gp or gan.r1_gamma), which this strategy's sharded parameters "
                             "do not support; use ddp or DeepSpeed ZeRO-1/2")
 
 

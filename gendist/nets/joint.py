@@ -1,0 +1,30 @@
+"""Discriminator on joint (x, z) pairs (BiGAN): an x branch (MLP or conv), a z branch, a joint hidden layer
+(`features`, the representation the lecture's "solution 1" reads) and a linear score head."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gendist.nets.conv import ConvEncoder
+from gendist.nets.mlp import MLP
+
+
+class JointDiscriminator(nn.Module):
+    def __init__(self, sample_shape: tuple[int, ...], latent_dim: int, hidden: int, depth: int, conv: bool):
+        super().__init__()
+        if conv:
+            self.x_branch: nn.Module = ConvEncoder(sample_shape[0], sample_shape[1:], hidden, hidden)
+        else:
+            self.x_branch = MLP(math.prod(sample_shape), hidden, hidden, max(depth - 1, 0), activation=nn.LeakyReLU)
+        self.z_branch = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2))
+        self.joint = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(2 * hidden, hidden), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(hidden, 1)
+
+    def features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer, (B, hidden)."""
+        return self.joint(torch.cat([self.x_branch(x), self.z_branch(z)], dim=1))  # (B, 2 hidden) -> (B, hidden)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x, z))  # (B, 1)

@@ -1,0 +1,120 @@
+"""BiGAN (Donahue, Krähenbühl & Darrell 2017; "ALI", Dumoulin et al. 2017): a generator G: z -> x, an
+encoder E: x -> z and a discriminator D on joint pairs that separates (x, E(x)) from (G(z), z).
+
+E and G form one unit (one optimizer, one wrapper) trained against D. At the optimum E inverts G, so E(x)
+is a learned representation of x (probed in benchmarks/bigan_probe.py) and G(E(x)) reconstructs x.
+- D minimizes -E log D(x, E(x)) - E log(1 - D(G(z), z)).
+- minimax: E, G maximize D's loss. nonsaturating: they minimize -E log(1 - D(x, E(x))) - E log D(G(z), z)
+  (labels swapped: the same fixed point, strong gradients early on).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gendist.config import RunConfig
+from gendist.data.info import DataInfo
+from gendist.evaluation import sample_metrics
+from gendist.nets import MLP, ConvEncoder
+from gendist.nets.joint import JointDiscriminator
+from gendist.recipes.base import Batch, Nets, Phase
+from gendist.recipes.gan import ImageGenerator, bce_discriminator
+
+
+class PointGenerator(nn.Module):
+    """z -> x with an MLP; images (flattened MLP arch) are squashed into [0, 1], the data's range."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, ...], hidden: int, depth: int, images: bool):
+        super().__init__()
+        self.mlp = MLP(latent_dim, math.prod(shape), hidden, depth, out_shape=shape)
+        self.images = images
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(z)
+        return torch.sigmoid(out) if self.images else out
+
+
+def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int) -> dict[str, torch.Tensor]:
+    z = batch.randn(latent_dim)
+    fake = nets.generator(z).detach()
+    code = nets.encoder(batch.x).detach()
+    real_scores = nets.discriminator(batch.x, code)  # (B, 1): pairs (x, E(x))
+    fake_scores = nets.discriminator(fake, z)  # (B, 1): pairs (G(z), z)
+    return {"loss": bce_discriminator(real_scores, fake_scores),
+            "real_score": real_scores.detach().float().mean(), "fake_score": fake_scores.detach().float().mean()}
+
+
+def encoder_generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int,
+                           nonsaturating: bool) -> dict[str, torch.Tensor]:
+    z = batch.randn(latent_dim)
+    real_scores = nets.discriminator(batch.x, nets.encoder(batch.x))
+    fake_scores = nets.discriminator(nets.generator(z), z)
+    if nonsaturating:
+        loss = F.softplus(real_scores).mean() + F.softplus(-fake_scores).mean()
+    else:
+        loss = -bce_discriminator(real_scores, fake_scores)
+    return {"loss": loss}
+
+
+class BiGANRecipe:
+    units = {"generator": ("generator", "encoder"), "discriminator": ("discriminator",)}
+    input_grid = "reconstructions"  # what `sample(..., inputs)` makes: saved next to the sample grids
+    ema_networks = ("generator", "encoder")
+
+    def __init__(self, config: RunConfig, data_info: DataInfo):
+        self.config = config
+        self.info = data_info
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        model, shape = self.config.model, self.info.sample_shape
+        images = self.info.kind == "images"
+        conv = model.arch == "conv"
+        if conv:
+            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
+            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], model.latent_dim, model.hidden)
+        else:
+            generator = PointGenerator(model.latent_dim, shape, model.hidden, model.depth, images)
+            encoder = MLP(math.prod(shape), model.latent_dim, model.hidden, model.depth, activation=nn.LeakyReLU)
+        discriminator = JointDiscriminator(shape, model.latent_dim, model.hidden, model.depth, conv)
+        return {"generator": generator, "encoder": encoder, "discriminator": discriminator}
+
+    def phases(self) -> list[Phase]:
+        latent_dim = self.config.model.latent_dim
+        bigan = self.config.bigan
+        return [Phase("discriminator", "discriminator", partial(discriminator_loss, latent_dim=latent_dim),
+                      repeat=bigan.n_critic),
+                Phase("generator", "generator", partial(encoder_generator_loss, latent_dim=latent_dim,
+                                                        nonsaturating=bigan.loss == "nonsaturating"))]
+
+    def sample(self, nets: Nets, count: int, generator: torch.Generator,
+               inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` samples G(z); with `inputs` (data), their reconstructions G(E(x))."""
+        device = next(nets.generator.parameters()).device
+        if inputs is not None:
+            return nets.generator(nets.encoder(inputs.to(device)))
+        z = torch.randn(count, self.config.model.latent_dim, generator=generator)
+        return nets.generator(z.to(device))
+
+    def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
+        """E(x), or D's last hidden layer on (x, E(x)) with features="discriminator"."""
+        code = nets.encoder(x)
+        return code if features == "encoder" else nets.discriminator.features(x, code)
+
+    @torch.no_grad()
+    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
+        test_batches = list(test_data)
+        device = next(nets.generator.parameters()).device
+        squared, count = 0.0, 0
+        for x in test_batches:
+            x = x.to(device)
+            squared += float((self.sample(nets, len(x), None, x) - x).pow(2).flatten(1).sum(1).sum())
+            count += len(x)
+        samples = self.sample(nets, self.config.eval.num_samples, torch.Generator().manual_seed(seed))
+        metrics = sample_metrics(samples, test_batches, self.info, seed)
+        metrics["reconstruction_mse"] = squared / max(count, 1) / math.prod(self.info.sample_shape)
+        return metrics

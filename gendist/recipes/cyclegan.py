@@ -1,0 +1,213 @@
+"""CycleGAN (Zhu, Park, Isola & Efros 2017): unpaired translation between domains A and B.
+
+Networks: g_ab: A -> B, g_ba: B -> A (one unit, one optimizer over both, as in the reference code),
+d_a, d_b (the other unit). The generators minimize
+    adversarial(d_b(g_ab(a))) + adversarial(d_a(g_ba(b)))
+    + cycle_weight * (|g_ba(g_ab(a)) - a|_1 + |g_ab(g_ba(b)) - b|_1)
+    + cycle_weight * identity_weight * (|g_ab(b) - b|_1 + |g_ba(a) - a|_1)
+with the least-squares adversarial loss (the paper's) or the standard non-saturating one; each
+discriminator separates its domain's real images from translations, drawn half the time from a history
+pool of earlier translations (Shrivastava et al. 2017) kept per rank and saved in each rank's checkpoint.
+No network uses batch statistics, so per-sample losses do not depend on how a batch is split over ranks.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gendist.config import RunConfig
+from gendist.data.info import DataInfo
+from gendist.errors import UserError
+from gendist.evaluation import sample_metrics
+from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.recipes.base import Batch, Nets, Phase
+from gendist.recipes.gan import bce_discriminator
+
+
+class Translator(nn.Module):
+    """x in domain A -> x in domain B: an MLP on flattened samples, or a conv encoder to a bottleneck code
+    and a conv decoder back (any H x W >= 8; the bottleneck lets it move content across the image, which
+    e.g. a 90 degree rotation needs). Images come out in [0, 1] like the data."""
+
+    def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, depth: int,
+                 conv: bool, images: bool):
+        super().__init__()
+        if conv:
+            code = 4 * hidden
+            self.net: nn.Module = nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
+                                                ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+        else:
+            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth, out_shape=shape_out)
+        self.images = images
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return torch.sigmoid(out) if self.images else out
+
+
+class HistoryPool:
+    """Up to `size` earlier translations. `query` returns, per sample, the new one (pool not yet full, or a
+    coin says so) or a stored one that the new one replaces. The coin and slot are functions of uniforms the
+    caller draws from the step's deterministic noise, so a resumed run makes the same choices."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.images: torch.Tensor | None = None  # (size, ...)
+        self.count = 0
+
+    @torch.no_grad()
+    def query(self, fake: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """fake (B, ...), uniforms (B, 2) in [0, 1) -> (B, ...)."""
+        if self.size == 0:
+            return fake
+        if self.images is None:
+            self.images = torch.zeros(self.size, *fake.shape[1:], dtype=fake.dtype, device=fake.device)
+        out = fake.clone()
+        for row in range(fake.shape[0]):
+            if self.count < self.size:
+                self.images[self.count] = fake[row]
+                self.count += 1
+            elif uniforms[row, 0] < 0.5:
+                slot = min(int(uniforms[row, 1] * self.size), self.size - 1)
+                out[row] = self.images[slot]
+                self.images[slot] = fake[row]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "images": None if self.images is None else self.images.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+        device = self.images.device if self.images is not None else "cpu"
+        self.images = None if state["images"] is None else state["images"].to(device)
+
+
+def least_squares_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Mao et al. 2017 as in CycleGAN: 1/2 E(D(real) - 1)^2 + 1/2 E D(fake)^2."""
+    return 0.5 * ((real.float() - 1).pow(2).mean() + fake.float().pow(2).mean())
+
+
+ADVERSARIAL = {  # (discriminator loss on (real, fake) scores, generator loss on fake scores)
+    "least_squares": (least_squares_discriminator, lambda fake: (fake.float() - 1).pow(2).mean()),
+    "standard": (bce_discriminator, lambda fake: F.softplus(-fake).mean()),
+}
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.float() - b.float()).abs().mean()
+
+
+def generators_loss(nets: Nets, batch: Batch, step: int, *, adversarial: str, cycle_weight: float,
+                    identity_weight: float) -> dict[str, torch.Tensor]:
+    a, b = batch.x, batch.x_b
+    _, generator_objective = ADVERSARIAL[adversarial]
+    fake_b, fake_a = nets.g_ab(a), nets.g_ba(b)
+    adversarial_loss = generator_objective(nets.d_b(fake_b)) + generator_objective(nets.d_a(fake_a))
+    cycle = l1(nets.g_ba(fake_b), a) + l1(nets.g_ab(fake_a), b)
+    loss = adversarial_loss + cycle_weight * cycle
+    logs = {"adversarial": adversarial_loss.detach(), "cycle_l1": cycle.detach()}
+    if identity_weight:
+        identity = l1(nets.g_ab(b), b) + l1(nets.g_ba(a), a)
+        loss = loss + cycle_weight * identity_weight * identity
+        logs["identity_l1"] = identity.detach()
+    return {"loss": loss, **logs}
+
+
+def discriminators_loss(nets: Nets, batch: Batch, step: int, *, adversarial: str,
+                        pools: dict[str, HistoryPool]) -> dict[str, torch.Tensor]:
+    a, b = batch.x, batch.x_b
+    discriminator_objective, _ = ADVERSARIAL[adversarial]
+    uniforms = torch.special.ndtr(batch.randn(4))  # (B, 4): coin and slot for each pool
+    fake_b = pools["b"].query(nets.g_ab(a).detach(), uniforms[:, :2])
+    fake_a = pools["a"].query(nets.g_ba(b).detach(), uniforms[:, 2:])
+    real_a, real_b = nets.d_a(a), nets.d_b(b)
+    loss_a = discriminator_objective(real_a, nets.d_a(fake_a))
+    loss_b = discriminator_objective(real_b, nets.d_b(fake_b))
+    return {"loss": loss_a + loss_b, "d_a": loss_a.detach(), "d_b": loss_b.detach(),
+            "real_score_a": real_a.detach().float().mean(), "real_score_b": real_b.detach().float().mean()}
+
+
+class CycleGANRecipe:
+    units = {"generators": ("g_ab", "g_ba"), "discriminators": ("d_a", "d_b")}
+    input_grid = "translations"  # what `sample(..., inputs)` makes: saved next to the sample grids
+    ema_networks = ("g_ab", "g_ba")
+
+    def __init__(self, config: RunConfig, data_info: DataInfo):
+        self.config = config
+        self.info = data_info
+        if data_info.domain_b is None:
+            raise UserError("model.recipe=cyclegan needs two domains: set data.source_b, or prepare data with "
+                            "`gendist data prepare --source A --source-b B`")
+        self.info_b = data_info.domain_b
+        if config.cyclegan.identity_weight and data_info.sample_shape != self.info_b.sample_shape:
+            raise UserError(f"cyclegan.identity_weight needs domains of one shape (A {data_info.sample_shape}, "
+                            f"B {self.info_b.sample_shape}); set cyclegan.identity_weight=0")
+        self.pools = {"a": HistoryPool(config.cyclegan.pool_size), "b": HistoryPool(config.cyclegan.pool_size)}
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        model = self.config.model
+        conv = model.arch == "conv"
+        shape_a, shape_b = self.info.sample_shape, self.info_b.sample_shape
+        images = self.info.kind == "images"
+
+        def discriminator(shape):
+            if conv:
+                return ConvEncoder(shape[0], shape[1:], 1, model.hidden)
+            return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=nn.LeakyReLU)
+
+        return {"g_ab": Translator(shape_a, shape_b, model.hidden, model.depth, conv, images),
+                "g_ba": Translator(shape_b, shape_a, model.hidden, model.depth, conv, images),
+                "d_a": discriminator(shape_a), "d_b": discriminator(shape_b)}
+
+    def phases(self) -> list[Phase]:
+        cyclegan = self.config.cyclegan
+        # the reference order: the generators step, then the discriminators see this step's translations
+        return [Phase("generators", "generators", partial(generators_loss, adversarial=cyclegan.loss,
+                                                          cycle_weight=cyclegan.cycle_weight,
+                                                          identity_weight=cyclegan.identity_weight)),
+                Phase("discriminators", "discriminators", partial(discriminators_loss, adversarial=cyclegan.loss,
+                                                                  pools=self.pools))]
+
+    def state_dict(self) -> dict:
+        return {name: pool.state_dict() for name, pool in self.pools.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, pool in self.pools.items():
+            pool.load_state_dict(state[name])
+
+    def translate(self, nets: Nets, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
+        network = nets.g_ab if direction == "a2b" else nets.g_ba
+        return network(x.to(next(network.parameters()).device))
+
+    def sample(self, nets: Nets, count: int, generator: torch.Generator,
+               inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Translations A -> B of `inputs` (CycleGAN has no unconditional sampler)."""
+        if inputs is None:
+            raise UserError("CycleGAN translates images, it does not sample from noise: use "
+                            "`gendist translate RUN_DIR --input PATH --direction a2b|b2a --out OUT`")
+        return self.translate(nets, inputs, "a2b")
+
+    @torch.no_grad()
+    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int,
+                 test_data_b: Iterable[torch.Tensor] = ()) -> dict[str, float]:
+        """Cycle L1 on held-out images of both domains, and two-sample metrics of A -> B translations
+        against held-out B (and B -> A against held-out A)."""
+        test_a, test_b = list(test_data), list(test_data_b)
+        metrics: dict[str, float] = {}
+        if not test_a or not test_b:
+            return metrics
+        a, b = torch.cat(test_a), torch.cat(test_b)
+        fake_b, fake_a = self.translate(nets, a, "a2b"), self.translate(nets, b, "b2a")
+        device = fake_b.device
+        metrics["test_cycle_l1_a"] = float(l1(self.translate(nets, fake_b, "b2a"), a.to(device)))
+        metrics["test_cycle_l1_b"] = float(l1(self.translate(nets, fake_a, "a2b"), b.to(device)))
+        for key, value in sample_metrics(fake_b, test_b, self.info_b, seed).items():
+            metrics[f"a2b_{key}"] = value
+        for key, value in sample_metrics(fake_a, test_a, self.info, seed).items():
+            metrics[f"b2a_{key}"] = value
+        return metrics
