@@ -1,4 +1,5 @@
-"""Command line: `gendist data prepare | train | sample | eval`. User errors exit 2 with one line."""
+"""Command line: `gendist data prepare | train | sample | eval | encode | translate`. User errors exit 2 with
+one line."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     prepare = data_commands.add_parser("prepare", help="write DIR/train-*.tar, DIR/test-*.tar, DIR/manifest.json")
     prepare.add_argument("--source", required=True, help="ring | grid | digits | npz:PATH | folder:PATH")
+    prepare.add_argument("--source-b", default="", help="second domain of unpaired data (CycleGAN), written to OUT/b")
     prepare.add_argument("--out", required=True, type=Path, help="output folder")
     prepare.add_argument("--shard-size", type=int, default=16384, help="samples per shard")
     prepare.add_argument("--test-fraction", type=float, default=0.1, help="held-out fraction")
@@ -41,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True, help="grid.png, or x.npy for the raw array")
     sample.add_argument("--seed", type=int, default=0)
 
+    encode = commands.add_parser("encode", help="latent codes E(x) of a trained BiGAN (or VAE encoder means)")
+    encode.add_argument("run_dir", type=Path)
+    encode.add_argument("--data", type=Path, required=True,
+                        help="x.npz / x.npy / image folder / a `data prepare` folder (its --split) / shards")
+    encode.add_argument("--out", type=Path, required=True, help="z.npy")
+    encode.add_argument("--features", choices=["encoder", "discriminator"], default="encoder",
+                        help="encoder: E(x); discriminator: D's last hidden layer on (x, E(x)) (BiGAN)")
+    encode.add_argument("--split", choices=["train", "test"], default="test", help="split of a prepared folder")
+
+    translate = commands.add_parser("translate", help="translate images with a trained CycleGAN")
+    translate.add_argument("run_dir", type=Path)
+    translate.add_argument("--input", type=Path, required=True,
+                           help="x.npz / x.npy / image folder / a `data prepare` folder (its --split) / shards")
+    translate.add_argument("--direction", choices=["a2b", "b2a"], default="a2b")
+    translate.add_argument("--out", type=Path, required=True, help="x.npy, grid.png, or a folder (one PNG per image)")
+    translate.add_argument("--split", choices=["train", "test"], default="test", help="split of a prepared folder")
+
     evaluate = commands.add_parser("eval", help="evaluate a trained run on held-out data")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -56,8 +75,21 @@ def command_prepare(args: argparse.Namespace) -> int:
         raise UserError("--shard-size and --block-size must be >= 1")
     if not 0 < args.test_fraction < 1:
         raise UserError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
-    manifest = prepare_dataset(args.source, args.out, shard_size=args.shard_size, test_fraction=args.test_fraction,
-                               seed=args.seed, block_size=args.block_size)
+    options = dict(shard_size=args.shard_size, test_fraction=args.test_fraction, seed=args.seed,
+                   block_size=args.block_size)
+    if args.source_b:
+        from gendist.data.shards import prepare_two_domains
+        from gendist.data.sources import check_source_spec
+
+        check_source_spec(args.source, "--source")
+        check_source_spec(args.source_b, "--source-b")
+        manifests = prepare_two_domains(args.source, args.source_b, args.out, **options)
+        a, b = (manifests[d]["splits"] for d in ("a", "b"))
+        print(f"gendist: wrote domain A ({a['train']['num_samples']} train / {a['test']['num_samples']} test) to "
+              f"{args.out} and domain B ({b['train']['num_samples']} train / {b['test']['num_samples']} test) to "
+              f"{args.out / 'b'}")
+        return 0
+    manifest = prepare_dataset(args.source, args.out, **options)
     splits = manifest["splits"]
     print(f"gendist: wrote {splits['train']['num_samples']} train / {splits['test']['num_samples']} test samples "
           f"({len(splits['train']['shards'])}+{len(splits['test']['shards'])} shards) to {args.out}")
@@ -114,6 +146,44 @@ def command_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_encode(args: argparse.Namespace) -> int:
+    from gendist.inference import load_run
+    from gendist.inputs import check_shape, map_batches, read_inputs, write_outputs
+
+    if args.out.suffix != ".npy":
+        raise UserError(f"--out must end in .npy, got '{args.out}'")
+    loaded = load_run(args.run_dir)
+    recipe = loaded.recipe
+    if not hasattr(recipe, "encode"):
+        raise UserError(f"'{args.run_dir}' is a {loaded.config.model.recipe} run, which has no encoder; "
+                        "encode works on BiGAN and VAE runs")
+    x = read_inputs(args.data, args.split)
+    check_shape(x, loaded.spec.info.sample_shape, args.data, "data")
+    codes = map_batches(lambda batch: recipe.encode(loaded.nets, batch, args.features), x)
+    write_outputs(codes, args.out, loaded.spec.info)
+    print(f"gendist: wrote {args.features} features {tuple(codes.shape)} of {len(x)} samples to {args.out}")
+    return 0
+
+
+def command_translate(args: argparse.Namespace) -> int:
+    from gendist.inference import load_run
+    from gendist.inputs import check_shape, map_batches, read_inputs, write_outputs
+
+    if args.out.suffix not in (".npy", ".png", ""):
+        raise UserError(f"--out must be x.npy, grid.png or a folder, got '{args.out}'")
+    loaded = load_run(args.run_dir)
+    recipe, info = loaded.recipe, loaded.spec.info
+    if not hasattr(recipe, "translate"):
+        raise UserError(f"'{args.run_dir}' is a {loaded.config.model.recipe} run; translate works on CycleGAN runs")
+    source, target = (info, info.domain_b) if args.direction == "a2b" else (info.domain_b, info)
+    x = read_inputs(args.input, args.split)
+    check_shape(x, source.sample_shape, args.input, f"domain {'A' if args.direction == 'a2b' else 'B'}")
+    translated = map_batches(lambda batch: recipe.translate(loaded.nets, batch, args.direction), x)
+    where = write_outputs(translated, args.out, target)
+    print(f"gendist: translated {len(x)} images ({args.direction}) from step {loaded.step} to {where}")
+    return 0
+
+
 def command_eval(args: argparse.Namespace) -> int:
     from gendist.engine.run import evaluate_recipe
     from gendist.inference import load_run
@@ -124,7 +194,10 @@ def command_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--num-samples must be >= 2, got {args.num_samples}")
         loaded.config.eval.num_samples = args.num_samples
     seed = loaded.config.train.seed if args.seed is None else args.seed
-    metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed)}
+    import torch
+
+    with torch.no_grad():
+        metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed)}
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -133,7 +206,8 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval}
+COMMANDS = {"data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval,
+            "encode": command_encode, "translate": command_translate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from gendist.checkpoint import find_resumable, load_tensors, read_trainer_state
 from gendist.config import RunConfig, load_config
@@ -43,5 +42,4 @@ def load_run(run_dir: Path) -> LoadedRun:
         if ema_path.is_file():  # sample from the EMA weights, as training's own evaluation does
             module.load_state_dict(load_tensors(ema_path), strict=False)
         module.eval()
-    torch.set_grad_enabled(False)
     return LoadedRun(config, recipe, Nets(networks), spec, int(read_trainer_state(folder)["step"]))

@@ -102,6 +102,7 @@ class BiGANRecipe:
 
     def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
         """E(x), or D's last hidden layer on (x, E(x)) with features="discriminator"."""
+        x = x.to(next(nets.encoder.parameters()).device)
         code = nets.encoder(x)
         return code if features == "encoder" else nets.discriminator.features(x, code)
 

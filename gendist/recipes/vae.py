@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from gendist.config import RunConfig
+from gendist.errors import UserError
 from gendist.evaluation import sample_metrics
 from gendist.metrics import importance_weighted_bound, log_bernoulli_logits, log_normal_diag, log_standard_normal
 from gendist.nets import MLP, ConvDecoder, ConvEncoder
@@ -103,6 +104,13 @@ class VAERecipe:
         else:
             z = torch.randn(count, self.config.model.latent_dim, generator=generator).to(device)
         return nets.vae.mean_sample(z)
+
+    def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
+        """The mean of q(z|x)."""
+        if features != "encoder":
+            raise UserError("--features discriminator: a VAE has no discriminator; use --features encoder")
+        mean, _ = nets.vae.encode(x.to(next(nets.vae.parameters()).device))
+        return mean
 
     @torch.no_grad()
     def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:

@@ -1,0 +1,90 @@
+"""Reading the inputs of `gendist encode` / `gendist translate` (any data a user points at) and writing
+their outputs (an array, one grid, or a folder of images)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gendist.errors import UserError
+
+
+def read_inputs(path: Path, split: str = "test") -> np.ndarray:
+    """Samples (N, ...) float32 in file order from an .npz (array `x`), an .npy array, an image folder, a
+    folder written by `gendist data prepare` (its `split`), or a shard path/glob/brace pattern."""
+    from gendist.data import load_manifest, load_source, resolve_shards
+
+    text = str(path)
+    if ".tar" in text:
+        return _read_shards(resolve_shards(text), None)
+    if not path.exists():
+        raise UserError(f"input '{path}' not found; pass an .npz/.npy file, an image folder, a folder made by "
+                        "`gendist data prepare`, or shards (train-*.tar)")
+    if path.suffix == ".npz":
+        return load_source(f"npz:{path}").x
+    if path.suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise UserError(f"input '{path}': unreadable .npy ({error})") from None
+        if x.dtype.kind not in "fiub" or x.ndim < 2:
+            raise UserError(f"input '{path}': expected a numeric array (N, ...), got dtype {x.dtype}, shape {x.shape}")
+        return x.astype(np.float32)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        manifest = load_manifest(path)
+        if split not in manifest["splits"]:
+            raise UserError(f"input '{path}': no split '{split}' (splits: {', '.join(manifest['splits'])})")
+        urls = [str(path / shard["name"]) for shard in manifest["splits"][split]["shards"]]
+        return _read_shards(urls, manifest)
+    if path.is_dir():
+        return load_source(f"folder:{path}").x
+    raise UserError(f"input '{path}': not an .npz/.npy file, an image folder, a prepared data folder or shards")
+
+
+def _read_shards(urls: list[str], manifest: dict | None) -> np.ndarray:
+    from gendist.data import ShardLoader
+
+    loader = ShardLoader(urls, manifest, batch_size=256, seed=0, drop_last=False, split_mode="global",
+                         shuffle_buffer=1)
+    rows = [batch["x"].numpy() for batch, _ in zip(loader, range(loader.num_batches(0)))]
+    return np.concatenate(rows).astype(np.float32)
+
+
+def check_shape(x: np.ndarray, expected: tuple[int, ...], path: Path, what: str) -> None:
+    if tuple(x.shape[1:]) != tuple(expected):
+        raise UserError(f"input '{path}': samples of shape {tuple(x.shape[1:])}, but the run's {what} has "
+                        f"{tuple(expected)}; pass data of the shape the model was trained on")
+
+
+@torch.no_grad()
+def map_batches(function, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    outputs = [function(torch.from_numpy(x[start:start + batch_size])).float().cpu().numpy()
+               for start in range(0, len(x), batch_size)]
+    return np.concatenate(outputs)
+
+
+def write_outputs(array: np.ndarray, out: Path, info) -> str:
+    """x.npy: the array; grid.png: one image grid; anything else: a folder of PNGs (images only)."""
+    from gendist.tracking import save_samples
+
+    try:
+        if out.suffix == ".npy":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(out, array)
+            return str(out)
+        if out.suffix == ".png":
+            save_samples(torch.from_numpy(array), info, out)
+            return str(out)
+        if info.kind != "images":
+            raise UserError(f"--out '{out}': points are written as .npy (or a .png plot)")
+        from PIL import Image
+
+        out.mkdir(parents=True, exist_ok=True)
+        pixels = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)  # (N, C, H, W)
+        for index, image in enumerate(pixels):
+            image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # (H, W) or (H, W, C)
+            Image.fromarray(image).save(out / f"{index:06d}.png")
+        return f"{out}/000000.png .. {len(pixels) - 1:06d}.png"
+    except OSError as error:
+        raise UserError(f"--out '{out}': cannot write ({error.strerror or error}); pass a path you can write") from None
