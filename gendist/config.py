@@ -92,6 +92,10 @@ class CycleGANConfig:
     cycle_weight: float = 10.0  # lambda of ||F(G(a)) - a||_1 + ||G(F(b)) - b||_1
     identity_weight: float = 0.0  # weight of ||G(b) - b||_1 + ||F(a) - a||_1, relative to cycle_weight (paper: 0.5)
     pool_size: int = 50  # history of generated images each discriminator also sees (per rank); 0 disables
+    # hidden layers of the MLP generators (arch=mlp); -1: model.depth. 0 makes each generator affine + sigmoid:
+    # enough for domains related by a pixel permutation or an intensity change (rotation, inversion), and an
+    # affine map cannot trade one digit for another, which deeper generators can (cycle-consistently).
+    generator_depth: int = -1
 
 
 @dataclass
@@ -422,10 +426,15 @@ def validate_model(config: RunConfig) -> None:
         value = getattr(gan, key)
         if value < 0 or value != value:
             raise UserError(f"config: gan.{key} must be >= 0, got {value}")
+    if config.cyclegan.generator_depth < -1:
+        raise UserError(f"config: cyclegan.generator_depth must be >= -1 (-1: model.depth), got "
+                        f"{config.cyclegan.generator_depth}")
     for key in ("cycle_weight", "identity_weight"):
         value = getattr(config.cyclegan, key)
         if value < 0 or value != value:
             raise UserError(f"config: cyclegan.{key} must be >= 0, got {value}")
+    if not 0 < gan.pi < 1:  # checked for every divergence: a bad value never waits for the day it is used
+        raise UserError(f"config: gan.pi must be in (0, 1), got {gan.pi}")
     from gendist.divergences import get_divergence
 
     try:  # a name from the table (and a valid alpha / pi for the rows that take one)

@@ -75,8 +75,9 @@ def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     from gendist.data.info import DataInfo
     from gendist.recipes import build_recipe
 
-    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "gan.r1_gamma=1.0"])
-    built = build_recipe(config, DataInfo("points", (2,)))
+    two_domains = ["data.source=digits", "data.source_b=digits_rot90"] if recipe == "cyclegan" else []
+    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "gan.r1_gamma=1.0", *two_domains])
+    built = build_recipe(config, DataInfo("points", (2,), domain_b=DataInfo("points", (2,))))
     assert built.units == RECIPE_UNITS[recipe]
     assert sorted(built.build_networks()) == sorted(n for networks in built.units.values() for n in networks)
     assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])

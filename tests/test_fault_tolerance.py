@@ -140,7 +140,15 @@ RESUME_CASES = {
     "fsdp-ema": ("launch/cpu-fsdp.yaml", ["train.ema_decay=0.95"], 1e-6),  # sharded EMA
     "zero2": ("launch/cpu-deepspeed-zero2.yaml", [], 1e-6),
     "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
+    # multi-network units; CycleGAN's per-rank history pools and its second (B) data stream, and EMA of both
+    # generators, are part of every rank's checkpoint
+    "cyclegan-ddp-pool-ema": ("launch/cpu-ddp.yaml", ["model.hidden=32", "cyclegan.pool_size=16",
+                                                      "train.ema_decay=0.9"], 1e-6),
+    "cyclegan-zero2-pool": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32", "cyclegan.pool_size=16"], 1e-6),
+    "bigan-ddp": ("launch/cpu-ddp.yaml", ["model.hidden=32"], 1e-6),
+    "bigan-zero2": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32"], 1e-6),
 }
+RESUME_CONFIGS = {"cyclegan": "configs/cyclegan_digits_rot90.yaml", "bigan": "configs/bigan_digits.yaml"}
 RESUME_STEPS = 120
 
 
@@ -151,7 +159,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
     env = make_env(tmp_path / "cache")
 
     def command(run_dir):
-        args = ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", f"train.max_steps={RESUME_STEPS}",
+        args = ["train", RESUME_CONFIGS.get(case.split("-")[0], "configs/gan_ring.yaml"), f"run.dir={run_dir}",
+                f"train.max_steps={RESUME_STEPS}",
                 "ckpt.every=15", "log.every=1", "log.data_keys=true", "train.batch_size=64", *extra, *QUIET]
         return gendist_command(*args) if config is None else accelerate_command(free_port(), *args, config=config)
 
@@ -179,12 +188,15 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(case, tmp_path):
     assert data_keys(interrupted) == data_keys(reference)
     # no step of either run was non-finite (bf16/fp16 overflows are counted apart, as "overflow")
     assert not any(key.endswith("/nonfinite") for line in read_metrics(interrupted) for key in line)
-    if "ema" in case:  # the EMA generator is saved and resumed with everything else
-        name = f"step_{RESUME_STEPS:08d}"
-        ema_ref = load_file(reference / "checkpoints" / name / "players" / "ema_generator.safetensors")
-        ema_got = load_file(interrupted / "checkpoints" / name / "players" / "ema_generator.safetensors")
-        for key, value in ema_ref.items():
-            assert float((ema_got[key] - value).abs().max()) <= tolerance, key
+    if "ema" in case:  # the EMA networks are saved and resumed with everything else
+        folder = Path("checkpoints") / f"step_{RESUME_STEPS:08d}" / "players"
+        files = sorted(p.name for p in (reference / folder).glob("ema_*.safetensors"))
+        assert files == (["ema_g_ab.safetensors", "ema_g_ba.safetensors"] if case.startswith("cyclegan")
+                         else ["ema_generator.safetensors"])
+        for file in files:
+            ema_ref, ema_got = load_file(reference / folder / file), load_file(interrupted / folder / file)
+            for key, value in ema_ref.items():
+                assert float((ema_got[key] - value).abs().max()) <= tolerance, (file, key)
 
 
 # -- preemption and dead ranks -----------------------------------------------------------------------------

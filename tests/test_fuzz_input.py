@@ -70,7 +70,7 @@ RANGES = {
                                         "squared_hellinger", "jeffrey", "jensen_shannon", "gan", "alpha",
                                       "jensen_shannon_weighted"),
     "gan.pi": lambda v: 0 < float(v) < 1, "bigan.n_critic": at_least(1), "cyclegan.cycle_weight": at_least(0),
-    "cyclegan.identity_weight": at_least(0), "cyclegan.pool_size": at_least(0),
+    "cyclegan.identity_weight": at_least(0), "cyclegan.pool_size": at_least(0), "cyclegan.generator_depth": at_least(-1),
     "gan.n_critic": at_least(1), "gan.clip_value": at_least(0), "gan.gp_weight": at_least(0),
     "gan.r1_gamma": at_least(0), "gan.r1_every": at_least(1), "gan.unroll_steps": at_least(0),
     "gan.unroll_lr": at_least(0), "gan.pack": lambda v: v >= 1 and 256 % v == 0,
@@ -206,3 +206,70 @@ def test_prepare_rejects_bad_arrays_and_an_unwritable_out_folder(tmp_path, capsy
         code, lines = is_rejected(["data", "prepare", *args], capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("gendist: error:") and fragment in lines[0], \
             (args, lines)
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Tiny finished runs of each family that has an encoder or translates (2 steps, in-process)."""
+    root = tmp_path_factory.mktemp("fuzz-runs")
+    quiet = ["train.max_steps=2", "train.batch_size=16", "ckpt.every=0", "log.sample_every=0", "log.wandb=false",
+             "log.progress=false", "eval.num_samples=32", "model.hidden=16"]
+    import os
+    os.environ.setdefault("GENDIST_CACHE", str(root / "cache"))
+    runs = {}
+    for name, config in (("bigan", "configs/bigan_digits.yaml"), ("cyclegan", "configs/cyclegan_digits_rot90.yaml"),
+                         ("gan", "configs/gan_ring.yaml"), ("vae", "configs/vae_digits.yaml")):
+        runs[name] = root / name
+        assert main(["train", config, f"run.dir={runs[name]}", *quiet]) == 0
+    return runs
+
+
+def test_fuzz_encode_translate_and_two_domain_prepare(trained_runs, tmp_path, capsys):
+    """Malformed inputs to the newer commands: each one exit code 2 and one line naming the problem."""
+    import numpy as np
+
+    np.savez(tmp_path / "points.npz", x=np.zeros((5, 2), dtype=np.float32))
+    np.savez(tmp_path / "digits.npz", x=np.zeros((5, 1, 8, 8), dtype=np.float32))
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    (tmp_path / "a_file").write_text("x")
+    bigan, cyclegan, gan, vae = (str(trained_runs[k]) for k in ("bigan", "cyclegan", "gan", "vae"))
+    out = str(tmp_path / "z.npy")
+    cases = [
+        (["encode", str(tmp_path), "--data", str(tmp_path / "digits.npz"), "--out", out], "not a run folder"),
+        (["encode", bigan, "--data", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "z.txt")], "--out must end in .npy"),
+        (["encode", bigan, "--data", str(tmp_path / "missing.npz"), "--out", out], "not found"),
+        (["encode", bigan, "--data", str(tmp_path / "points.npz"), "--out", out], "samples of shape (2,)"),
+        (["encode", bigan, "--data", str(tmp_path / "strings.npy"), "--out", out], "expected a numeric array"),
+        (["encode", bigan, "--data", str(tmp_path / "a_file"), "--out", out], "not an .npz/.npy file"),
+        (["encode", gan, "--data", str(tmp_path / "points.npz"), "--out", out], "has no encoder"),
+        (["encode", vae, "--data", str(tmp_path / "digits.npz"), "--out", out, "--features", "discriminator"],
+         "a VAE has no discriminator"),
+        (["encode", bigan, "--data", str(tmp_path / "digits.npz"), "--out", out, "--features", "pixels"], "invalid choice"),
+        (["encode", bigan, "--out", out], "required"),
+        (["translate", cyclegan, "--input", str(tmp_path / "digits.npz"), "--direction", "sideways", "--out", out],
+         "invalid choice"),
+        (["translate", cyclegan, "--input", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "x.txt")],
+         "--out must be x.npy, grid.png or a folder"),
+        (["translate", cyclegan, "--input", str(tmp_path / "points.npz"), "--out", out], "samples of shape (2,)"),
+        (["translate", cyclegan, "--input", str(tmp_path / "nothing"), "--out", out], "not found"),
+        (["translate", bigan, "--input", str(tmp_path / "digits.npz"), "--out", out], "translate works on CycleGAN"),
+        (["translate", cyclegan, "--input", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "a_file" / "d")],
+         "cannot write"),
+        (["sample", cyclegan, "--out", str(tmp_path / "s.png")], "does not sample from noise"),
+        (["data", "prepare", "--source", "digits", "--source-b", "digits_upside_down", "--out", str(tmp_path / "d")],
+         "--source-b: unknown source"),
+        (["data", "prepare", "--source", "digits", "--source-b", f"npz:{tmp_path / 'missing.npz'}", "--out",
+          str(tmp_path / "d2")], "missing.npz"),
+        (["data", "prepare", "--source", "nope", "--source-b", "digits", "--out", str(tmp_path / "d3")],
+         "--source: unknown source"),
+        (["train", "configs/cyclegan_digits_rot90.yaml", f"run.dir={tmp_path / 'r'}", "data.source_b="],
+         "needs data.source_b"),
+        (["train", "configs/gan_ring.yaml", f"run.dir={tmp_path / 'r'}", "data.source_b=ring_rot90"],
+         "data.source_b: unknown source"),
+        (["train", "configs/cyclegan_digits_rot90.yaml", f"run.dir={tmp_path / 'r'}", "data.source=",
+          "data.shards=x-*.tar"], "needs two domains"),
+    ]
+    for argv, fragment in cases:
+        code, lines = is_rejected(argv, capsys)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("gendist: error:"), (argv, lines)
+        assert fragment in lines[0], (argv, lines[0])

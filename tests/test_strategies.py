@@ -33,11 +33,17 @@ RECIPES = {
     # on its own batch (a loss never talks to other ranks), so 2 x b differs from 1 x 2b by design: the
     # strategies are compared with each other instead
     "unrolled_hinge": ["configs/gan_ring.yaml", "gan.loss=hinge", "gan.unroll_steps=2"],
+    # multi-network units: BiGAN's {generator, encoder} against a joint discriminator; CycleGAN's {g_ab, g_ba}
+    # and {d_a, d_b} on two independently drawn domains (history pool off: it is per rank by design)
+    "bigan_sgd": ["configs/bigan_digits.yaml", *SGD, "model.hidden=64", "optim.lr_overrides={encoder: 0.1}"],
+    "cyclegan_sgd": ["configs/cyclegan_digits_rot90.yaml", *SGD, "model.hidden=64", "cyclegan.pool_size=0",
+                     "cyclegan.identity_weight=0.5"],
 }
 # (strategy, recipe) pairs: every strategy for the base recipes, the ones each variant stresses for the rest.
 # Strategies: 2 processes through accelerate launch with each shipped config; "torchrun" (DDP);
 # "fsdp-1proc"/"zero2-1proc": dist.strategy=fsdp|deepspeed in a single process.
-CASES = [(strategy, "gan_sgd") for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+CASES = [(strategy, recipe) for recipe in ("gan_sgd", "bigan_sgd", "cyclegan_sgd")
+         for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
 CASES += [("ddp", "vae"), ("fsdp", "vae"), ("zero3", "vae"),  # one player, a Gaussian decoder's log-variance
           ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),

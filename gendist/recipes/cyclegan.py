@@ -160,8 +160,9 @@ class CycleGANRecipe:
                 return ConvEncoder(shape[0], shape[1:], 1, model.hidden)
             return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=nn.LeakyReLU)
 
-        return {"g_ab": Translator(shape_a, shape_b, model.hidden, model.depth, conv, images),
-                "g_ba": Translator(shape_b, shape_a, model.hidden, model.depth, conv, images),
+        depth = model.depth if self.config.cyclegan.generator_depth < 0 else self.config.cyclegan.generator_depth
+        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images),
+                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images),
                 "d_a": discriminator(shape_a), "d_b": discriminator(shape_b)}
 
     def phases(self) -> list[Phase]:
