@@ -30,23 +30,40 @@ from gendist.recipes.gan import bce_discriminator
 
 
 class Translator(nn.Module):
-    """x in domain A -> x in domain B: an MLP on flattened samples, or a conv encoder to a bottleneck code
-    and a conv decoder back (any H x W >= 8; the bottleneck lets it move content across the image, which
-    e.g. a 90 degree rotation needs). Images come out in [0, 1] like the data."""
+    """x in domain A -> x in domain B.
+
+    mlp: an affine map of the flattened sample plus an MLP correction whose last layer starts at zero (a
+    residual generator, like the reference ResNet generators): training starts from a plain affine map,
+    which can rotate, flip or invert an image but cannot trade one digit for another, and the MLP adds what
+    an affine map cannot draw. conv: a conv encoder to a bottleneck code and a conv decoder back (any
+    H x W >= 8; the bottleneck lets content move across the image, as a rotation needs). Images come out in
+    [0, 1] like the data (the sum is taken in logit space)."""
 
     def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, depth: int,
                  conv: bool, images: bool):
         super().__init__()
+        self.shape_out = shape_out
+        self.affine: nn.Module | None = None
         if conv:
             code = 4 * hidden
             self.net: nn.Module = nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
                                                 ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
         else:
-            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth, out_shape=shape_out)
+            self.affine = nn.Linear(math.prod(shape_in), math.prod(shape_out))
+            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth) if depth else None
+            if self.net is not None:
+                last = self.net.layers[-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
         self.images = images
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        if self.affine is None:
+            out = self.net(x)
+        else:
+            flat = x.flatten(1)  # (B, D_in)
+            out = self.affine(flat) + (self.net(flat) if self.net is not None else 0)  # (B, D_out)
+            out = out.reshape(len(x), *self.shape_out)
         return torch.sigmoid(out) if self.images else out
 
 
