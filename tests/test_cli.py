@@ -69,9 +69,9 @@ def test_eval_reproduces_the_training_evaluation_and_samples_use_the_ema(ring_ru
     players = run_dir / "checkpoints" / "step_00000060" / "players"
     z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     outputs = {}
-    for name in ("ema", "generator"):
+    for name, file in (("ema", "ema_generator"), ("generator", "generator")):
         generator = MLP(2, 2, 128, 3, out_shape=(2,))
-        generator.load_state_dict(load_file(players / f"{name}.safetensors"))
+        generator.load_state_dict(load_file(players / f"{file}.safetensors"))
         with torch.no_grad():
             outputs[name] = generator(z)
     torch.testing.assert_close(drawn, outputs["ema"])
