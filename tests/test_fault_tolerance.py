@@ -143,7 +143,6 @@ RESUME_CASES = {
     "cyclegan-ddp-bf16-pool-ema": ("launch/cpu-ddp.yaml", ["model.hidden=32", "cyclegan.pool_size=16",
                                                            "train.ema_decay=0.9", "precision=bf16"], 1e-6),
     "cyclegan-zero2-pool": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32", "cyclegan.pool_size=16"], 1e-6),
-    "bigan-ddp": ("launch/cpu-ddp.yaml", ["model.hidden=32"], 1e-6),
     "bigan-zero2": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32"], 1e-6),
 }
 RESUME_CONFIGS = {"cyclegan": "configs/cyclegan_digits_rot90.yaml", "bigan": "configs/bigan_digits.yaml"}
