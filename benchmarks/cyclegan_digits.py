@@ -30,12 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 def labelled_split(spec, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of a prepared split, in file order."""
-    from gendist.data import ShardLoader
+    from gendist.engine.data_setup import iterate_in_order
 
     urls = spec.train_urls if split == "train" else spec.test_urls
-    loader = ShardLoader(urls, spec.manifest, batch_size=256, seed=0, drop_last=False, split_mode="global",
-                         shuffle_buffer=1)
-    batches = [batch for batch, _ in zip(loader, range(loader.num_batches(0)))]
+    batches = list(iterate_in_order(urls, spec.manifest, 256))
     return (np.concatenate([b["x"].numpy() for b in batches]), np.concatenate([b["y"].numpy() for b in batches]))
 
 

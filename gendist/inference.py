@@ -37,9 +37,15 @@ def load_run(run_dir: Path) -> LoadedRun:
     recipe = build_recipe(config, spec.info)
     networks = recipe.build_networks()
     for name, module in networks.items():
-        module.load_state_dict(load_network(folder, name))
         ema_path = folder / NETWORKS_DIR / ema_file(name)
-        if ema_path.is_file():  # sample from the EMA weights, as training's own evaluation does
-            module.load_state_dict(load_tensors(ema_path), strict=False)
+        try:
+            module.load_state_dict(load_network(folder, name))
+            if ema_path.is_file():  # sample from the EMA weights, as training's own evaluation does
+                module.load_state_dict(load_tensors(ema_path), strict=False)
+        except RuntimeError as error:  # torch lists every missing/unexpected key over many lines
+            first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+            raise UserError(f"checkpoint {folder}: network '{name}' does not match the architecture this version "
+                            f"of gendist builds from {config_path} ({first}); evaluate it with the gendist "
+                            "version that trained it") from None
         module.eval()
     return LoadedRun(config, recipe, Nets(networks), spec, int(read_trainer_state(folder)["step"]))

@@ -14,6 +14,7 @@ def read_inputs(path: Path, split: str = "test") -> np.ndarray:
     """Samples (N, ...) float32 in file order from an .npz (array `x`), an .npy array, an image folder, a
     folder written by `gendist data prepare` (its `split`), or a shard path/glob/brace pattern."""
     from gendist.data import load_manifest, load_source, resolve_shards
+    from gendist.engine.data_setup import split_urls
 
     text = str(path)
     if ".tar" in text:
@@ -35,20 +36,16 @@ def read_inputs(path: Path, split: str = "test") -> np.ndarray:
         manifest = load_manifest(path)
         if split not in manifest["splits"]:
             raise UserError(f"input '{path}': no split '{split}' (splits: {', '.join(manifest['splits'])})")
-        urls = [str(path / shard["name"]) for shard in manifest["splits"][split]["shards"]]
-        return _read_shards(urls, manifest)
+        return _read_shards(split_urls(path, manifest, split), manifest)
     if path.is_dir():
         return load_source(f"folder:{path}").x
     raise UserError(f"input '{path}': not an .npz/.npy file, an image folder, a prepared data folder or shards")
 
 
 def _read_shards(urls: list[str], manifest: dict | None) -> np.ndarray:
-    from gendist.data import ShardLoader
+    from gendist.engine.data_setup import iterate_in_order
 
-    loader = ShardLoader(urls, manifest, batch_size=256, seed=0, drop_last=False, split_mode="global",
-                         shuffle_buffer=1)
-    rows = [batch["x"].numpy() for batch, _ in zip(loader, range(loader.num_batches(0)))]
-    return np.concatenate(rows).astype(np.float32)
+    return np.concatenate([batch["x"].numpy() for batch in iterate_in_order(urls, manifest, 256)]).astype(np.float32)
 
 
 def check_shape(x: np.ndarray, expected: tuple[int, ...], path: Path, what: str) -> None:

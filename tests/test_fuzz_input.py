@@ -273,3 +273,21 @@ def test_fuzz_encode_translate_and_two_domain_prepare(trained_runs, tmp_path, ca
         code, lines = is_rejected(argv, capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("gendist: error:"), (argv, lines)
         assert fragment in lines[0], (argv, lines[0])
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(trained_runs, tmp_path, capsys):
+    """Weights that do not fit the networks the run's config builds (another gendist version, an edited
+    config.yaml): one line naming the network, not torch's multi-line state-dict report."""
+    import shutil
+
+    import numpy as np
+
+    run_dir = tmp_path / "bigan"
+    shutil.copytree(trained_runs["bigan"], run_dir)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("hidden: 16", "hidden: 32"))  # trained with model.hidden=16
+    np.savez(tmp_path / "digits.npz", x=np.zeros((5, 1, 8, 8), dtype=np.float32))
+    code, lines = is_rejected(["encode", str(run_dir), "--data", str(tmp_path / "digits.npz"), "--out",
+                               str(tmp_path / "z.npy")], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "does not match the architecture this version of gendist builds" in lines[0], lines[0]

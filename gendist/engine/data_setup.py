@@ -67,7 +67,7 @@ def prepare_cached_source(config: RunConfig, dist_info: DistInfo) -> Path:
     return folder
 
 
-def _urls(folder: Path, manifest: dict, split: str) -> list[str]:
+def split_urls(folder: Path, manifest: dict, split: str) -> list[str]:
     return [str(folder / shard["name"]) for shard in manifest["splits"][split]["shards"]]
 
 
@@ -99,7 +99,7 @@ def resolve_data(config: RunConfig, dist_info: DistInfo) -> DataSpec:
 
 def spec_of_folder(folder: Path) -> DataSpec:
     manifest = load_manifest(folder)
-    return DataSpec(_urls(folder, manifest, "train"), _urls(folder, manifest, "test"), manifest,
+    return DataSpec(split_urls(folder, manifest, "train"), split_urls(folder, manifest, "test"), manifest,
                     info_from_manifest(manifest))
 
 
@@ -114,14 +114,19 @@ def build_train_loader(config: RunConfig, spec: DataSpec, dist_info: DistInfo, s
                        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, on_error=data.on_error)
 
 
+def iterate_in_order(urls: list[str], manifest: dict | None, batch_size: int = 500):
+    """One pass over `urls` in file order, as the loader's batch dicts (x, and y/idx when stored)."""
+    loader = ShardLoader(urls, manifest, batch_size=batch_size, seed=0, drop_last=False, split_mode="global",
+                         shuffle_buffer=1)
+    yield from (batch for batch, _ in zip(loader, range(loader.num_batches(0))))  # the loader repeats epochs
+
+
 def iterate_test(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
     """Held-out samples, one pass in file order (at most `limit`), as tensors (B, ...)."""
     if not spec.test_urls:
         return
-    loader = ShardLoader(spec.test_urls, spec.manifest, batch_size=batch_size, seed=0, drop_last=False,
-                         split_mode="global", shuffle_buffer=1)
     seen = 0
-    for batch, _ in zip(loader, range(loader.num_batches(0))):  # the loader itself repeats epochs forever
+    for batch in iterate_in_order(spec.test_urls, spec.manifest, batch_size):
         yield batch["x"]
         seen += batch["x"].shape[0]
         if seen >= limit:
@@ -140,4 +145,5 @@ def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> 
                             f"the {total} training samples; lower train.batch_size")
 
 
-__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_test", "check_batch_size"]
+__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_in_order", "iterate_test", "check_batch_size",
+           "split_urls"]

@@ -13,7 +13,8 @@ import torch
 from gendist.checkpoint import find_resumable, read_trainer_state
 from gendist.config import RunConfig, dump_config
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
-from gendist.engine.data_setup import SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test, resolve_data
+from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
+                                      resolve_data)
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, probe_batch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
