@@ -185,6 +185,7 @@ def command_translate(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
+    from gendist.distributed import is_main
     from gendist.engine.run import evaluate_recipe
     from gendist.inference import load_run
 
@@ -196,8 +197,11 @@ def command_eval(args: argparse.Namespace) -> int:
     seed = loaded.config.train.seed if args.seed is None else args.seed
     import torch
 
-    with torch.no_grad():
-        metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed)}
+    with torch.no_grad():  # shared over ranks when launched with several processes
+        metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
+                                                          loaded.config.eval.num_samples)}
+    if not is_main():
+        return 0
     if args.json:
         print(json.dumps(metrics))
     else:

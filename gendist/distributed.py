@@ -98,6 +98,15 @@ def broadcast_object(value):
     return holder[0]
 
 
+def gather_object(value) -> list:
+    """Every rank's Python object, in rank order, on every rank (one collective)."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank iff `flag` is True on any rank (e.g. a stop request seen by one rank)."""
     if not is_distributed():

@@ -1,39 +1,95 @@
-"""Sample-based evaluation shared by the recipes: metrics that fit the data, not likelihood alone."""
+"""Evaluation across ranks: sample-based metrics that fit the data, not likelihood alone.
+
+Evaluation owns the orchestration; recipes only expose `sample(nets, count, generator, inputs)` (translation
+recipes `translate(nets, x, direction)`) and, optionally, per-sample scores on held-out data
+`scores(nets, x, generator) -> {name: (B,)}` (the VAE's ELBO and importance-weighted likelihood, BiGAN's
+reconstruction error). The work is cut into chunks of CHUNK samples: generated chunk c is a fixed function of
+(seed, c) and held-out chunk c is the c-th CHUNK samples in file order, scored with noise seeded by (seed, c),
+so whichever rank draws a chunk, and however many ranks there are, the chunk is the same. Chunk c runs on
+rank c mod world size; every rank makes the same number of calls (a rank short of chunks repeats one and
+drops it), because a forward through a sharded network (FSDP, ZeRO-3) is a collective. Results (features,
+per-sample scores) are gathered once; rank 0 computes the statistics and every rank returns them. Nothing
+gathers a network's weights: ranks call the networks as the strategy holds them (StyleGAN2-ADA's
+metric_utils does the same: each rank takes its subset, features are gathered).
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from gendist.data.info import DataInfo
+from gendist.distributed import broadcast_object, gather_object, info, is_distributed
 
-MAX_REFERENCE_SAMPLES = 2500
-
-
-def _reference(test_data: Iterable[torch.Tensor], limit: int) -> np.ndarray:
-    rows, total = [], 0
-    for x in test_data:
-        rows.append(x.detach().float().cpu().reshape(x.shape[0], -1).numpy())
-        total += x.shape[0]
-        if total >= limit:
-            break
-    return np.concatenate(rows)[:limit]
+CHUNK = 500  # samples per generated or held-out chunk (the unit of work a rank takes)
+MAX_REFERENCE_SAMPLES = 2500  # held-out samples the two-sample statistics compare against
+MAX_TEST_SAMPLES = 10_000  # held-out samples scored (likelihoods, reconstructions, translations)
+STREAM_SAMPLES, STREAM_SCORES, STREAM_SCORES_B = 1, 2, 3
 
 
-def sample_metrics(samples: torch.Tensor, test_data: Iterable[torch.Tensor], info: DataInfo,
-                   seed: int) -> dict[str, float]:
-    """Mode coverage for mixtures; MMD, KID, Fréchet distance and precision/recall against held-out data."""
+def chunk_generator(seed: int, stream: int, chunk: int) -> torch.Generator:
+    """The CPU generator of one chunk: a function of (seed, stream, chunk) alone."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream * 7_919 + chunk) % (2 ** 63))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if not is_distributed():
+        return 0, 1
+    dist_info = info()
+    return dist_info.rank, dist_info.world_size
+
+
+def _to_numpy(value):
+    if isinstance(value, dict):
+        return {key: _to_numpy(item) for key, item in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return value
+
+
+def map_chunks(count: int, work: Callable[[int], object]) -> list:
+    """[work(0), ..., work(count - 1)] on every rank, each computed by rank c mod world size (tensors come
+    back as float32 numpy arrays). Every rank calls `work` ceil(count / world) times: sharded forwards are
+    collectives, so a rank without a chunk in the last round recomputes chunk 0 and drops the result."""
+    rank, world = _rank_and_world()
+    mine: dict[int, object] = {}
+    with torch.no_grad():
+        for round_index in range(math.ceil(count / world)):
+            chunk = round_index * world + rank
+            if chunk < count:
+                mine[chunk] = _to_numpy(work(chunk))
+            elif count:
+                work(0)
+    merged: dict[int, object] = {}
+    for part in gather_object(mine):
+        merged.update(part)
+    return [merged[chunk] for chunk in range(count)]
+
+
+def chunk_sizes(total: int) -> list[int]:
+    return [min(CHUNK, total - start) for start in range(0, total, CHUNK)]
+
+
+def held_out(test_batches: Sequence[torch.Tensor], limit: int) -> np.ndarray:
+    """The first `limit` held-out samples as float32 (N, D)."""
+    rows = [x.detach().float().cpu().reshape(x.shape[0], -1).numpy() for x in test_batches]
+    return np.concatenate(rows)[:limit] if rows else np.zeros((0, 0), np.float32)
+
+
+def sample_metrics(generated: np.ndarray, reference: np.ndarray, info: DataInfo, seed: int) -> dict[str, float]:
+    """Mode coverage for mixtures; MMD, KID, Fréchet distance and precision/recall against held-out data.
+    generated (N, D), reference (M, D): flattened samples."""
     from gendist.metrics import frechet_distance, kernel_inception_distance, mmd2, mode_coverage, precision_recall
 
-    generated = samples.detach().float().cpu().reshape(samples.shape[0], -1).numpy()  # (N, D)
+    generated = generated.reshape(len(generated), -1)
     metrics: dict[str, float] = {}
     if info.modes is not None and info.mode_std is not None:
         coverage = mode_coverage(generated, np.asarray(info.modes), info.mode_std)
         metrics.update(modes_covered=int(coverage["modes_covered"]), num_modes=int(coverage["num_modes"]),
                        hq_fraction=float(coverage["hq_fraction"]),
                        kl_mode_histogram=float(coverage["kl_mode_histogram"]))
-    reference = _reference(test_data, MAX_REFERENCE_SAMPLES)
     if len(reference) >= 2:
         count = min(len(reference), len(generated))
         metrics["mmd2"] = float(mmd2(generated[:count], reference[:count]))
@@ -43,3 +99,62 @@ def sample_metrics(samples: torch.Tensor, test_data: Iterable[torch.Tensor], inf
         pr = precision_recall(reference, generated[:count])
         metrics.update(precision=float(pr["precision"]), recall=float(pr["recall"]))
     return metrics
+
+
+def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[str, float]:
+    if not chunks:
+        return {}
+    return {prefix + key: float(np.concatenate([chunk[key] for chunk in chunks]).astype(np.float64).mean())
+            for key in chunks[0]}
+
+
+def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
+             test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None) -> dict[str, float]:
+    """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
+    networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
+    `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data)."""
+    test = list(test_data())
+    if getattr(recipe, "input_grid", "") == "translations":
+        return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed)
+    sizes = chunk_sizes(num_samples)
+    generated = map_chunks(len(sizes), lambda chunk: recipe.sample(nets, sizes[chunk],
+                                                                   chunk_generator(seed, STREAM_SAMPLES, chunk)))
+    scores: list[dict[str, np.ndarray]] = []
+    if hasattr(recipe, "scores") and test:
+        scores = map_chunks(len(test), lambda chunk: recipe.scores(nets, test[chunk],
+                                                                   chunk_generator(seed, STREAM_SCORES, chunk)))
+    metrics: dict[str, float] | None = None
+    rank, _ = _rank_and_world()
+    if rank == 0:
+        samples = np.concatenate(generated).reshape(num_samples, -1)
+        metrics = {**_mean_scores(scores), **sample_metrics(samples, held_out(test, MAX_REFERENCE_SAMPLES),
+                                                              recipe.info, seed)}
+    return broadcast_object(metrics)
+
+
+def _evaluate_translation(recipe, nets, test_a: list[torch.Tensor], test_b: list[torch.Tensor],
+                          seed: int) -> dict[str, float]:
+    """Cycle L1 on held-out images of both domains, and two-sample metrics of A -> B translations against
+    held-out B (and B -> A against held-out A)."""
+    if not test_a or not test_b:
+        return {}
+
+    def translate_and_back(batches: list[torch.Tensor], there: str, back: str):
+        def work(chunk: int) -> dict[str, torch.Tensor]:
+            x = batches[chunk]
+            fake = recipe.translate(nets, x, there)
+            cycle = recipe.translate(nets, fake, back)
+            return {"fake": fake, "cycle_l1": (cycle.float() - x.to(cycle.device).float()).abs().flatten(1).mean(1)}
+        return map_chunks(len(batches), work)
+
+    a2b = translate_and_back(test_a, "a2b", "b2a")
+    b2a = translate_and_back(test_b, "b2a", "a2b")
+    metrics: dict[str, float] | None = None
+    rank, _ = _rank_and_world()
+    if rank == 0:
+        metrics = {"test_cycle_l1_a": _mean_scores(a2b)["cycle_l1"], "test_cycle_l1_b": _mean_scores(b2a)["cycle_l1"]}
+        for prefix, chunks, reference, domain in (("a2b_", a2b, test_b, recipe.info_b), ("b2a_", b2a, test_a, recipe.info)):
+            fakes = np.concatenate([chunk["fake"].reshape(len(chunk["fake"]), -1) for chunk in chunks])
+            for key, value in sample_metrics(fakes, held_out(reference, MAX_REFERENCE_SAMPLES), domain, seed).items():
+                metrics[prefix + key] = value
+    return broadcast_object(metrics)

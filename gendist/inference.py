@@ -47,5 +47,5 @@ def load_run(run_dir: Path) -> LoadedRun:
             raise UserError(f"checkpoint {folder}: network '{name}' does not match the architecture this version "
                             f"of gendist builds from {config_path} ({first}); evaluate it with the gendist "
                             "version that trained it") from None
-        module.eval()
+        module.to(dist_info.device).eval()
     return LoadedRun(config, recipe, Nets(networks), spec, int(read_trainer_state(folder)["step"]))

@@ -35,14 +35,6 @@ class Hooks:
         self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
         self.last_saved_step = -1
         self.started = time.perf_counter()
-        self._nets_step, self._nets = -1, None
-
-    def sampling_nets(self, trainer: Trainer):
-        """The trainer's gathered sampling copies, built once per step: the sample grid and the evaluation
-        of the same step share them. A collective, called by every rank in the same order."""
-        if self._nets_step != trainer.step:
-            self._nets_step, self._nets = trainer.step, trainer.sampling_nets()
-        return self._nets
 
     def after_step(self, trainer: Trainer, progress) -> None:
         step, config = trainer.step, self.config
@@ -73,16 +65,16 @@ class Hooks:
         self.last_saved_step = trainer.step
 
     def samples(self, trainer: Trainer) -> None:
-        nets = self.sampling_nets(trainer)  # collective: every rank takes part, rank 0 draws
-        if not trainer.dist.is_main:
-            return
+        """Sample grids: every rank draws the same samples (a forward through sharded units is a
+        collective), rank 0 saves them."""
         info, recipe, folder = self.spec.info, trainer.recipe, self.run_dir / "samples"
-        with torch.no_grad():
+        with trainer.sampling() as nets:
             if getattr(recipe, "input_grid", "") != "translations":  # CycleGAN has no unconditional sampler
                 samples = recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
                                         torch.Generator().manual_seed(self.config.train.seed))
-                path = save_samples(samples.cpu(), info, folder / f"step_{trainer.step:08d}.png")
-                self.tracker.log_image(trainer.step, "samples", path)
+                if trainer.dist.is_main:
+                    path = save_samples(samples.float().cpu(), info, folder / f"step_{trainer.step:08d}.png")
+                    self.tracker.log_image(trainer.step, "samples", path)
             if getattr(recipe, "input_grid", "") and info.kind == "images":
                 self.input_grid(trainer, nets)
 
@@ -92,7 +84,9 @@ class Hooks:
         recipe, info = trainer.recipe, self.spec.info
         inputs = torch.cat(list(iterate_test(self.spec, batch_size=32, limit=32)))[:32]
         outputs = recipe.sample(nets, len(inputs), torch.Generator().manual_seed(self.config.train.seed),
-                                inputs).cpu()
+                                inputs).float().cpu()
+        if not trainer.dist.is_main:
+            return
         info_out = info.domain_b if recipe.input_grid == "translations" else info
         kind = recipe.input_grid
         folder = self.run_dir / "samples"
@@ -105,10 +99,11 @@ class Hooks:
         self.tracker.log_image(trainer.step, kind, path)
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        nets = self.sampling_nets(trainer)  # collective
+        """Evaluation shared by all ranks (gendist.evaluation); rank 0 logs and writes eval.json."""
+        with trainer.sampling() as nets:
+            metrics = evaluate_recipe(trainer.recipe, nets, self.spec, self.config.train.seed,
+                                      self.config.eval.num_samples)
         if trainer.dist.is_main:
-            metrics = evaluate_recipe(trainer.recipe, nets, self.spec, self.config.train.seed)
             self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
             self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
             write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())
@@ -116,11 +111,16 @@ class Hooks:
         return metrics
 
 
-def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int) -> dict[str, float]:
-    """The recipe's evaluation on held-out data (both domains' for two-domain data)."""
-    if spec.domain_b is not None:
-        return recipe.evaluate(nets, iterate_test(spec), seed, test_data_b=iterate_test(spec.domain_b))
-    return recipe.evaluate(nets, iterate_test(spec), seed)
+def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int) -> dict[str, float]:
+    """The recipe's evaluation on held-out data (both domains' for two-domain data), shared over ranks:
+    every rank calls it and gets the same metrics."""
+    from gendist.evaluation import CHUNK, MAX_TEST_SAMPLES, evaluate
+
+    def held_out(domain: DataSpec):
+        return lambda: iterate_test(domain, batch_size=CHUNK, limit=MAX_TEST_SAMPLES)
+
+    return evaluate(recipe, nets, held_out(spec), seed, num_samples,
+                    held_out(spec.domain_b) if spec.domain_b is not None else None)
 
 
 def requeue_slurm_job_once() -> None:

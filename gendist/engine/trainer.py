@@ -2,6 +2,7 @@
 (metrics, samples, checkpoints, evaluation, stop requests)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
 from gendist.engine.strategies.base import NETWORKS_DIR
-from gendist.recipes.base import Batch, Nets, Phase, Recipe, unit_of
+from gendist.recipes.base import Batch, Phase, Recipe, unit_of
 from gendist.tracking import truncate_jsonl
 
 
@@ -260,18 +261,32 @@ class Trainer:
             print(f"gendist: WARNING: checkpoint was written by {trainer_state.get('world_size')} processes, "
                   f"this run has {self.dist.world_size}: data position and RNG restart", flush=True)
 
-    def sampling_nets(self) -> Nets | None:
-        """Unsharded copies of the networks on this rank's device, with the EMA weights of the sampling
-        networks when there is an EMA. A collective (sharded strategies gather): every rank calls it, rank 0
-        uses it."""
-        states = self.strategy.network_states()
-        for name, ema in self.ema.items():  # EMA parameters, the network's own buffers
-            states[name] = {**states[name], **ema.full_state()}
-        if not self.dist.is_main:  # gathered (full) states exist on rank 0 only
-            return None
-        with torch.random.fork_rng(devices=[]):  # building fresh networks must not move the training RNG
-            networks = self.recipe.build_networks()
-        for name, module in networks.items():
-            module.load_state_dict(states[name])
-            module.to(self.dist.device).requires_grad_(False).eval()
-        return Nets(networks)
+    @contextlib.contextmanager
+    def sampling(self):
+        """Networks every rank can call for sample grids and evaluation: the units as the strategy holds
+        them (sharded ones run collective forwards; nothing is gathered or copied), in eval mode, with each
+        EMA swapped into its network's parameters on every rank's own shard (the network's buffers are its
+        own). Training weights, modes and the RNG are restored on exit. Every rank must enter it."""
+        strategy = self.strategy
+        modes = {name: unit.training for name, unit in strategy.units.items()}
+        saved: dict[str, list[torch.Tensor]] = {}
+        try:
+            with torch.no_grad():
+                strategy.release_sampling()
+                for name, ema in self.ema.items():
+                    params = list(strategy.networks[name].parameters())
+                    saved[name] = [param.detach().clone() for param in params]
+                    for param, average in zip(params, ema.params):
+                        param.copy_(average.to(param.dtype))
+            for unit in strategy.units.values():
+                unit.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), strategy.sampling_autocast():
+                yield strategy.sampling_nets()
+        finally:
+            with torch.no_grad():
+                strategy.release_sampling()
+                for name, values in saved.items():
+                    for param, value in zip(strategy.networks[name].parameters(), values):
+                        param.copy_(value)
+            for name, unit in strategy.units.items():
+                unit.train(modes[name])

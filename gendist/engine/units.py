@@ -21,12 +21,15 @@ from gendist.recipes.base import Batch, Nets, Phase
 class Unit(nn.ModuleDict):
     """Networks optimized together (one optimizer, wrapper, scaler, checkpoint entry)."""
 
-    def forward(self, member: str, *args, **kwargs):
-        return self[member](*args, **kwargs)
+    def forward(self, member: str, *args, _method: str = "forward", **kwargs):
+        network = self[member]
+        return network(*args, **kwargs) if _method == "forward" else getattr(network, _method)(*args, **kwargs)
 
 
 class Member:
-    """A network of a unit, called through the unit (wrapped or not); attributes come from the network."""
+    """A network of a unit, called through the unit (wrapped or not). Its own methods (a VAE's `encode`, a
+    joint discriminator's `features`) also run through the unit's forward, so a DDP wrapper, an FSDP root or
+    a ZeRO-3 engine sees them like calls; other attributes (parameters, sub-modules) come from the network."""
 
     def __init__(self, call: Callable, network: nn.Module, name: str):
         self._call, self.module, self.name = call, network, name
@@ -35,7 +38,10 @@ class Member:
         return self._call(self.name, *args, **kwargs)
 
     def __getattr__(self, attribute: str):
-        return getattr(self.module, attribute)
+        value = getattr(self.module, attribute)
+        if callable(value) and not isinstance(value, nn.Module) and not hasattr(nn.Module, attribute):
+            return lambda *args, **kwargs: self._call(self.name, *args, _method=attribute, **kwargs)
+        return value
 
 
 def build_units(networks: dict[str, nn.Module], units: dict[str, tuple[str, ...]]) -> dict[str, Unit]:

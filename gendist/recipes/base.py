@@ -12,7 +12,7 @@ any network: gradients flow through frozen networks to their inputs but never in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -99,7 +99,10 @@ class Recipe(Protocol):
     def sample(self, nets: Nets, count: int, generator: torch.Generator,
                inputs: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]: ...
+    # Optional: per-sample scores on held-out data x, {name: (B,)}, averaged by gendist.evaluation (the VAE's
+    # ELBO and likelihood bound, BiGAN's reconstruction error). Translation recipes (input_grid =
+    # "translations") expose translate(nets, x, "a2b" | "b2a") instead of an unconditional sampler.
+    # def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]
 
 
 def unit_of(units: dict[str, tuple[str, ...]]) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +18,6 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
-from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvEncoder
 from gendist.nets.joint import JointDiscriminator
 from gendist.recipes.base import Batch, Nets, Phase
@@ -107,15 +105,7 @@ class BiGANRecipe:
         return code if features == "encoder" else nets.discriminator.features(x, code)
 
     @torch.no_grad()
-    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
-        test_batches = list(test_data)
-        device = next(nets.generator.parameters()).device
-        squared, count = 0.0, 0
-        for x in test_batches:
-            x = x.to(device)
-            squared += float((self.sample(nets, len(x), None, x) - x).pow(2).flatten(1).sum(1).sum())
-            count += len(x)
-        samples = self.sample(nets, self.config.eval.num_samples, torch.Generator().manual_seed(seed))
-        metrics = sample_metrics(samples, test_batches, self.info, seed)
-        metrics["reconstruction_mse"] = squared / max(count, 1) / math.prod(self.info.sample_shape)
-        return metrics
+    def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample mean squared error of the reconstruction G(E(x)) of held-out data x, (B,)."""
+        x = x.to(next(nets.generator.parameters()).device)
+        return {"reconstruction_mse": (self.sample(nets, len(x), generator, x).float() - x.float()).pow(2).flatten(1).mean(1)}

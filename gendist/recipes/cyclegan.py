@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,6 @@ from torch import nn
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
 from gendist.errors import UserError
-from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvDecoder, ConvEncoder
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import bce_discriminator
@@ -209,23 +207,3 @@ class CycleGANRecipe:
             raise UserError("CycleGAN translates images, it does not sample from noise: use "
                             "`gendist translate RUN_DIR --input PATH --direction a2b|b2a --out OUT`")
         return self.translate(nets, inputs, "a2b")
-
-    @torch.no_grad()
-    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int,
-                 test_data_b: Iterable[torch.Tensor] = ()) -> dict[str, float]:
-        """Cycle L1 on held-out images of both domains, and two-sample metrics of A -> B translations
-        against held-out B (and B -> A against held-out A)."""
-        test_a, test_b = list(test_data), list(test_data_b)
-        metrics: dict[str, float] = {}
-        if not test_a or not test_b:
-            return metrics
-        a, b = torch.cat(test_a), torch.cat(test_b)
-        fake_b, fake_a = self.translate(nets, a, "a2b"), self.translate(nets, b, "b2a")
-        device = fake_b.device
-        metrics["test_cycle_l1_a"] = float(l1(self.translate(nets, fake_b, "b2a"), a.to(device)))
-        metrics["test_cycle_l1_b"] = float(l1(self.translate(nets, fake_a, "a2b"), b.to(device)))
-        for key, value in sample_metrics(fake_b, test_b, self.info_b, seed).items():
-            metrics[f"a2b_{key}"] = value
-        for key, value in sample_metrics(fake_a, test_a, self.info, seed).items():
-            metrics[f"b2a_{key}"] = value
-        return metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,6 @@ from gendist.config import RunConfig
 from gendist.divergences import (Divergence, critic_objective, generator_objective,
                                  generator_objective_nonsaturating, get_divergence,
                                  with_exponential_negative_tail)
-from gendist.evaluation import sample_metrics
 from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator
 from gendist.data.info import DataInfo
 from gendist.recipes.base import Batch, Nets, Phase
@@ -180,8 +179,3 @@ class GANRecipe:
         """`count` samples G(z); `inputs` (latent codes (count, latent_dim)) replace the random z."""
         z = torch.randn(count, self.config.model.latent_dim, generator=generator) if inputs is None else inputs
         return nets.generator(z.to(next(nets.generator.parameters()).device))
-
-    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(seed)
-        samples = self.sample(nets, self.config.eval.num_samples, generator)
-        return sample_metrics(samples, test_data, self.info, seed)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Iterable
 
 import torch
 from torch import nn
 
 from gendist.config import RunConfig
 from gendist.errors import UserError
-from gendist.evaluation import sample_metrics
 from gendist.metrics import importance_weighted_bound, log_bernoulli_logits, log_normal_diag, log_standard_normal
 from gendist.nets import MLP, ConvDecoder, ConvEncoder
 from gendist.data.info import DataInfo
@@ -44,6 +42,9 @@ class VAE(nn.Module):
     def mean_sample(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def importance_weighted(self, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        return importance_weighted_log_likelihood(self, x, samples, generator)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample ELBO terms with z = mean + std * eps (the reparameterization trick)."""
@@ -113,20 +114,11 @@ class VAERecipe:
         return mean
 
     @torch.no_grad()
-    def evaluate(self, nets: Nets, test_data: Iterable[torch.Tensor], seed: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(seed)
-        vae: VAE = nets.vae
-        elbo_sum = ll_sum = 0.0
-        count = 0
-        test_batches = list(test_data)
-        device = next(vae.parameters()).device
-        for x in test_batches:
-            x = x.to(device)
-            eps = torch.randn(x.shape[0], vae.latent_dim, generator=generator).to(device)
-            elbo_sum += vae(x, eps)["elbo"].sum().item()
-            ll_sum += importance_weighted_log_likelihood(vae, x, self.config.vae.iw_samples, generator).sum().item()
-            count += x.shape[0]
-        metrics = {"test_elbo": elbo_sum / count, f"test_log_likelihood_iw{self.config.vae.iw_samples}": ll_sum / count}
-        samples = self.sample(nets, self.config.eval.num_samples, generator)
-        metrics.update(sample_metrics(samples, test_batches, self.info, seed))
-        return metrics
+    def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample ELBO and importance-weighted bound on held-out data x, (B,) each."""
+        device = next(nets.vae.parameters()).device
+        x = x.to(device)
+        eps = torch.randn(x.shape[0], self.config.model.latent_dim, generator=generator).to(device)
+        samples = self.config.vae.iw_samples
+        return {"test_elbo": nets.vae(x, eps)["elbo"],
+                f"test_log_likelihood_iw{samples}": nets.vae.importance_weighted(x, samples, generator)}

@@ -134,6 +134,22 @@ class Strategy:
             nets.update({member: Member(call, network, member) for member, network in unit.items()})
         return Nets(nets, unwrapped=Nets(self.networks))
 
+    def sampling_nets(self) -> Nets:
+        """Every network called through its unit as the strategy holds it (an FSDP root or a ZeRO-3 module
+        gathers its own parameters for each forward: a collective, so every rank must make the same calls);
+        no unit's weights are gathered or copied. For sampling and evaluation under torch.no_grad()."""
+        nets = {}
+        for unit in self.units.values():
+            nets.update({member: Member(unit, network, member) for member, network in unit.items()})
+        return Nets(nets)
+
+    def sampling_autocast(self):
+        """Sampling runs in the parameters' own precision: float32 master weights need no autocast."""
+        return contextlib.nullcontext()
+
+    def release_sampling(self) -> None:
+        """Called after sampling: drop whatever the strategy kept gathered for it."""
+
     def autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
         if dtype is None:

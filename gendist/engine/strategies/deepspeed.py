@@ -161,6 +161,10 @@ class DeepSpeedStrategy(Strategy):
             partition = getattr(param, "ds_tensor", None)
             (partition if partition is not None else param).clamp_(-limit, limit)
 
+    def sampling_autocast(self):
+        """DeepSpeed keeps bf16/fp16 parameters in the engine's module: sample under autocast to match."""
+        return self.autocast()
+
     def unit_state(self, name: str) -> dict[str, torch.Tensor]:
         """Full fp32-shaped weights; under ZeRO-3 gathered from the shards (a collective on every rank)."""
         unit = self.units[name]

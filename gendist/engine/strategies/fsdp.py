@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from gendist.checkpoint import load_torch, save_torch
 from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy, reject_weight_readers
@@ -54,6 +54,14 @@ class FSDPStrategy(Strategy):
 
     def autocast(self):
         return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts parameters itself
+
+    def release_sampling(self) -> None:
+        # With reshard_after_forward off, a sampling forward leaves groups unsharded; reshard them so that
+        # the next forward gathers the (restored) training weights again rather than reusing the EMA's.
+        for unit in self.units.values():
+            for module in unit.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     @contextlib.contextmanager
     def sync_context(self, phase: Phase, sync: bool):
