@@ -60,11 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--out", type=Path, required=True, help="x.npy, grid.png, or a folder (one PNG per image)")
     translate.add_argument("--split", choices=["train", "test"], default="test", help="split of a prepared folder")
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run on held-out data")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = commands.add_parser("eval", help="evaluate a trained run on held-out data, or compare two sample "
+                                   "sets (--real A --fake B)")
+    evaluate.add_argument("run_dir", type=Path, nargs="?", default=None)
+    evaluate.add_argument("--real", type=Path, default=None, help="reference samples: .npz/.npy, image folder, "
+                          "prepared data folder (its test split) or shards")
+    evaluate.add_argument("--fake", type=Path, default=None, help="samples to judge (same forms as --real)")
+    evaluate.add_argument("--metrics", default=None, help="comma list of mmd,c2st,kid,fd,pr,modes "
+                          "(default: all but modes; modes needs --features classifier:DIR)")
+    evaluate.add_argument("--features", default="pixels", help="pixels | classifier:DIR | inception:PATH")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--num-samples", type=int, default=None, help="generated samples (default eval.num_samples)")
     evaluate.add_argument("--seed", type=int, default=None)
+
+    classifier = commands.add_parser("classifier", help="a classifier for evaluation features and mode counts")
+    classifier_commands = classifier.add_subparsers(dest="action", required=True)
+    fit = classifier_commands.add_parser("train", help="fit a small classifier on labelled data; prints its "
+                                         "held-out accuracy")
+    fit.add_argument("--data", required=True, help="a `data prepare` folder, or a source: digits, npz:PATH "
+                     "(x and y), folder:PATH (one sub-folder per class)")
+    fit.add_argument("--out", type=Path, required=True, help="folder for classifier.safetensors/.json")
+    fit.add_argument("--epochs", type=int, default=40)
+    fit.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -184,11 +201,46 @@ def command_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    """`gendist eval --real A --fake B`: two-sample statistics of two sample sets, no run needed."""
+    from gendist.evaluation import TWO_SAMPLE_METRICS, compare_sets
+    from gendist.features import build_featurizer
+    from gendist.inputs import read_inputs
+
+    if args.run_dir is not None or args.real is None or args.fake is None:
+        raise UserError("gendist eval: pass either RUN_DIR, or both --real A and --fake B (not both forms)")
+    metrics = [m.strip() for m in (args.metrics or "mmd,c2st,kid,fd,pr").split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(TWO_SAMPLE_METRICS))
+    if unknown or not metrics:
+        raise UserError(f"--metrics: unknown {', '.join(unknown) or '(empty)'}; choose from {','.join(TWO_SAMPLE_METRICS)}")
+    real, fake = read_inputs(args.real), read_inputs(args.fake)
+    if real.shape[1:] != fake.shape[1:]:
+        raise UserError(f"--real has samples of shape {tuple(real.shape[1:])}, --fake {tuple(fake.shape[1:])}; "
+                        "compare samples of one shape")
+    if min(len(real), len(fake)) < 4:
+        raise UserError(f"--real/--fake: need at least 4 samples each (got {len(real)} and {len(fake)})")
+    featurizer = build_featurizer(args.features, tuple(real.shape[1:]))
+    if "modes" in metrics and featurizer.num_modes is None:
+        raise UserError("--metrics modes: counting modes needs a classifier; pass --features classifier:DIR "
+                        "(train one with `gendist classifier train --data SPEC --out DIR`)")
+    result = {"features": featurizer.name, **compare_sets(real, fake, metrics, featurizer, seed=args.seed or 0)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>32s}  {value:.6g}" if isinstance(value, float) else f"{key:>32s}  {value}")
+    return 0
+
+
 def command_eval(args: argparse.Namespace) -> int:
     from gendist.distributed import is_main
     from gendist.engine.run import evaluate_recipe
     from gendist.inference import load_run
 
+    if args.real is not None or args.fake is not None or args.run_dir is None:
+        return command_compare(args)
+    if args.metrics is not None or args.features != "pixels":
+        raise UserError("--metrics/--features apply to --real/--fake; a run is evaluated with its own metrics")
     loaded = load_run(args.run_dir)
     if args.num_samples is not None:
         if args.num_samples < 2:
@@ -210,7 +262,19 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval,
+def command_classifier(args: argparse.Namespace) -> int:
+    from gendist.classifier import train_classifier
+
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    meta = train_classifier(args.data, args.out, epochs=args.epochs, seed=args.seed)
+    print(f"gendist: classifier on {meta['shape']} samples, {meta['num_classes']} classes: test accuracy "
+          f"{meta['test_accuracy']:.4f} ({meta['num_test']} held-out samples); saved to {args.out} "
+          f"(use --features classifier:{args.out})")
+    return 0
+
+
+COMMANDS = {"classifier": command_classifier, "data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval,
             "encode": command_encode, "translate": command_translate}
 
 

@@ -158,3 +158,46 @@ def _evaluate_translation(recipe, nets, test_a: list[torch.Tensor], test_b: list
             for key, value in sample_metrics(fakes, held_out(reference, MAX_REFERENCE_SAMPLES), domain, seed).items():
                 metrics[prefix + key] = value
     return broadcast_object(metrics)
+
+
+# ------------------------------------------------------------------------- two sample sets, no run needed
+
+TWO_SAMPLE_METRICS = ("mmd", "c2st", "kid", "fd", "pr", "modes")
+MAX_TEST_POINTS = 2000  # per side, for the MMD permutation test and the classifier test (cost ~ n^2)
+
+
+def compare_sets(real: np.ndarray, fake: np.ndarray, metrics: Sequence[str], featurizer, seed: int = 0,
+                 num_permutations: int = 200) -> dict[str, float]:
+    """Two-sample statistics between `real` and `fake` (N, ...) in the featurizer's space (README lists the
+    keys). `modes` needs a featurizer that predicts labels (a classifier)."""
+    from gendist.metrics import (classifier_two_sample_test, frechet_distance, kernel_inception_distance,
+                                 mmd_permutation_test, precision_recall)
+    from gendist.metrics.modes import kl_to_uniform
+
+    out: dict[str, float] = {"num_real": len(real), "num_fake": len(fake)}
+    real_features, fake_features = featurizer.features(real), featurizer.features(fake)
+    rng = np.random.default_rng(seed)
+
+    def subset(features: np.ndarray) -> np.ndarray:
+        return features if len(features) <= MAX_TEST_POINTS else features[rng.choice(len(features), MAX_TEST_POINTS, replace=False)]
+
+    if "mmd" in metrics:
+        test = mmd_permutation_test(subset(fake_features), subset(real_features), num_permutations, seed)
+        out.update(mmd2=test["mmd2"], mmd_p_value=test["p_value"])
+    if "c2st" in metrics:
+        test = classifier_two_sample_test(subset(fake_features), subset(real_features), seed)
+        out.update(c2st_accuracy=test["accuracy"], c2st_p_value=test["p_value"])
+    if "kid" in metrics:
+        out.update(kernel_inception_distance(fake_features, real_features, seed=seed))
+    if "fd" in metrics:
+        out["frechet_distance"] = frechet_distance(fake_features, real_features)
+    if "pr" in metrics:
+        out.update(precision_recall(subset(real_features), subset(fake_features)))
+    if "modes" in metrics:
+        for prefix, samples in (("", fake), ("real_", real)):
+            labels = featurizer.labels(samples)
+            counts = np.bincount(labels, minlength=featurizer.num_modes)
+            out.update({f"{prefix}modes_covered": int(np.count_nonzero(counts)),
+                        f"{prefix}kl_mode_histogram": kl_to_uniform(counts)})
+        out["num_modes"] = featurizer.num_modes
+    return {key: (float(value) if isinstance(value, (float, np.floating)) else value) for key, value in out.items()}
