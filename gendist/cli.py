@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--out", type=Path, required=True, help="grid.png, or x.npy for the raw array")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
 
     encode = commands.add_parser("encode", help="latent codes E(x) of a trained BiGAN (or VAE encoder means)")
     encode.add_argument("run_dir", type=Path)
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--num-samples", type=int, default=None, help="generated samples (default eval.num_samples)")
     evaluate.add_argument("--seed", type=int, default=None)
+    evaluate.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
 
     classifier = commands.add_parser("classifier", help="a classifier for evaluation features and mode counts")
     classifier_commands = classifier.add_subparsers(dest="action", required=True)
@@ -151,7 +153,7 @@ def command_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.out.suffix not in (".png", ".npy"):
         raise UserError(f"--out must end in .png (a grid) or .npy (the raw array), got '{args.out}'")
-    loaded = load_run(args.run_dir)
+    loaded = load_run(args.run_dir, args.checkpoint)
     with torch.no_grad():
         samples = loaded.recipe.sample(loaded.nets, args.n, torch.Generator().manual_seed(args.seed)).cpu()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +243,7 @@ def command_eval(args: argparse.Namespace) -> int:
         return command_compare(args)
     if args.metrics is not None or args.features != "pixels":
         raise UserError("--metrics/--features apply to --real/--fake; a run is evaluated with its own metrics")
-    loaded = load_run(args.run_dir)
+    loaded = load_run(args.run_dir, args.checkpoint)
     if args.num_samples is not None:
         if args.num_samples < 2:
             raise UserError(f"--num-samples must be >= 2, got {args.num_samples}")
@@ -251,7 +253,7 @@ def command_eval(args: argparse.Namespace) -> int:
 
     with torch.no_grad():  # shared over ranks when launched with several processes
         metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
-                                                          loaded.config.eval.num_samples)}
+                                                          loaded.config.eval.num_samples, loaded.config.eval.features)}
     if not is_main():
         return 0
     if args.json:

@@ -145,6 +145,10 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints; 0 saves only at the end
     keep: int = 3  # checkpoints kept; older ones are deleted after a successful save
     requeue: bool = True  # on SLURM, rank 0 requeues the job once after a preemption checkpoint
+    # keep the checkpoint of the best evaluation by this eval.json key (e.g. mmd2, kl_mode_histogram,
+    # test_log_likelihood_iw64) in RUN/best, apart from retention; "" keeps none
+    best_metric: str = ""
+    best_mode: Literal["auto", "min", "max"] = "auto"  # auto: max for coverage/likelihood/precision/recall keys
 
 
 @dataclass
@@ -161,6 +165,9 @@ class LogConfig:
 class EvalConfig:
     every: int = 0  # steps between in-training evaluations; 0 only at the end
     num_samples: int = 2500  # generated samples for sample-based metrics
+    # feature space of the two-sample metrics: pixels, or classifier:DIR (`gendist classifier train`), whose
+    # predictions also give class/mode histograms (modes_covered, kl_mode_histogram) and per-class grids
+    features: str = "pixels"
 
 
 @dataclass
@@ -351,6 +358,9 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 
 def validate(config: RunConfig) -> None:
+    features = config.eval.features
+    if features != "pixels" and not (features.startswith("classifier:") and len(features) > len("classifier:")):
+        raise UserError(f"config: eval.features must be pixels or classifier:DIR, got {features!r}")
     """Range checks that types cannot express."""
     for key in POSITIVE_INTS:
         if _get(config, key) < 1:

@@ -109,16 +109,30 @@ def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[
 
 
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
-             test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None) -> dict[str, float]:
+             test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
+             artifacts: dict | None = None) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
-    `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data)."""
+    `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data).
+    `features`: pixels or classifier:DIR (each rank featurizes its own chunks; the classifier's predictions
+    add modes_covered, num_modes and kl_mode_histogram). `artifacts`, when given, receives for pictures the
+    first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`)."""
     test = list(test_data())
     if getattr(recipe, "input_grid", "") == "translations":
         return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed)
+    from gendist.features import build_featurizer
+
+    featurizer = build_featurizer(features, recipe.info.sample_shape)
     sizes = chunk_sizes(num_samples)
-    generated = map_chunks(len(sizes), lambda chunk: recipe.sample(nets, sizes[chunk],
-                                                                   chunk_generator(seed, STREAM_SAMPLES, chunk)))
+
+    def generate(chunk: int) -> dict:
+        x = recipe.sample(nets, sizes[chunk], chunk_generator(seed, STREAM_SAMPLES, chunk)).float().cpu().numpy()
+        out = {"features": featurizer.features(x), "labels": featurizer.labels(x)}
+        if chunk == 0:
+            out["x"] = x
+        return out
+
+    generated = map_chunks(len(sizes), generate)
     scores: list[dict[str, np.ndarray]] = []
     if hasattr(recipe, "scores") and test:
         scores = map_chunks(len(test), lambda chunk: recipe.scores(nets, test[chunk],
@@ -126,9 +140,22 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
     metrics: dict[str, float] | None = None
     rank, _ = _rank_and_world()
     if rank == 0:
-        samples = np.concatenate(generated).reshape(num_samples, -1)
-        metrics = {**_mean_scores(scores), **sample_metrics(samples, held_out(test, MAX_REFERENCE_SAMPLES),
-                                                              recipe.info, seed)}
+        samples = np.concatenate([chunk["features"] for chunk in generated])
+        reference = held_out(test, MAX_REFERENCE_SAMPLES)
+        if featurizer.num_modes is not None and len(reference):
+            reference = featurizer.features(reference.reshape(len(reference), *recipe.info.sample_shape))
+        metrics = {**_mean_scores(scores), **sample_metrics(samples, reference, recipe.info, seed)}
+        if featurizer.num_modes is not None:
+            from gendist.metrics.modes import kl_to_uniform
+
+            counts = np.bincount(np.concatenate([chunk["labels"] for chunk in generated]),
+                                 minlength=featurizer.num_modes)
+            metrics.update(modes_covered=int(np.count_nonzero(counts)), num_modes=featurizer.num_modes,
+                           kl_mode_histogram=kl_to_uniform(counts))
+            if artifacts is not None:
+                artifacts.update(labels=generated[0]["labels"], mode_counts=counts)
+        if artifacts is not None:
+            artifacts["samples"] = generated[0]["x"]
     return broadcast_object(metrics)
 
 

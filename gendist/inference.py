@@ -24,12 +24,18 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: Path) -> LoadedRun:
+def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
+    """`checkpoint`: latest (the newest good one) or best (RUN/best, kept by ckpt.best_metric)."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the run.dir of a training run")
     config = load_config(config_path)
-    folder = find_resumable(run_dir / "checkpoints")
+    if checkpoint == "best":
+        folder = run_dir / "best" / "checkpoint"
+        if not folder.is_dir():
+            raise UserError(f"'{run_dir}' has no best checkpoint (RUN/best); train with ckpt.best_metric=KEY")
+    else:
+        folder = find_resumable(run_dir / "checkpoints")
     if folder is None:
         raise UserError(f"'{run_dir}' has no usable checkpoint yet; train longer or check {run_dir}/checkpoints")
     dist_info = init_distributed(config.dist.timeout_s)

@@ -75,6 +75,12 @@ class Tracker:
 
             self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
 
+    def log_histograms(self, step: int, values: dict[str, np.ndarray]) -> None:
+        if self.enabled and self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Histogram(np.asarray(v).reshape(-1)) for key, v in values.items()}, step=step)
+
     def summary(self, metrics: dict[str, float]) -> None:
         if self.enabled and self.wandb_run is not None:
             self.wandb_run.summary.update(metrics)
@@ -156,3 +162,104 @@ def _image_grid(images: torch.Tensor, path: Path) -> None:
 
 def warn(message: str) -> None:
     print(f"gendist: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(metrics_path: Path, path: Path) -> Path | None:
+    """Loss curves (every `*/loss` key) and evaluation curves (every `eval/*` key), one panel each, from
+    metrics.jsonl."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    if not metrics_path.is_file():
+        return None
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for key, value in record.items():
+            if (key.endswith("/loss") or key.startswith("eval/")) and isinstance(value, (int, float)) \
+                    and math.isfinite(value):
+                series.setdefault(key, []).append((record["step"], float(value)))
+    if not series:
+        return None
+    plt = _pyplot()
+    keys = sorted(series, key=lambda k: (k.startswith("eval/"), k))
+    columns = min(4, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), dpi=90, squeeze=False)
+    for axis, key in zip(axes.flat, keys):
+        steps, values = zip(*series[key])
+        axis.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3)
+        axis.set_title(key, fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(keys):]:
+        axis.axis("off")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_mode_histogram(counts: np.ndarray, path: Path) -> Path:
+    """Samples per mode (class), modes sorted by count, with the uniform level: a collapsed generator shows
+    a long empty tail."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 2.6), dpi=90)
+    ordered = np.sort(counts)[::-1]
+    axis.bar(np.arange(len(ordered)), ordered, width=1.0, color="#1f77b4")
+    axis.axhline(counts.sum() / len(counts), color="#d62728", lw=1, label="uniform")
+    axis.set_xlabel(f"mode (sorted; {np.count_nonzero(counts)} of {len(counts)} covered)", fontsize=8)
+    axis.set_ylabel("samples", fontsize=8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_score_histograms(scores: dict[str, np.ndarray], path: Path) -> Path:
+    """Overlaid histograms, e.g. discriminator outputs on real and generated samples."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3), dpi=90)
+    for name, values in scores.items():
+        axis.hist(np.asarray(values).reshape(-1), bins=50, histtype="step", label=name)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def save_class_grid(samples: np.ndarray, labels: np.ndarray, num_classes: int, path: Path,
+                    per_class: int = 8) -> Path:
+    """Image samples arranged by predicted class: row c holds up to `per_class` samples the classifier calls
+    c (empty cells stay grey): which classes a generator draws, and how well."""
+    shape = samples.shape[1:]
+    cells = np.full((num_classes, per_class, *shape), 0.5, np.float32)
+    for label in range(num_classes):
+        chosen = samples[labels == label][:per_class]
+        cells[label, :len(chosen)] = chosen
+    _image_grid_rows(torch.from_numpy(cells.reshape(num_classes * per_class, *shape)), per_class, path)
+    return path
+
+
+def _image_grid_rows(images: torch.Tensor, columns: int, path: Path) -> None:
+    rows = images.shape[0] // columns
+    cells = torch.nn.functional.pad(images.clamp(0, 1), (1, 1, 1, 1), value=0.5)
+    grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
+    pixels = (grid.numpy() * 255).round().astype(np.uint8)
+    scale = max(1, 256 // max(pixels.shape[:2]))
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)

@@ -99,19 +99,94 @@ class Hooks:
         self.tracker.log_image(trainer.step, kind, path)
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        """Evaluation shared by all ranks (gendist.evaluation); rank 0 logs and writes eval.json."""
+        """Evaluation shared by all ranks (gendist.evaluation); rank 0 logs, writes eval.json and the
+        pictures (curves, mode histogram, per-class grid, discriminator outputs); the best checkpoint by
+        ckpt.best_metric is kept in RUN/best."""
+        config, recipe, step = self.config, trainer.recipe, trainer.step
+        artifacts: dict = {}
+        diagnostics: dict = {}
         with trainer.sampling() as nets:
-            metrics = evaluate_recipe(trainer.recipe, nets, self.spec, self.config.train.seed,
-                                      self.config.eval.num_samples)
+            metrics = evaluate_recipe(recipe, nets, self.spec, config.train.seed, config.eval.num_samples,
+                                      config.eval.features, artifacts if trainer.dist.is_main else None)
+            if hasattr(recipe, "diagnostics"):  # every rank: a forward through sharded units is a collective
+                x = next(iter(iterate_test(self.spec, batch_size=500, limit=500)), None)
+                if x is not None:
+                    diagnostics = {k: v.cpu().numpy() for k, v in recipe.diagnostics(
+                        nets, x, torch.Generator().manual_seed(config.train.seed)).items()}
         if trainer.dist.is_main:
-            self.tracker.log(trainer.step, {f"eval/{k}": v for k, v in metrics.items()})
+            self.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
             self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
-            write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": trainer.step, **metrics}, indent=1).encode())
+            write_bytes_atomic(self.run_dir / "eval.json", json.dumps({"step": step, **metrics}, indent=1).encode())
+            self.pictures(step, artifacts, diagnostics)
+        if config.ckpt.best_metric:
+            self.keep_best(trainer, metrics)
         barrier()
         return metrics
 
+    def pictures(self, step: int, artifacts: dict, diagnostics: dict) -> None:
+        from gendist.tracking import plot_curves, plot_mode_histogram, plot_score_histograms, save_class_grid
 
-def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int) -> dict[str, float]:
+        plots = self.run_dir / "plots"
+        curves = plot_curves(self.run_dir / "metrics.jsonl", plots / "curves.png")
+        if curves is not None:
+            self.tracker.log_image(step, "plots/curves", curves)
+        if "mode_counts" in artifacts:
+            counts = artifacts["mode_counts"]
+            self.tracker.log_image(step, "plots/mode_histogram",
+                                   plot_mode_histogram(counts, plots / f"modes_step_{step:08d}.png"))
+            if len(counts) <= 20 and self.spec.info.kind == "images":
+                path = save_class_grid(artifacts["samples"], artifacts["labels"], len(counts),
+                                       self.run_dir / "samples" / f"classes_step_{step:08d}.png")
+                self.tracker.log_image(step, "samples_by_class", path)
+        if diagnostics:
+            self.tracker.log_histograms(step, {f"discriminator/{k}": v for k, v in diagnostics.items()})
+            self.tracker.log_image(step, "plots/discriminator_outputs", plot_score_histograms(
+                diagnostics, plots / f"discriminator_step_{step:08d}.png"))
+
+    def keep_best(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """If this evaluation beats RUN/best/best.json by ckpt.best_metric, checkpoint this step (if not done
+        yet) and copy it to RUN/best (atomically: a copy, then a rename). Retention never touches RUN/best.
+        Every rank calls it (saving is a collective); metrics are the same on every rank."""
+        key = self.config.ckpt.best_metric
+        if key not in metrics:
+            print0(f"gendist: WARNING: ckpt.best_metric={key} is not among this run's evaluation keys "
+                   f"({', '.join(sorted(metrics))}); no best checkpoint kept")
+            return
+        value = float(metrics[key])
+        mode = self.config.ckpt.best_mode
+        if mode == "auto":
+            higher = ("modes_covered", "hq_fraction", "precision", "recall", "test_elbo", "test_log_likelihood",
+                      "c2st_p_value", "mmd_p_value")
+            mode = "max" if key.startswith(higher) or key.endswith(higher) else "min"
+        record = self.run_dir / "best" / "best.json"
+        better = None
+        if trainer.dist.is_main:  # decided on rank 0 (the folder may not be shared), then by every rank
+            previous = json.loads(record.read_text()) if record.is_file() else None
+            better = value == value and (previous is None or (
+                value > previous["value"] if mode == "max" else value < previous["value"]))
+        if not broadcast_object(better):
+            return
+        self.save(trainer)
+        if trainer.dist.is_main:
+            import shutil
+
+            source = self.run_dir / "checkpoints" / f"step_{trainer.step:08d}"
+            staging = self.run_dir / ".best.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging / "checkpoint")
+            (staging / "best.json").write_text(json.dumps({"step": trainer.step, "metric": key, "mode": mode,
+                                                           "value": value}, indent=1))
+            old = self.run_dir / ".best.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if (self.run_dir / "best").exists():
+                (self.run_dir / "best").rename(old)
+            staging.rename(self.run_dir / "best")
+            shutil.rmtree(old, ignore_errors=True)
+            print0(f"gendist: best {key}={value:.6g} at step {trainer.step}: kept in {self.run_dir / 'best'}")
+
+
+def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, features: str = "pixels",
+                    artifacts: dict | None = None) -> dict[str, float]:
     """The recipe's evaluation on held-out data (both domains' for two-domain data), shared over ranks:
     every rank calls it and gets the same metrics."""
     from gendist.evaluation import CHUNK, MAX_TEST_SAMPLES, evaluate
@@ -120,7 +195,7 @@ def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int) -
         return lambda: iterate_test(domain, batch_size=CHUNK, limit=MAX_TEST_SAMPLES)
 
     return evaluate(recipe, nets, held_out(spec), seed, num_samples,
-                    held_out(spec.domain_b) if spec.domain_b is not None else None)
+                    held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts)
 
 
 def requeue_slurm_job_once() -> None:

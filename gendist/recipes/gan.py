@@ -174,6 +174,17 @@ class GANRecipe:
                             reads_weights_of=("discriminator",) if unroll else ()))
         return phases
 
+    @torch.no_grad()
+    def diagnostics(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Discriminator outputs on held-out data x and on as many generated samples (their histograms go
+        to W&B and RUN/plots): two separated humps mean a winning discriminator, one a fooled one."""
+        pack = self.config.gan.pack
+        count = len(x) - len(x) % pack
+        device = next(nets.discriminator.parameters()).device
+        fake = self.sample(nets, count, generator)
+        return {"real": nets.discriminator(pack_samples(x[:count].to(device), pack)).float().reshape(-1),
+                "generated": nets.discriminator(pack_samples(fake, pack)).float().reshape(-1)}
+
     def sample(self, nets: Nets, count: int, generator: torch.Generator,
                inputs: torch.Tensor | None = None) -> torch.Tensor:
         """`count` samples G(z); `inputs` (latent codes (count, latent_dim)) replace the random z."""
