@@ -137,13 +137,19 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
     if hasattr(recipe, "scores") and test:
         scores = map_chunks(len(test), lambda chunk: recipe.scores(nets, test[chunk],
                                                                    chunk_generator(seed, STREAM_SCORES, chunk)))
+    reference_chunks = []  # held-out data in the feature space, featurized by the ranks like the samples
+    if featurizer.num_modes is not None:
+        needed = math.ceil(MAX_REFERENCE_SAMPLES / CHUNK)
+        reference_chunks = map_chunks(min(needed, len(test)), lambda chunk: featurizer.features(
+            test[chunk].float().cpu().numpy()))
     metrics: dict[str, float] | None = None
     rank, _ = _rank_and_world()
     if rank == 0:
         samples = np.concatenate([chunk["features"] for chunk in generated])
-        reference = held_out(test, MAX_REFERENCE_SAMPLES)
-        if featurizer.num_modes is not None and len(reference):
-            reference = featurizer.features(reference.reshape(len(reference), *recipe.info.sample_shape))
+        if reference_chunks:
+            reference = np.concatenate(reference_chunks)[:MAX_REFERENCE_SAMPLES]
+        else:
+            reference = held_out(test, MAX_REFERENCE_SAMPLES)
         metrics = {**_mean_scores(scores), **sample_metrics(samples, reference, recipe.info, seed)}
         if featurizer.num_modes is not None:
             from gendist.metrics.modes import kl_to_uniform

@@ -12,14 +12,16 @@ pytestmark = pytest.mark.slow
 
 SHORT = ["train.max_steps=30", "log.every=10", "ckpt.every=30", "log.sample_every=0", "log.wandb=false",
          "log.progress=false", "eval.num_samples=1200", "train.batch_size=32"]
+VAE = ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2", "vae.iw_samples=8"]
 CASES = {
-    # VAE under DDP: per-sample scores (ELBO, importance-weighted bound) of held-out chunks over ranks too
-    "ddp-vae": ("launch/cpu-ddp.yaml", ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian",
-                                         "model.latent_dim=2", "vae.iw_samples=8"]),
-    # GAN under ZeRO-3: every sampling forward gathers the generator's partitions (a collective)
-    "zero3-gan": ("launch/cpu-deepspeed-zero3.yaml", ["configs/gan_ring.yaml"]),
-    # GAN under FSDP with an EMA: the sharded EMA is swapped into the sharded generator for evaluation
-    "fsdp-gan-ema": ("launch/cpu-fsdp.yaml", ["configs/gan_ring.yaml", "train.ema_decay=0.9"]),
+    "ddp-gan": ("launch/cpu-ddp.yaml", ["configs/gan_ring.yaml"]),
+    # VAE under ZeRO-3: every sampling forward gathers the partitions (a collective); per-sample scores
+    # (ELBO, importance-weighted bound) of held-out chunks over ranks; the Gaussian decoder's own
+    # log-variance is used by methods (encode, importance_weighted) the unit's forward runs
+    "zero3-vae": ("launch/cpu-deepspeed-zero3.yaml", VAE),
+    # VAE under FSDP with an EMA: the sharded EMA is swapped into the sharded network for evaluation, and
+    # the network's own methods gather like forwards (register_fsdp_forward_method)
+    "fsdp-vae-ema": ("launch/cpu-fsdp.yaml", [*VAE, "train.ema_decay=0.9"]),
 }
 
 

@@ -73,7 +73,12 @@ class Hooks:
                 samples = recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
                                         torch.Generator().manual_seed(self.config.train.seed))
                 if trainer.dist.is_main:
-                    path = save_samples(samples.float().cpu(), info, folder / f"step_{trainer.step:08d}.png")
+                    reference = None  # points are drawn over held-out data (grey), so coverage shows at a glance
+                    if info.kind == "points":
+                        held_out = list(iterate_test(self.spec, batch_size=2500, limit=2500))
+                        reference = held_out[0].numpy() if held_out else None
+                    path = save_samples(samples.float().cpu(), info, folder / f"step_{trainer.step:08d}.png",
+                                        reference)
                     self.tracker.log_image(trainer.step, "samples", path)
             if getattr(recipe, "input_grid", "") and info.kind == "images":
                 self.input_grid(trainer, nets)

@@ -107,6 +107,12 @@ class DeepSpeedStrategy(Strategy):
                                                                config=json.loads(json.dumps(ds_config)))
                 if self.stage == 3:
                     share_zero3_master_partition(engine.optimizer)
+                    # A network's own parameters (a Gaussian VAE's log-variance) are fetched by its forward's
+                    # hook only; its other methods (encode, importance_weighted) run inside the unit's forward
+                    # (Member routes them there), so the unit fetches them too.
+                    for network in engine.module.values():
+                        for param in network.parameters(recurse=False):
+                            deepspeed.zero.register_external_parameter(engine.module, param)
                 self.engines[name] = engine
                 self.wrapped[name] = engine
                 self.optimizers[name] = optimizer
