@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,15 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _gendist import gendist  # noqa: E402
 KEYS = ("modes_covered", "num_modes", "kl_mode_histogram", "frechet_distance", "kid", "precision", "recall", "mmd2")
-
-
-def gendist(*args: str, env: dict) -> str:
-    result = subprocess.run([sys.executable, "-m", "gendist", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"gendist {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,20 +23,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def gendist(*args: str, env: dict) -> str:
-    result = subprocess.run([sys.executable, "-m", "gendist", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"gendist {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.stdout
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _gendist import gendist  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--samples", type=int, default=26_000)
     parser.add_argument("--max-kl", type=float, default=0.05)
     parser.add_argument("--work", type=Path, default=None)

@@ -203,6 +203,14 @@ def command_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        print(f"{key:>32s}  {value:.6g}" if isinstance(value, float) else f"{key:>32s}  {value}")
+
+
 def command_compare(args: argparse.Namespace) -> int:
     """`gendist eval --real A --fake B`: two-sample statistics of two sample sets, no run needed."""
     from gendist.evaluation import TWO_SAMPLE_METRICS, compare_sets
@@ -226,11 +234,7 @@ def command_compare(args: argparse.Namespace) -> int:
         raise UserError("--metrics modes: counting modes needs a classifier; pass --features classifier:DIR "
                         "(train one with `gendist classifier train --data SPEC --out DIR`)")
     result = {"features": featurizer.name, **compare_sets(real, fake, metrics, featurizer, seed=args.seed or 0)}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>32s}  {value:.6g}" if isinstance(value, float) else f"{key:>32s}  {value}")
+    print_metrics(result, args.json)
     return 0
 
 
@@ -256,11 +260,7 @@ def command_eval(args: argparse.Namespace) -> int:
                                                           loaded.config.eval.num_samples, loaded.config.eval.features)}
     if not is_main():
         return 0
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        for key, value in metrics.items():
-            print(f"{key:>32s}  {value:.6g}" if isinstance(value, float) else f"{key:>32s}  {value}")
+    print_metrics(metrics, args.json)
     return 0
 
 

@@ -152,12 +152,7 @@ def _image_grid(images: torch.Tensor, path: Path) -> None:
     columns = int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / columns))
     pad = torch.zeros(rows * columns - count, *images.shape[1:])
-    cells = torch.nn.functional.pad(torch.cat([images, pad]).clamp(0, 1), (1, 1, 1, 1), value=0.5)  # 1-px frame
-    grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
-    pixels = (grid.numpy() * 255).round().astype(np.uint8)
-    scale = max(1, 256 // max(pixels.shape[:2]))  # small images (8x8 digits) are enlarged to be seen
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    _image_grid_rows(torch.cat([images, pad]), columns, path)
 
 
 def warn(message: str) -> None:
@@ -202,10 +197,14 @@ def plot_curves(metrics_path: Path, path: Path) -> Path | None:
         axis.tick_params(labelsize=7)
     for axis in list(axes.flat)[len(keys):]:
         axis.axis("off")
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure, path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
 
 
@@ -220,11 +219,7 @@ def plot_mode_histogram(counts: np.ndarray, path: Path) -> Path:
     axis.set_xlabel(f"mode (sorted; {np.count_nonzero(counts)} of {len(counts)} covered)", fontsize=8)
     axis.set_ylabel("samples", fontsize=8)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def plot_score_histograms(scores: dict[str, np.ndarray], path: Path) -> Path:
@@ -234,11 +229,7 @@ def plot_score_histograms(scores: dict[str, np.ndarray], path: Path) -> Path:
     for name, values in scores.items():
         axis.hist(np.asarray(values).reshape(-1), bins=50, histtype="step", label=name)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def save_class_grid(samples: np.ndarray, labels: np.ndarray, num_classes: int, path: Path,
@@ -255,11 +246,12 @@ def save_class_grid(samples: np.ndarray, labels: np.ndarray, num_classes: int, p
 
 
 def _image_grid_rows(images: torch.Tensor, columns: int, path: Path) -> None:
+    """(rows x columns, C, H, W) in [0, 1] -> one PNG, row-major, each cell in a 1-px grey frame."""
     rows = images.shape[0] // columns
     cells = torch.nn.functional.pad(images.clamp(0, 1), (1, 1, 1, 1), value=0.5)
     grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
     pixels = (grid.numpy() * 255).round().astype(np.uint8)
-    scale = max(1, 256 // max(pixels.shape[:2]))
+    scale = max(1, 256 // max(pixels.shape[:2]))  # small images (8x8 digits) are enlarged to be seen
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)

@@ -48,7 +48,7 @@ RECIPES = {
 CASES = [(strategy, recipe) for recipe in ("bigan_sgd", "cyclegan_sgd")
          for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
 CASES += [("ddp", "gan_sgd"), ("zero2", "gan_sgd"), ("fsdp", "gan_sgd"),
-          ("ddp", "vae"), ("zero3", "vae"),  # one network, a Gaussian decoder's log-variance
+          ("ddp", "vae"), ("zero3", "vae"), ("fsdp", "vae"),  # one network that owns a parameter (the Gaussian decoder's log-variance)
           ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
           ("fsdp", "wgan_clip"), ("zero2", "wgan_clip"), ("zero3", "wgan_clip"),
