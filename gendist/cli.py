@@ -257,7 +257,8 @@ def command_eval(args: argparse.Namespace) -> int:
 
     with torch.no_grad():  # shared over ranks when launched with several processes
         metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
-                                                          loaded.config.eval.num_samples, loaded.config.eval.features)}
+                                                          loaded.config.eval.num_samples, loaded.config.eval.features,
+                                                          which=loaded.config.eval.metrics)}
     if not is_main():
         return 0
     print_metrics(metrics, args.json)

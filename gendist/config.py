@@ -168,6 +168,9 @@ class EvalConfig:
     # feature space of the two-sample metrics: pixels, or classifier:DIR (`gendist classifier train`), whose
     # predictions also give class/mode histograms (modes_covered, kl_mode_histogram) and per-class grids
     features: str = "pixels"
+    # metric groups: mmd (MMD²), c2st (classifier two-sample test), kid, fd (Fréchet distance), pr
+    # (precision/recall), modes (mixture or classifier mode coverage); per-sample scores always
+    metrics: list[str] = field(default_factory=lambda: ["mmd", "kid", "fd", "pr", "modes"])
 
 
 @dataclass
@@ -359,6 +362,9 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 def validate(config: RunConfig) -> None:
     features = config.eval.features
+    unknown = sorted(set(config.eval.metrics) - {"mmd", "c2st", "kid", "fd", "pr", "modes"})
+    if unknown:
+        raise UserError(f"config: eval.metrics has unknown {', '.join(unknown)}; choose from mmd, c2st, kid, fd, pr, modes")
     if features != "pixels" and not (features.startswith("classifier:") and len(features) > len("classifier:")):
         raise UserError(f"config: eval.features must be pixels or classifier:DIR, got {features!r}")
     """Range checks that types cannot express."""

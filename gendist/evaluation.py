@@ -78,26 +78,38 @@ def held_out(test_batches: Sequence[torch.Tensor], limit: int) -> np.ndarray:
     return np.concatenate(rows)[:limit] if rows else np.zeros((0, 0), np.float32)
 
 
-def sample_metrics(generated: np.ndarray, reference: np.ndarray, info: DataInfo, seed: int) -> dict[str, float]:
-    """Mode coverage for mixtures; MMD, KID, Fréchet distance and precision/recall against held-out data.
+DEFAULT_METRICS = ("mmd", "kid", "fd", "pr", "modes")
+
+
+def sample_metrics(generated: np.ndarray, reference: np.ndarray, info: DataInfo, seed: int,
+                   which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Of `which`: mode coverage for mixtures (modes); MMD² (mmd), the classifier two-sample test (c2st), KID
+    (kid), Fréchet distance (fd) and precision/recall (pr) against held-out data.
     generated (N, D), reference (M, D): flattened samples."""
-    from gendist.metrics import frechet_distance, kernel_inception_distance, mmd2, mode_coverage, precision_recall
+    from gendist.metrics import (classifier_two_sample_test, frechet_distance, kernel_inception_distance, mmd2,
+                                 mode_coverage, precision_recall)
 
     generated = generated.reshape(len(generated), -1)
     metrics: dict[str, float] = {}
-    if info.modes is not None and info.mode_std is not None:
+    if "modes" in which and info.modes is not None and info.mode_std is not None:
         coverage = mode_coverage(generated, np.asarray(info.modes), info.mode_std)
         metrics.update(modes_covered=int(coverage["modes_covered"]), num_modes=int(coverage["num_modes"]),
                        hq_fraction=float(coverage["hq_fraction"]),
                        kl_mode_histogram=float(coverage["kl_mode_histogram"]))
     if len(reference) >= 2:
         count = min(len(reference), len(generated))
-        metrics["mmd2"] = float(mmd2(generated[:count], reference[:count]))
-        metrics["frechet_distance"] = float(frechet_distance(generated, reference))
-        kid = kernel_inception_distance(generated, reference, seed=seed)
-        metrics["kid"] = float(kid["kid"])
-        pr = precision_recall(reference, generated[:count])
-        metrics.update(precision=float(pr["precision"]), recall=float(pr["recall"]))
+        if "mmd" in which:
+            metrics["mmd2"] = float(mmd2(generated[:count], reference[:count]))
+        if "c2st" in which and count >= 4:
+            test = classifier_two_sample_test(generated[:count], reference[:count], seed=seed)
+            metrics.update(c2st_accuracy=float(test["accuracy"]), c2st_p_value=float(test["p_value"]))
+        if "fd" in which:
+            metrics["frechet_distance"] = float(frechet_distance(generated, reference))
+        if "kid" in which:
+            metrics["kid"] = float(kernel_inception_distance(generated, reference, seed=seed)["kid"])
+        if "pr" in which:
+            pr = precision_recall(reference, generated[:count])
+            metrics.update(precision=float(pr["precision"]), recall=float(pr["recall"]))
     return metrics
 
 
@@ -110,16 +122,17 @@ def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[
 
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
              test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
-             artifacts: dict | None = None) -> dict[str, float]:
+             artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
     `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data).
     `features`: pixels or classifier:DIR (each rank featurizes its own chunks; the classifier's predictions
-    add modes_covered, num_modes and kl_mode_histogram). `artifacts`, when given, receives for pictures the
+    add modes_covered, num_modes and kl_mode_histogram). `which`: the metric groups (eval.metrics; per-sample
+    scores are always reported). `artifacts`, when given, receives for pictures the
     first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`)."""
     test = list(test_data())
     if getattr(recipe, "input_grid", "") == "translations":
-        return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed)
+        return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed, which)
     from gendist.features import build_featurizer
 
     featurizer = build_featurizer(features, recipe.info.sample_shape)
@@ -150,8 +163,8 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
             reference = np.concatenate(reference_chunks)[:MAX_REFERENCE_SAMPLES]
         else:
             reference = held_out(test, MAX_REFERENCE_SAMPLES)
-        metrics = {**_mean_scores(scores), **sample_metrics(samples, reference, recipe.info, seed)}
-        if featurizer.num_modes is not None:
+        metrics = {**_mean_scores(scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
+        if featurizer.num_modes is not None and "modes" in which:
             from gendist.metrics.modes import kl_to_uniform
 
             counts = np.bincount(np.concatenate([chunk["labels"] for chunk in generated]),
@@ -166,7 +179,7 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
 
 
 def _evaluate_translation(recipe, nets, test_a: list[torch.Tensor], test_b: list[torch.Tensor],
-                          seed: int) -> dict[str, float]:
+                          seed: int, which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
     """Cycle L1 on held-out images of both domains, and two-sample metrics of A -> B translations against
     held-out B (and B -> A against held-out A)."""
     if not test_a or not test_b:
@@ -188,7 +201,8 @@ def _evaluate_translation(recipe, nets, test_a: list[torch.Tensor], test_b: list
         metrics = {"test_cycle_l1_a": _mean_scores(a2b)["cycle_l1"], "test_cycle_l1_b": _mean_scores(b2a)["cycle_l1"]}
         for prefix, chunks, reference, domain in (("a2b_", a2b, test_b, recipe.info_b), ("b2a_", b2a, test_a, recipe.info)):
             fakes = np.concatenate([chunk["fake"].reshape(len(chunk["fake"]), -1) for chunk in chunks])
-            for key, value in sample_metrics(fakes, held_out(reference, MAX_REFERENCE_SAMPLES), domain, seed).items():
+            for key, value in sample_metrics(fakes, held_out(reference, MAX_REFERENCE_SAMPLES), domain, seed,
+                                             which).items():
                 metrics[prefix + key] = value
     return broadcast_object(metrics)
 

@@ -112,7 +112,8 @@ class Hooks:
         diagnostics: dict = {}
         with trainer.sampling() as nets:
             metrics = evaluate_recipe(recipe, nets, self.spec, config.train.seed, config.eval.num_samples,
-                                      config.eval.features, artifacts if trainer.dist.is_main else None)
+                                      config.eval.features, artifacts if trainer.dist.is_main else None,
+                                      config.eval.metrics)
             if hasattr(recipe, "diagnostics"):  # every rank: a forward through sharded units is a collective
                 x = next(iter(iterate_test(self.spec, batch_size=500, limit=500)), None)
                 if x is not None:
@@ -191,16 +192,17 @@ class Hooks:
 
 
 def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, features: str = "pixels",
-                    artifacts: dict | None = None) -> dict[str, float]:
+                    artifacts: dict | None = None, which: tuple[str, ...] | list[str] | None = None) -> dict[str, float]:
     """The recipe's evaluation on held-out data (both domains' for two-domain data), shared over ranks:
     every rank calls it and gets the same metrics."""
-    from gendist.evaluation import CHUNK, MAX_TEST_SAMPLES, evaluate
+    from gendist.evaluation import CHUNK, DEFAULT_METRICS, MAX_TEST_SAMPLES, evaluate
 
     def held_out(domain: DataSpec):
         return lambda: iterate_test(domain, batch_size=CHUNK, limit=MAX_TEST_SAMPLES)
 
     return evaluate(recipe, nets, held_out(spec), seed, num_samples,
-                    held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts)
+                    held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts,
+                    DEFAULT_METRICS if which is None else tuple(which))
 
 
 def requeue_slurm_job_once() -> None:
