@@ -74,3 +74,41 @@ def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys)
     assert main([str(names.get(arg, arg)) for arg in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gendist: error:") and message in err[0], err
+
+
+def test_inception_features_feed_torch_fidelity_uint8_rgb(tmp_path, monkeypatch):
+    """torch-fidelity is not installed here (it pulls torchvision); a stand-in with its constructor and call
+    signature checks gendist's side: the weights path is passed on, images reach it as uint8 RGB in 0..255,
+    grey ones repeated to 3 channels, and its 2048-d output comes back as the features."""
+    import sys
+    import types
+
+    import torch
+
+    from gendist.features import build_featurizer
+
+    seen = {}
+
+    class FeatureExtractorInceptionV3(torch.nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            seen.update(name=name, features=features_list, weights=feature_extractor_weights_path)
+
+        def forward(self, x):
+            seen.setdefault("batches", []).append(x)
+            return (x.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048],)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FeatureExtractorInceptionV3
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"0")
+    featurizer = build_featurizer(f"inception:{weights}", (1, 8, 8))
+    x = np.linspace(0, 1, 300 * 64, dtype=np.float32).reshape(300, 1, 8, 8)
+    features = featurizer.features(x)
+    assert seen["weights"] == str(weights) and seen["features"] == ["2048"]
+    assert features.shape == (300, 2048)
+    batch = seen["batches"][0]
+    assert batch.dtype == torch.uint8 and batch.shape[1] == 3 and int(batch.max()) <= 255
+    assert torch.equal(batch[:, 0], batch[:, 1]) and int(batch[-1].max()) > 200
