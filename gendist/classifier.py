@@ -128,7 +128,7 @@ def load_classifier(folder: Path) -> tuple[Classifier, dict]:
     from safetensors.torch import load_file
 
     if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
-        raise UserError(f"classifier '{folder}': no {META}/{WEIGHTS}; make one with "
+        raise UserError(f"classifier '{folder}': no {META}/{WEIGHTS} there; make one with "
                         "`gendist classifier train --data SPEC --out DIR`")
     meta = json.loads((folder / META).read_text())
     model = Classifier(tuple(meta["shape"]), int(meta["num_classes"]))

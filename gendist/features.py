@@ -32,14 +32,14 @@ class ClassifierFeatures(Featurizer):
     split into k channel groups, each featurized and classified alone: features are concatenated and the
     mode is the k labels read as a number in base num_classes (stacked digits: 10^3 modes)."""
 
-    def __init__(self, folder: Path, sample_shape: tuple[int, ...]):
+    def __init__(self, folder: Path, sample_shape: tuple[int, ...], key: str = "--features"):
         from gendist.classifier import load_classifier
 
         self.model, meta = load_classifier(folder)
         self.name = f"classifier:{folder}"
         shape, classes = tuple(meta["shape"]), int(meta["num_classes"])
         if len(shape) != len(sample_shape) or tuple(sample_shape[1:]) != shape[1:] or sample_shape[0] % shape[0]:
-            raise UserError(f"--features {self.name}: the classifier takes samples of shape {shape} (or k times its "
+            raise UserError(f"{key} {self.name}: the classifier takes samples of shape {shape} (or k times its "
                             f"channels), the data have {tuple(sample_shape)}; train a classifier on data of this shape")
         self.groups = sample_shape[0] // shape[0] if len(shape) == 3 else 1
         self.channels, self.classes = shape[0], classes
@@ -73,12 +73,12 @@ class InceptionFeatures(Featurizer):
     """2048-d pool features of torch-fidelity's Inception-v3 (the FID network) from a local weights file.
     Images are scaled to 0..255 uint8 and grey ones repeated to 3 channels, as torch-fidelity expects."""
 
-    def __init__(self, weights: Path, sample_shape: tuple[int, ...]):
+    def __init__(self, weights: Path, sample_shape: tuple[int, ...], key: str = "--features"):
         if len(sample_shape) != 3 or sample_shape[0] not in (1, 3):
-            raise UserError(f"--features inception:{weights}: needs 1- or 3-channel images, the data have "
+            raise UserError(f"{key} inception:{weights}: needs 1- or 3-channel images, the data have "
                             f"{tuple(sample_shape)}")
         if not weights.is_file():
-            raise UserError(f"--features inception:{weights}: no such file; pass the path of torch-fidelity's "
+            raise UserError(f"{key} inception:{weights}: no such file; pass the path of torch-fidelity's "
                             "Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth) on local disk")
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -100,12 +100,13 @@ class InceptionFeatures(Featurizer):
         return np.concatenate(out)
 
 
-def build_featurizer(spec: str, sample_shape: tuple[int, ...]) -> Featurizer:
+def build_featurizer(spec: str, sample_shape: tuple[int, ...], key: str = "--features") -> Featurizer:
+    """`key` names the option in error messages (--features, eval.features)."""
     name, _, argument = spec.partition(":")
     if spec == "pixels":
         return Featurizer()
     if name == "classifier" and argument:
-        return ClassifierFeatures(Path(argument).expanduser(), sample_shape)
+        return ClassifierFeatures(Path(argument).expanduser(), sample_shape, key)
     if name == "inception" and argument:
-        return InceptionFeatures(Path(argument).expanduser(), sample_shape)
-    raise UserError(f"--features: unknown feature space '{spec}'; expected one of {FEATURE_SPECS}")
+        return InceptionFeatures(Path(argument).expanduser(), sample_shape, key)
+    raise UserError(f"{key}: unknown feature space '{spec}'; expected one of {FEATURE_SPECS}")

@@ -223,6 +223,10 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     dist_info = init_distributed(config.dist.timeout_s)
     spec = resolve_data(config, dist_info)
     check_batch_size(config, spec, dist_info)
+    if config.eval.features != "pixels":  # a missing or mismatched classifier stops the run now, not at its end
+        from gendist.features import build_featurizer
+
+        build_featurizer(config.eval.features, spec.info.sample_shape, key="eval.features")
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     recipe = build_recipe(config, spec.info)
     strategy = build_strategy(config, dist_info)
