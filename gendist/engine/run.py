@@ -167,6 +167,8 @@ class Hooks:
         record = self.run_dir / "best" / "best.json"
         better = None
         if trainer.dist.is_main:  # decided on rank 0 (the folder may not be shared), then by every rank
+            if not (self.run_dir / "best").exists() and (self.run_dir / ".best.old").exists():
+                (self.run_dir / ".best.old").rename(self.run_dir / "best")  # killed between the two renames
             previous = json.loads(record.read_text()) if record.is_file() else None
             better = value == value and (previous is None or (
                 value > previous["value"] if mode == "max" else value < previous["value"]))

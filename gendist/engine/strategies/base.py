@@ -140,8 +140,13 @@ class Strategy:
         no unit's weights are gathered or copied. For sampling and evaluation under torch.no_grad()."""
         nets = {}
         for unit in self.units.values():
-            nets.update({member: Member(unit, network, member) for member, network in unit.items()})
+            call = self.sampling_call(unit)
+            nets.update({member: Member(call, network, member) for member, network in unit.items()})
         return Nets(nets)
+
+    def sampling_call(self, unit: Unit):
+        """What a sampling Member calls: `call(member, *args, _method=..., **kwargs)`; the unit itself."""
+        return unit
 
     def sampling_autocast(self):
         """Sampling runs in the parameters' own precision: float32 master weights need no autocast."""

@@ -22,8 +22,6 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from gendist.checkpoint import load_torch, save_torch
 from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy, reject_weight_readers
-from gendist.engine.units import Member
-from gendist.recipes.base import Nets
 from gendist.recipes.base import Phase
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -57,23 +55,20 @@ class FSDPStrategy(Strategy):
     def autocast(self):
         return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts parameters itself
 
-    def sampling_nets(self) -> Nets:
-        """Like the base class, but a network's own methods (a VAE's encode, importance_weighted) run with the
-        network's parameter group gathered: FSDP's hooks gather only for `forward` (children gather in their
-        own forwards), and register_fsdp_forward_method breaks a forward that calls such a method."""
-        nets = {}
-        for unit in self.units.values():
-            def call(member: str, *args, _unit=unit, _method: str = "forward", **kwargs):
-                network = _unit[member]
-                if _method == "forward" or not isinstance(network, FSDPModule):
-                    return _unit(member, *args, _method=_method, **kwargs)
-                network.unshard()
-                try:
-                    return getattr(network, _method)(*args, **kwargs)
-                finally:
-                    network.reshard()
-            nets.update({member: Member(call, network, member) for member, network in unit.items()})
-        return Nets(nets)
+    def sampling_call(self, unit: nn.Module):
+        """A network's own methods (a VAE's encode, importance_weighted) run with the network's parameter
+        group gathered: FSDP's hooks gather only for `forward` (children gather in their own forwards), and
+        register_fsdp_forward_method breaks a forward that calls such a method."""
+        def call(member: str, *args, _method: str = "forward", **kwargs):
+            network = unit[member]
+            if _method == "forward" or not isinstance(network, FSDPModule):
+                return unit(member, *args, _method=_method, **kwargs)
+            network.unshard()
+            try:
+                return getattr(network, _method)(*args, **kwargs)
+            finally:
+                network.reshard()
+        return call
 
     def release_sampling(self) -> None:
         # With reshard_after_forward off, a sampling forward leaves groups unsharded; reshard them so that
