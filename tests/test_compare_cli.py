@@ -112,3 +112,33 @@ def test_inception_features_feed_torch_fidelity_uint8_rgb(tmp_path, monkeypatch)
     batch = seen["batches"][0]
     assert batch.dtype == torch.uint8 and batch.shape[1] == 3 and int(batch.max()) <= 255
     assert torch.equal(batch[:, 0], batch[:, 1]) and int(batch[-1].max()) > 200
+
+
+def test_training_evaluates_in_classifier_features_with_the_chosen_metrics(classifier, tmp_path, monkeypatch):
+    """eval.features=classifier:DIR and eval.metrics in a (short, in-process) digits GAN run: eval.json holds
+    exactly the chosen groups, the classifier's class histogram, and the per-class grid and mode histogram
+    pictures are written."""
+    monkeypatch.setenv("GENDIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    assert main(["train", "configs/gan_digits.yaml", f"run.dir={run_dir}", "train.max_steps=4", "train.batch_size=32",
+                 "log.every=2", "ckpt.every=0", "log.sample_every=0", "log.wandb=false", "log.progress=false",
+                 "eval.num_samples=600", f"eval.features=classifier:{classifier}", "eval.metrics=[mmd,c2st,modes]"]) == 0
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert set(evaluation) == {"step", "mmd2", "c2st_accuracy", "c2st_p_value", "modes_covered", "num_modes",
+                               "kl_mode_histogram"}, evaluation
+    assert evaluation["num_modes"] == 10 and 1 <= evaluation["modes_covered"] <= 10
+    assert (run_dir / "samples" / "classes_step_00000004.png").is_file()
+    assert (run_dir / "plots" / "modes_step_00000004.png").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.metrics=[mmd,bogus]", "eval.metrics has unknown bogus"),
+    ("eval.features=resnet", "eval.features must be pixels or classifier:DIR"),
+    ("ckpt.best_mode=median", "ckpt.best_mode"),
+])
+def test_bad_evaluation_options_are_one_line(override, message, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", "configs/gan_ring.yaml", f"run.dir={tmp_path / 'run'}", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
