@@ -36,7 +36,8 @@ def same_numbers(a: dict, b: dict, rel: float = 1e-4, absolute: float = 1e-7) ->
 
 
 def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+    """The JSON line `gendist eval --json` printed (launchers may print lines of their own around it)."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
