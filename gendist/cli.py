@@ -239,7 +239,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from gendist.distributed import is_main
+    from gendist.distributed import barrier, is_main, shutdown
     from gendist.engine.run import evaluate_recipe
     from gendist.inference import load_run
 
@@ -255,10 +255,15 @@ def command_eval(args: argparse.Namespace) -> int:
     seed = loaded.config.train.seed if args.seed is None else args.seed
     import torch
 
-    with torch.no_grad():  # shared over ranks when launched with several processes
-        metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
-                                                          loaded.config.eval.num_samples, loaded.config.eval.features,
-                                                          which=loaded.config.eval.metrics)}
+    try:
+        with torch.no_grad():  # shared over ranks when launched with several processes
+            metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
+                                                              loaded.config.eval.num_samples,
+                                                              loaded.config.eval.features,
+                                                              which=loaded.config.eval.metrics)}
+        barrier()
+    finally:
+        shutdown()  # leave the process group cleanly: exiting with live gloo pairs can abort the process
     if not is_main():
         return 0
     print_metrics(metrics, args.json)
