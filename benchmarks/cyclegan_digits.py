@@ -61,7 +61,7 @@ def main() -> int:
                         f"run.dir={run_dir}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
                         "log.wandb=false", "log.progress=false", *args.extra], cwd=ROOT, env=env, check=True)
         seconds = time.perf_counter() - started
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / "config.yaml", saved_run=True)
     spec = resolve_data(config, init_distributed(config.dist.timeout_s))
     b_train, b_train_y = labelled_split(spec.domain_b, "train")
     b_test, b_test_y = labelled_split(spec.domain_b, "test")

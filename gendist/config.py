@@ -36,6 +36,9 @@ class DataConfig:
     num_workers: int = 0  # loader worker processes per rank
     shuffle_buffer: int = 4096  # samples in the seeded shuffle buffer
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shard: stop with its name, or skip and count
+    # images in [0, 1] -> {0, 1} with P(1) = x for Bernoulli decoders: fixed (once per sample) | dynamic (a new
+    # draw at every read, Burda et al.); held-out data is binarized once per evaluation chunk
+    binarize: Literal["none", "fixed", "dynamic"] = "none"
 
 
 @dataclass
@@ -102,8 +105,30 @@ class CycleGANConfig:
 class VAEConfig:
     """VAE (model.recipe=vae)."""
 
-    decoder: Literal["bernoulli", "gaussian"] = "bernoulli"  # likelihood p(x|z)
-    iw_samples: int = 64  # importance samples for the test log-likelihood estimate
+    # latent family: gaussian (reparameterized) | categorical (model.latent_dim variables of vae.categories
+    # classes) | bernoulli (model.latent_dim binary units); discrete ones train with vae.estimator
+    latent: Literal["gaussian", "categorical", "bernoulli"] = "gaussian"
+    categories: int = 10  # classes of each categorical latent variable
+    # likelihood p(x|z): bernoulli (use data.binarize for binary data) | gaussian (learned shared variance, or
+    # fixed std vae.decoder_std > 0) | categorical over vae.levels pixel levels (images)
+    decoder: Literal["bernoulli", "gaussian", "categorical"] = "bernoulli"
+    decoder_std: float = 0.0  # gaussian decoder: 0 learns one shared variance; > 0 fixes the std
+    levels: int = 256  # categorical decoder: pixel levels (x in [0, 1] quantized to round(x * (levels - 1)))
+    k: int = 1  # importance samples per datapoint in training: 1 is the ELBO, > 1 the IWAE bound (Gaussian)
+    kl: Literal["analytic", "monte_carlo"] = "analytic"  # KL term of the ELBO (k = 1, Gaussian latents)
+    kl_warmup_steps: int = 0  # KL weight rises linearly from 0 to 1 over these steps (k = 1); 0: off
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalized (per sample; k = 1)
+    # discrete latents: reinforce (score function with vae.baseline) | enumerate (the exact gradient)
+    estimator: Literal["reinforce", "enumerate"] = "reinforce"
+    # score-function control variate: none | moving_average | learned (input-dependent network, NVIL) |
+    # vimco (leave-one-out over vae.k >= 2 samples; trains the IW bound)
+    baseline: Literal["none", "moving_average", "learned", "vimco"] = "none"
+    baseline_decay: float = 0.9  # moving_average baseline: weight of the old average
+    eval_samples: int = 5000  # K of the importance-sampled test log-likelihood (`test_nll`)
+    eval_budget: int = 100_000  # decoder calls per block of that estimate (memory)
+    prior_samples: int = 0  # K of the naive estimate with z from the prior (`test_nll_prior`); 0: off
+    gap_steps: int = 0  # Adam steps of per-datapoint q at test time (`amortization_gap`); 0: off
+    gap_lr: float = 1e-2  # their learning rate
 
 
 @dataclass
@@ -205,13 +230,15 @@ RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "generator"), "vae
 MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
     "divergence", "alpha", "fgan_generator", "fgan_activation", "n_critic", "clip_value", "gp_weight", "r1_gamma",
     "r1_every", "unroll_steps", "unroll_lr", "pack")},
-    "model.gan_loss": "gan.loss", "model.decoder": "vae.decoder", "model.iw_samples": "vae.iw_samples"}
+    "model.gan_loss": "gan.loss", "model.decoder": "vae.decoder", "model.iw_samples": "vae.eval_samples",
+    "vae.iw_samples": "vae.eval_samples"}
 
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
-                 "gan.n_critic", "vae.iw_samples", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
+                 "gan.n_critic", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
 NON_NEGATIVE_INTS = {"gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
-                     "data.num_workers", "model.depth", "cyclegan.pool_size"}
+                     "data.num_workers", "model.depth", "cyclegan.pool_size",
+                     "vae.kl_warmup_steps", "vae.prior_samples", "vae.gap_steps"}
 
 
 def lr_scale(optim: OptimConfig, step: int, max_steps: int) -> float:
@@ -318,8 +345,10 @@ def _set_dotted(tree: dict, path: list[str], value: Any, text: str) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config, apply dotted `key=value` overrides, validate, and return a RunConfig."""
+def load_config(path: str | Path | None, overrides: list[str] = (), saved_run: bool = False) -> RunConfig:
+    """Read a YAML config, apply dotted `key=value` overrides, validate, and return a RunConfig.
+    `saved_run`: the resolved config.yaml of a run folder, possibly written by an older gendist: keys that
+    have moved are read at their new place instead of refused (a user's own file is told to move them)."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -333,6 +362,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError(f"config file '{path}'{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
         if not isinstance(tree, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections (run:, data:, model:, ...)")
+    if saved_run:
+        _migrate_moved_keys(tree)
     parsed = [(parse_override(text), text) for text in overrides]
     if any(len(keys) == 2 and keys[0] == "data" and keys[1] in DATA_LOCATIONS and value
            for (keys, value), _ in parsed):
@@ -342,6 +373,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     config = _build(RunConfig, tree, "")
     validate(config)
     return config
+
+
+def _migrate_moved_keys(tree: dict) -> None:
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = tree.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            new_section, new_key = new.split(".")
+            tree.setdefault(new_section, {})
+            if isinstance(tree[new_section], dict):
+                tree[new_section].setdefault(new_key, value)
 
 
 def _drop_file_data_location(tree: dict) -> None:
@@ -466,10 +509,42 @@ def validate_model(config: RunConfig) -> None:
     if gan.unroll_steps and gan.loss == "wgan_gp":
         raise UserError("config: gan.unroll_steps does not combine with gan.loss=wgan_gp "
                         "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")
+    validate_vae(config)
     if len(model.gaussian_init) != 2 or not model.gaussian_init[1] > 0:
         raise UserError(f"config: model.gaussian_init must be [mean, std] with std > 0, got {model.gaussian_init}")
     if model.arch == "gaussian" and model.recipe != "gan":
         raise UserError(f"config: model.arch=gaussian is a GAN generator; use mlp or conv for model.recipe={model.recipe}")
+
+
+def validate_vae(config: RunConfig) -> None:
+    vae = config.vae
+    if vae.levels < 2:
+        raise UserError(f"config: vae.levels must be >= 2, got {vae.levels}")
+    if vae.categories < 2:
+        raise UserError(f"config: vae.categories must be >= 2, got {vae.categories}")
+    for key in ("decoder_std", "free_bits", "gap_lr"):
+        value = getattr(vae, key)
+        if value < 0 or value != value:
+            raise UserError(f"config: vae.{key} must be >= 0, got {value}")
+    if not 0 <= vae.baseline_decay < 1:
+        raise UserError(f"config: vae.baseline_decay must be in [0, 1), got {vae.baseline_decay}")
+    if vae.k > 1 and (vae.kl_warmup_steps or vae.free_bits or vae.kl == "monte_carlo"):
+        raise UserError("config: vae.kl_warmup_steps, vae.free_bits and vae.kl=monte_carlo shape the k = 1 ELBO; "
+                        f"with vae.k={vae.k} (IWAE) the KL is inside the importance weights: set vae.k=1 or drop them")
+    if vae.baseline == "vimco" and vae.k < 2:
+        raise UserError("config: vae.baseline=vimco leaves one of vae.k samples out: set vae.k >= 2")
+    if vae.latent != "gaussian" and (vae.kl_warmup_steps or vae.free_bits):
+        raise UserError("config: vae.kl_warmup_steps and vae.free_bits apply to Gaussian latents (vae.latent=gaussian)")
+    if vae.latent == "gaussian" and vae.baseline != "none":
+        raise UserError("config: vae.baseline is a control variate of the score-function estimator for discrete "
+                        "latents; Gaussian latents are reparameterized (set vae.latent=categorical|bernoulli)")
+    if vae.latent != "gaussian" and vae.estimator == "enumerate":
+        count = (vae.categories if vae.latent == "categorical" else 2) ** config.model.latent_dim
+        if count > 4096:
+            raise UserError(f"config: vae.estimator=enumerate would sum over {count} latent configurations (at most "
+                            "4096); lower model.latent_dim or use vae.estimator=reinforce")
+    if vae.gap_steps and vae.latent != "gaussian":
+        raise UserError("config: vae.gap_steps optimizes per-datapoint Gaussian posteriors; set vae.latent=gaussian")
 
 
 def to_dict(config: RunConfig) -> dict:

@@ -120,6 +120,14 @@ def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[
             for key in chunks[0]}
 
 
+def _reduce_scores(recipe, chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per-sample scores over all chunks: the recipe's own reduction (`reduce_scores`, e.g. a VAE's active
+    units from posterior means) or their means."""
+    if not chunks or not hasattr(recipe, "reduce_scores"):
+        return _mean_scores(chunks)
+    return recipe.reduce_scores({key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]})
+
+
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
              test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
              artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
@@ -163,7 +171,7 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
             reference = np.concatenate(reference_chunks)[:MAX_REFERENCE_SAMPLES]
         else:
             reference = held_out(test, MAX_REFERENCE_SAMPLES)
-        metrics = {**_mean_scores(scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
+        metrics = {**_reduce_scores(recipe, scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
         if featurizer.num_modes is not None and "modes" in which:
             from gendist.metrics.modes import kl_to_uniform
 

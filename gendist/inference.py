@@ -29,7 +29,7 @@ def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the run.dir of a training run")
-    config = load_config(config_path)
+    config = load_config(config_path, saved_run=True)
     if checkpoint == "best":
         folder = run_dir / "best" / "checkpoint"
         if not folder.is_dir():

@@ -94,9 +94,10 @@ class Tracker:
             self.wandb_run = None
 
 
-def save_samples(samples: torch.Tensor, info: DataInfo, path: Path, reference: np.ndarray | None = None) -> Path:
+def save_samples(samples: torch.Tensor, info: DataInfo, path: Path, reference: np.ndarray | None = None,
+                 columns: int = 0) -> Path:
     """A PNG of samples: a histogram for 1-D points, a scatter plot of the first two coordinates for points
-    (modes marked), an image grid for images."""
+    (modes marked), an image grid for images (`columns` per row; 0: a square grid)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = samples.detach().float().cpu()
     if info.kind == "points" and data[0].numel() == 1:
@@ -105,7 +106,7 @@ def save_samples(samples: torch.Tensor, info: DataInfo, path: Path, reference: n
         points = data.reshape(data.shape[0], -1)[:, :2].numpy()
         _scatter(points, info, path, None if reference is None else reference.reshape(len(reference), -1)[:, :2])
     else:
-        _image_grid(data, path)
+        _image_grid(data, path, columns)
     return path
 
 
@@ -145,11 +146,11 @@ def _scatter(points: np.ndarray, info: DataInfo, path: Path, reference: np.ndarr
     plt.close(figure)
 
 
-def _image_grid(images: torch.Tensor, path: Path) -> None:
+def _image_grid(images: torch.Tensor, path: Path, columns: int = 0) -> None:
     if images.dim() == 3:  # (N, H, W) -> (N, 1, H, W)
         images = images[:, None]
     count = images.shape[0]
-    columns = int(math.ceil(math.sqrt(count)))
+    columns = columns or int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / columns))
     pad = torch.zeros(rows * columns - count, *images.shape[1:])
     _image_grid_rows(torch.cat([images, pad]), columns, path)

@@ -74,7 +74,7 @@ RANGES = {
     "gan.n_critic": at_least(1), "gan.clip_value": at_least(0), "gan.gp_weight": at_least(0),
     "gan.r1_gamma": at_least(0), "gan.r1_every": at_least(1), "gan.unroll_steps": at_least(0),
     "gan.unroll_lr": at_least(0), "gan.pack": lambda v: v >= 1 and 256 % v == 0,
-    "model.gaussian_init": lambda v: len(v) == 2 and float(v[1]) > 0, "vae.iw_samples": at_least(1),
+    "model.gaussian_init": lambda v: len(v) == 2 and float(v[1]) > 0, "vae.eval_samples": at_least(1),
     "optim.lr": lambda v: float(v) > 0, "optim.betas": lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
     "optim.weight_decay": lambda v: float(v) >= 0, "optim.grad_clip": lambda v: float(v) >= 0,
     "optim.lr_overrides": lambda v: set(v) <= {"generator", "discriminator"} and all(float(x) > 0 for x in v.values()),
@@ -87,6 +87,12 @@ RANGES = {
     "ckpt.every": at_least(0), "ckpt.keep": at_least(1),
     "log.every": at_least(1), "log.sample_every": at_least(0), "log.wandb_project": lambda v: v.strip() != "",
     "eval.every": at_least(0), "eval.num_samples": at_least(1),
+    "vae.levels": at_least(2), "vae.categories": at_least(2), "vae.k": at_least(1), "vae.eval_budget": at_least(1),
+    "vae.prior_samples": at_least(0), "vae.gap_steps": at_least(0), "vae.kl_warmup_steps": at_least(0),
+    "vae.free_bits": lambda v: float(v) >= 0, "vae.decoder_std": lambda v: float(v) >= 0,
+    "vae.gap_lr": lambda v: float(v) >= 0, "vae.baseline_decay": lambda v: 0 <= float(v) < 1,
+    # the base config's latents are Gaussian (reparameterized): a score-function baseline is refused
+    "vae.baseline": lambda v: v == "none",
 }
 
 

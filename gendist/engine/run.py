@@ -12,6 +12,7 @@ import torch
 
 from gendist.checkpoint import find_resumable, read_trainer_state
 from gendist.config import RunConfig, dump_config
+from gendist.errors import UserError
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
                                       resolve_data)
@@ -82,6 +83,11 @@ class Hooks:
                     self.tracker.log_image(trainer.step, "samples", path)
             if getattr(recipe, "input_grid", "") and info.kind == "images":
                 self.input_grid(trainer, nets)
+            traversal = recipe.traversal(nets) if hasattr(recipe, "traversal") and info.kind == "images" else None
+            if traversal is not None and trainer.dist.is_main:
+                path = save_samples(traversal.float().cpu(), info, folder / f"traversals_step_{trainer.step:08d}.png",
+                                    columns=9)
+                self.tracker.log_image(trainer.step, "traversals", path)
 
     def input_grid(self, trainer: Trainer, nets) -> None:
         """Reconstructions (VAE, BiGAN) or A -> B translations (CycleGAN) of held-out images: the grid's top
@@ -162,7 +168,7 @@ class Hooks:
         mode = self.config.ckpt.best_mode
         if mode == "auto":
             higher = ("modes_covered", "hq_fraction", "precision", "recall", "test_elbo", "test_log_likelihood",
-                      "c2st_p_value", "mmd_p_value")
+                      "c2st_p_value", "mmd_p_value", "active_units", "test_ess")
             mode = "max" if key.startswith(higher) or key.endswith(higher) else "min"
         record = self.run_dir / "best" / "best.json"
         better = None
@@ -221,10 +227,18 @@ def requeue_slurm_job_once() -> None:
     print0(f"gendist: SLURM job {job} {status}")
 
 
+def check_binarize(config: RunConfig, spec: DataSpec) -> None:
+    """data.binarize draws pixels with P(1) = x: the data must be images in [0, 1]."""
+    if config.data.binarize != "none" and spec.info.kind != "images":
+        raise UserError(f"config: data.binarize={config.data.binarize} binarizes images in [0, 1]; this data is "
+                        f"{spec.info.kind}: set data.binarize=none")
+
+
 def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     dist_info = init_distributed(config.dist.timeout_s)
     spec = resolve_data(config, dist_info)
     check_batch_size(config, spec, dist_info)
+    check_binarize(config, spec)
     if config.eval.features != "pixels":  # a missing or mismatched classifier stops the run now, not at its end
         from gendist.features import build_featurizer
 
@@ -257,7 +271,14 @@ def train(config: RunConfig) -> int:
     wandb_id = None
     if folder is not None:
         state = read_trainer_state(Path(folder))
-        trainer.load(Path(folder), state)
+        try:
+            trainer.load(Path(folder), state)
+        except RuntimeError as error:  # torch lists every mismatched key over many lines
+            if "state_dict" not in str(error):
+                raise
+            first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+            raise UserError(f"run.dir {run_dir} holds a checkpoint of other networks than this config builds "
+                            f"({first}); resume with the config it was trained with, or use a new run.dir") from None
         wandb_id = state.get("wandb_id")
         print0(f"gendist: resumed from {folder} (step {trainer.step})")
     tracker = Tracker(config, run_dir, dist_info.is_main, wandb_id, trainer.step)

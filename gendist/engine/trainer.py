@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from gendist.checkpoint import CheckpointWriter, load_tensors, load_torch, save_tensors, save_torch
 from gendist.config import RunConfig, lr_scale
+from gendist.data.binarize import binarize
 from gendist.distributed import DistInfo, any_rank, reduce_mean
 from gendist.engine.ema import EMA
 from gendist.engine.noise import StepNoise
@@ -86,6 +87,9 @@ class Trainer:
                                              "micro": micro, "idx": data["idx"].tolist()}) + "\n")
         device = self.dist.device
         x = data["x"].to(device, non_blocking=True)
+        if self.config.data.binarize != "none":  # keyed by global sample id: world-size independent, resumable
+            x = binarize(x, data["idx"], self.config.data.binarize, self.config.train.seed,
+                         (self.step, phase_index, repeat, micro))
         y = data["y"].to(device, non_blocking=True) if "y" in data else None
         x_b = None
         if self.loader_b is not None:

@@ -1,76 +1,243 @@
-"""VAE (Kingma & Welling 2014) with amortized Gaussian q(z|x), standard normal prior and a Bernoulli or
-Gaussian decoder, trained on the reparameterized ELBO; tested with the ELBO and the importance-weighted
-log-likelihood estimate (Burda et al. 2016).
+"""VAE (Kingma & Welling 2014) and the lecture's inference toolbox around it.
+
+- Gaussian latents, reparameterized: the ELBO (analytic or Monte Carlo KL, KL warm-up, free bits) or the
+  importance-weighted bound with `vae.k` samples (IWAE, Burda et al. 2016), vectorized over k.
+- Discrete latents (categorical or Bernoulli): the score-function (REINFORCE) estimator with a control
+  variate: none, a moving average of the learning signal, a learned input-dependent baseline (NVIL, Mnih &
+  Gregor 2014: its own network and squared-error loss, computed in the same forward as the ELBO), or VIMCO's
+  leave-one-out baseline over k samples (Mnih & Rezende 2016); or the exact gradient by enumerating z.
+- Held-out scores (gendist.recipes.vae_eval): ELBO, importance-sampled log-likelihood with K samples from q
+  (`test_nll`, nats) and the naive estimate with samples from the prior, effective sample sizes, active
+  units, and the amortization gap (per-datapoint q optimized at test time, Cremer et al. 2018).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from gendist.config import RunConfig
-from gendist.errors import UserError
-from gendist.metrics import importance_weighted_bound, log_bernoulli_logits, log_normal_diag, log_standard_normal
-from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.data.binarize import binarize_held_out
 from gendist.data.info import DataInfo
+from gendist.errors import UserError
+from gendist.metrics import importance_weighted_bound
+from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.recipes import vae_parts as parts
 from gendist.recipes.base import Batch, Nets, Phase
 
 
+@dataclass(frozen=True)
+class VAESettings:
+    """What the VAE module needs from the config (vae.* and model.latent_dim)."""
+
+    latent: str = "gaussian"
+    latent_dim: int = 8
+    categories: int = 10
+    decoder: str = "bernoulli"
+    levels: int = 256
+    decoder_std: float = 0.0
+    k: int = 1
+    kl: str = "analytic"
+    estimator: str = "reinforce"
+    baseline: str = "none"
+    baseline_decay: float = 0.9
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "VAESettings":
+        vae = config.vae
+        return cls(vae.latent, config.model.latent_dim, vae.categories, vae.decoder, vae.levels, vae.decoder_std,
+                   vae.k, vae.kl, vae.estimator, vae.baseline, vae.baseline_decay, vae.kl_warmup_steps, vae.free_bits)
+
+    @property
+    def decoder_in(self) -> int:
+        return parts.decoder_inputs(self.latent, self.latent_dim, self.categories)
+
+    @property
+    def encoder_out(self) -> int:
+        return parts.encoder_outputs(self.latent, self.latent_dim, self.categories)
+
+
+def logmeanexp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
+
+
+def leave_one_out_bounds(f: torch.Tensor) -> torch.Tensor:
+    """VIMCO's baselines: for each s, log mean_j w_j with log w_s replaced by the mean of the other log w_j.
+    f (K, B) -> (K, B)."""
+    k = f.shape[0]
+    others = (f.sum(0, keepdim=True) - f) / (k - 1)  # (K, B): mean of the other samples' log-weights
+    grid = repeat(f, "j b -> s j b", s=k).clone()  # row s: the K log-weights with entry s replaced
+    index = torch.arange(k, device=f.device)
+    grid[index, index] = others
+    return logmeanexp(grid, dim=1)
+
+
 class VAE(nn.Module):
-    """Encoder (B, ...) -> (mean, log_var) of q(z|x); decoder z -> parameters of p(x|z)."""
+    """Encoder x -> parameters of q(z|x); decoder z -> parameters of p(x|z); an optional learned baseline."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: str):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, settings: VAESettings,
+                 baseline: nn.Module | None = None):
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
-        self.latent_dim, self.likelihood = latent_dim, likelihood
-        # Gaussian decoder: one learned log-variance shared by all pixels/coordinates.
-        self.log_var_x = nn.Parameter(torch.zeros(1)) if likelihood == "gaussian" else None  # 1-D: FSDP shards no scalars
+        self.encoder, self.decoder, self.settings = encoder, decoder, settings
+        self.latent_dim, self.likelihood = settings.latent_dim, settings.decoder
+        self.baseline = baseline  # learned baseline b(x) of the score-function estimator
+        # Gaussian decoder: one shared log-variance, learned (a parameter) or fixed (a buffer).
+        # 1-D tensors: FSDP shards no scalars.
+        if settings.decoder == "gaussian" and settings.decoder_std > 0:
+            self.register_buffer("log_var_x", parts.fixed_log_var(settings.decoder_std))
+        elif settings.decoder == "gaussian":
+            self.log_var_x = nn.Parameter(torch.zeros(1))
+        else:
+            self.log_var_x = None
+        if settings.baseline == "moving_average":  # the running mean of the learning signal, and its count
+            self.register_buffer("signal_average", torch.zeros(2))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_var = self.encoder(x).chunk(2, dim=-1)  # (B, Z) each
+    # -- the pieces -------------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gaussian: (mean, log_var) (B, Z) each; discrete: (logits (B, encoder_out), None)."""
+        out = self.encoder(x)
+        if self.settings.latent != "gaussian":
+            return out, None
+        mean, log_var = out.chunk(2, dim=-1)
         return mean, log_var.clamp(-12.0, 8.0)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over data dimensions, (B,)."""
-        out = self.decoder(z)
-        if self.likelihood == "bernoulli":
-            return log_bernoulli_logits(x, out)
-        return log_normal_diag(x, out, self.log_var_x.expand_as(out))
+        """log p(x|z) summed over data dimensions, (B,), for z (B, decoder_in)."""
+        return parts.log_likelihood(self.likelihood, x, self.decoder(z), self.log_var_x, self.settings.levels)
+
+    def log_likelihood_k(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z_k) for z (K, B, decoder_in) -> (K, B), in one decoder call."""
+        k = z.shape[0]
+        flat_x = repeat(x, "b ... -> (k b) ...", k=k)
+        return rearrange(self.log_likelihood(flat_x, rearrange(z, "k b d -> (k b) d")), "(k b) -> k b", k=k)
 
     def mean_sample(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return parts.mean_of(self.likelihood, self.decoder(z), self.settings.levels)
 
     def importance_weighted(self, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
-        return importance_weighted_log_likelihood(self, x, samples, generator)
+        from gendist.recipes.vae_eval import importance_sampled_log_likelihood
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample ELBO terms with z = mean + std * eps (the reparameterization trick)."""
-        mean, log_var = self.encode(x)
-        z = mean + torch.exp(0.5 * log_var) * eps
-        reconstruction = self.log_likelihood(x, z)
-        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(-1)  # KL(q(z|x) || N(0, I)), closed form
-        return {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl}
+        return importance_sampled_log_likelihood(self, x, samples, generator)[0]
+
+    def elbo_estimate(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The ELBO per sample, (B,), touching no state: Gaussian latents with the analytic KL and one
+        reconstruction sample per noise row (noise (K, B, Z)); discrete latents exactly when they can be
+        enumerated, else averaged over noise (K, B, encoder_out)."""
+        s = self.settings
+        params, log_var = self.encode(x)
+        if s.latent == "gaussian":
+            z = params + torch.exp(0.5 * log_var) * noise
+            return self.log_likelihood_k(x, z).mean(0) - parts.gaussian_kl(params, log_var).sum(-1)
+        if parts.num_configurations(s.latent, s.latent_dim, s.categories) <= parts.MAX_ENUMERATION:
+            return self._enumerated(x, params)["elbo"]
+        z = parts.sample_discrete(s.latent, params.unsqueeze(0), parts.uniforms_from_normal(noise), s.categories)
+        log_q = parts.log_q_discrete(s.latent, params.unsqueeze(0), z, s.categories)
+        log_prior = parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
+        return (self.log_likelihood_k(x, z) + log_prior - log_q).mean(0)
+
+    # -- the training objective ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
+        """Per-sample terms; `objective` (B,) is what training maximizes (its gradient is the estimator's).
+        noise: standard normal (K, B, latent_dim) for Gaussian latents, (K, B, encoder_out) for discrete ones."""
+        params, log_var = self.encode(x)
+        if self.settings.latent == "gaussian":
+            return self._reparameterized(x, params, log_var, noise, beta)
+        if self.settings.estimator == "enumerate":
+            return self._enumerated(x, params)
+        return self._score_function(x, params, noise)
+
+    def _reparameterized(self, x, mean, log_var, noise, beta) -> dict[str, torch.Tensor]:
+        s = self.settings
+        z = mean + torch.exp(0.5 * log_var) * noise  # (K, B, Z): the reparameterization trick
+        reconstruction = self.log_likelihood_k(x, z)  # (K, B)
+        kl_dims = parts.gaussian_kl(mean, log_var)  # (B, Z)
+        if s.k > 1:  # IWAE: log mean_k p(x, z_k) / q(z_k|x)
+            log_weights = reconstruction + parts.gaussian_log_weight_terms(z, mean, log_var)
+            return {"objective": importance_weighted_bound(log_weights), "elbo": log_weights.mean(0),
+                    "reconstruction": reconstruction.mean(0), "kl": kl_dims.sum(-1)}
+        if s.kl == "monte_carlo":  # log q(z|x) - log p(z) at the sample, per dimension
+            z0 = z[0]
+            kl_dims = -0.5 * (log_var + (z0 - mean).pow(2) * torch.exp(-log_var)) + 0.5 * z0.pow(2)
+        penalty = kl_dims.clamp(min=s.free_bits) if s.free_bits > 0 else kl_dims  # free bits, per sample and dim
+        kl = kl_dims.sum(-1)
+        return {"objective": reconstruction[0] - beta * penalty.sum(-1), "elbo": reconstruction[0] - kl,
+                "reconstruction": reconstruction[0], "kl": kl}
+
+    def _enumerated(self, x, logits) -> dict[str, torch.Tensor]:
+        """The exact ELBO sum_z q(z|x) [log p(x|z) + log p(z) - log q(z|x)]: its gradient is the exact one."""
+        s = self.settings
+        z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, logits.dtype)  # (N, Zin)
+        log_q = parts.log_q_discrete(s.latent, logits.unsqueeze(0), z_all.unsqueeze(1), s.categories)  # (N, B)
+        reconstruction = self.log_likelihood_k(x, repeat(z_all, "n d -> n b d", b=x.shape[0]))  # (N, B)
+        q = log_q.exp()
+        log_prior = parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
+        kl = (q * (log_q - log_prior)).sum(0)
+        elbo = (q * reconstruction).sum(0) - kl
+        return {"objective": elbo, "elbo": elbo, "reconstruction": (q * reconstruction).sum(0), "kl": kl}
+
+    def _score_function(self, x, logits, noise) -> dict[str, torch.Tensor]:
+        s = self.settings
+        uniforms = parts.uniforms_from_normal(noise)  # (K, B, encoder_out)
+        z = parts.sample_discrete(s.latent, logits.detach().unsqueeze(0), uniforms, s.categories)  # (K, B, Zin)
+        log_q = parts.log_q_discrete(s.latent, logits.unsqueeze(0), z, s.categories)  # (K, B)
+        reconstruction = self.log_likelihood_k(x, z)
+        f = reconstruction + parts.log_prior_discrete(s.latent, s.latent_dim, s.categories) - log_q  # (K, B)
+        out = {"elbo": f.mean(0), "reconstruction": reconstruction.mean(0),
+               "kl": (log_q - parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)).mean(0)}
+        if s.baseline == "vimco":  # the IW bound; sample s's signal is the bound minus its leave-one-out bound
+            bound = logmeanexp(f)
+            signal = (bound.unsqueeze(0) - leave_one_out_bounds(f)).detach()
+            out["objective"] = bound + (signal * log_q).sum(0)
+            return out
+        signal = f.detach()
+        baseline = torch.zeros_like(signal)
+        if s.baseline == "learned":
+            predicted = self.baseline(x.flatten(1)).squeeze(-1).float()  # (B,)
+            baseline = predicted.detach().unsqueeze(0)
+            out["baseline_loss"] = (signal - predicted.unsqueeze(0)).pow(2).mean(0)
+        elif s.baseline == "moving_average":
+            baseline = self._moving_average(signal)
+        out["objective"] = f.mean(0) + ((signal - baseline) * log_q).mean(0)
+        if "baseline_loss" in out:
+            out["objective"] = out["objective"] - out["baseline_loss"]  # the baseline's own loss, its own params
+        return out
+
+    def _moving_average(self, signal: torch.Tensor) -> torch.Tensor:
+        """The running mean of the learning signal before this batch (then updated with this batch's mean;
+        a per-rank buffer, broadcast from rank 0 by DDP)."""
+        average, count = self.signal_average[0].clone(), self.signal_average[1]
+        baseline = torch.where(count > 0, average, signal.mean()).detach()
+        with torch.no_grad():
+            decay = self.settings.baseline_decay
+            mixed = torch.where(count > 0, decay * average + (1 - decay) * signal.mean(), signal.mean())
+            self.signal_average.copy_(torch.stack([mixed, count + 1]))
+        return baseline
 
 
-def elbo_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int) -> dict[str, torch.Tensor]:
-    terms = nets.vae(batch.x, batch.randn(latent_dim))
-    return {"loss": -terms["elbo"].mean(), "reconstruction": terms["reconstruction"].mean().detach(),
-            "kl": terms["kl"].mean().detach()}
+def prior_sample(s: VAESettings, count: int, generator: torch.Generator) -> torch.Tensor:
+    """z ~ p(z), (count, decoder_in), on the CPU."""
+    if s.latent == "gaussian":
+        return torch.randn(count, s.latent_dim, generator=generator)
+    logits = torch.zeros(count, s.encoder_out)
+    return parts.sample_discrete(s.latent, logits, torch.rand(count, s.encoder_out, generator=generator),
+                                 s.categories)
 
 
-@torch.no_grad()
-def importance_weighted_log_likelihood(vae: VAE, x: torch.Tensor, samples: int,
-                                       generator: torch.Generator) -> torch.Tensor:
-    """log p(x) >= log mean_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x); (B,). Tight as samples grows."""
-    mean, log_var = vae.encode(x)
-    log_weights = []
-    for _ in range(samples):
-        z = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator).to(mean.device)
-        log_weights.append(vae.log_likelihood(x, z) + log_standard_normal(z) - log_normal_diag(z, mean, log_var))
-    return importance_weighted_bound(torch.stack(log_weights))  # (K, B) -> (B,)
+def elbo_loss(nets: Nets, batch: Batch, step: int, *, settings: VAESettings) -> dict[str, torch.Tensor]:
+    width = settings.latent_dim if settings.latent == "gaussian" else settings.encoder_out
+    samples = settings.k if settings.latent == "gaussian" or settings.estimator != "enumerate" else 1
+    noise = rearrange(batch.randn(samples, width), "b k d -> k b d")  # each row's noise is its own
+    beta = min(1.0, (step + 1) / settings.kl_warmup_steps) if settings.kl_warmup_steps else 1.0
+    terms = nets.vae(batch.x, noise, beta)
+    logs = {key: terms[key].mean().detach() for key in ("elbo", "reconstruction", "kl", "baseline_loss") if key in terms}
+    return {"loss": -terms["objective"].mean(), **logs}
 
 
 class VAERecipe:
@@ -81,44 +248,87 @@ class VAERecipe:
     def __init__(self, config: RunConfig, data_info: DataInfo):
         self.config = config
         self.info = data_info
+        self.settings = VAESettings.from_config(config)
+        if self.settings.decoder == "categorical" and data_info.kind != "images":
+            raise UserError("vae.decoder=categorical models pixel levels of images; use bernoulli or gaussian "
+                            f"for {data_info.kind}")
 
     def build_networks(self) -> dict[str, nn.Module]:
-        model, shape = self.config.model, self.info.sample_shape
+        model, shape, s = self.config.model, self.info.sample_shape, self.settings
+        out_channels = parts.decoder_channels(s.decoder, shape[0], s.levels)
         if model.arch == "conv":
-            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], 2 * model.latent_dim, model.hidden)
-            decoder: nn.Module = ConvDecoder(model.latent_dim, shape[0], shape[1:], model.hidden)
+            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], s.encoder_out, model.hidden)
+            decoder: nn.Module = ConvDecoder(s.decoder_in, out_channels, shape[1:], model.hidden)
         else:
             dim = math.prod(shape)
-            encoder = MLP(dim, 2 * model.latent_dim, model.hidden, model.depth)
-            decoder = MLP(model.latent_dim, dim, model.hidden, model.depth, out_shape=shape)
-        return {"vae": VAE(encoder, decoder, model.latent_dim, self.config.vae.decoder)}
+            encoder = MLP(dim, s.encoder_out, model.hidden, model.depth)
+            decoder = MLP(s.decoder_in, out_channels * math.prod(shape[1:]), model.hidden, model.depth,
+                          out_shape=(out_channels, *shape[1:]))
+        baseline = MLP(math.prod(shape), 1, model.hidden, 1) if s.baseline == "learned" else None
+        return {"vae": VAE(encoder, decoder, s, baseline)}
 
     def phases(self) -> list[Phase]:
-        return [Phase("elbo", "vae", partial(elbo_loss, latent_dim=self.config.model.latent_dim))]
+        return [Phase("elbo", "vae", partial(elbo_loss, settings=self.settings))]
+
+    def binarized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Held-out data as training sees it: binarized once (per evaluation chunk) when data.binarize is on."""
+        return binarize_held_out(x, generator) if self.config.data.binarize != "none" else x
 
     def sample(self, nets: Nets, count: int, generator: torch.Generator,
                inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """`count` decoder means of z ~ N(0, I); with `inputs` (data), their reconstructions (encoder means)."""
+        """`count` decoder means of z ~ p(z); with `inputs` (data), their reconstructions (the mean of q, or
+        its most likely value for discrete latents)."""
         device = next(nets.vae.parameters()).device
-        if inputs is not None:
-            z, _ = nets.vae.encode(inputs.to(device))
-        else:
-            z = torch.randn(count, self.config.model.latent_dim, generator=generator).to(device)
-        return nets.vae.mean_sample(z)
+        if inputs is None:
+            return nets.vae.mean_sample(prior_sample(self.settings, count, generator).to(device))
+        return nets.vae.mean_sample(self._code(nets, inputs.to(device)))
+
+    def _code(self, nets: Nets, x: torch.Tensor) -> torch.Tensor:
+        params, _ = nets.vae.encode(x)
+        s = self.settings
+        if s.latent == "gaussian":
+            return params
+        if s.latent == "bernoulli":
+            return (params > 0).to(params.dtype)
+        best = rearrange(params, "b (z c) -> b z c", c=s.categories).argmax(-1)
+        return rearrange(torch.nn.functional.one_hot(best, s.categories).to(params.dtype), "b z c -> b (z c)")
 
     def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
-        """The mean of q(z|x)."""
+        """The mean of q(z|x) (Gaussian latents) or q's probabilities (discrete latents)."""
         if features != "encoder":
             raise UserError("--features discriminator: a VAE has no discriminator; use --features encoder")
-        mean, _ = nets.vae.encode(x.to(next(nets.vae.parameters()).device))
-        return mean
+        params, _ = nets.vae.encode(x.to(next(nets.vae.parameters()).device))
+        if self.settings.latent == "gaussian":
+            return params
+        if self.settings.latent == "bernoulli":
+            return torch.sigmoid(params)
+        return rearrange(torch.softmax(rearrange(params, "b (z c) -> b z c", c=self.settings.categories), -1),
+                         "b z c -> b (z c)")
+
+    def traversal(self, nets: Nets, steps: int = 9) -> torch.Tensor | None:
+        """Latent traversals: row j varies z_j over [-3, 3] with the other coordinates at 0 (Gaussian latents;
+        at most 10 rows). (rows * steps, ...) decoder means."""
+        s = self.settings
+        if s.latent != "gaussian":
+            return None
+        rows = min(s.latent_dim, 10)
+        z = torch.zeros(rows, steps, s.latent_dim)
+        values = torch.linspace(-3, 3, steps)
+        for row in range(rows):
+            z[row, :, row] = values
+        device = next(nets.vae.parameters()).device
+        return nets.vae.mean_sample(rearrange(z, "r s d -> (r s) d").to(device))
 
     @torch.no_grad()
     def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-sample ELBO and importance-weighted bound on held-out data x, (B,) each."""
+        """Per-sample held-out scores (gendist.recipes.vae_eval)."""
+        from gendist.recipes.vae_eval import held_out_scores
+
         device = next(nets.vae.parameters()).device
-        x = x.to(device)
-        eps = torch.randn(x.shape[0], self.config.model.latent_dim, generator=generator).to(device)
-        samples = self.config.vae.iw_samples
-        return {"test_elbo": nets.vae(x, eps)["elbo"],
-                f"test_log_likelihood_iw{samples}": nets.vae.importance_weighted(x, samples, generator)}
+        return held_out_scores(nets.vae, self.binarized(x, generator).to(device), self.config.vae, generator)
+
+    def reduce_scores(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
+        """Means of the per-sample scores, and the active units (Burda et al.: Var_x E_q[z_j|x] > 0.01)."""
+        from gendist.recipes.vae_eval import reduce_held_out
+
+        return reduce_held_out(scores)

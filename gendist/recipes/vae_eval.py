@@ -1,0 +1,168 @@
+"""Held-out scores of a VAE: likelihood estimates, their reliability, active units, the amortization gap.
+
+- `test_nll` = -log p(x) in nats, estimated by importance sampling with K = vae.eval_samples samples from
+  q(z|x): log (1/K) sum_k p(x, z_k) / q(z_k|x) (a stochastic lower bound on log p(x) that tightens as K grows,
+  Burda et al. 2016), computed in blocks of at most vae.eval_budget decoder calls. Discrete latents with few
+  configurations (<= 4,096) are summed exactly instead.
+- `test_nll_prior`: the naive estimate with z_k from the prior, log (1/K) sum_k p(x|z_k): unbiased in p(x)
+  but with a huge variance, because almost no prior sample explains a given x (the lecture's remark).
+  `test_ess` and `test_ess_prior` are Kish's effective sample sizes of the two weight sets (of K).
+- `active_units`: latent dimensions whose posterior mean varies over the data (Var_x E_q[z_j|x] > 0.01).
+- `amortization_gap` = ELBO(q_i*) - ELBO(encoder's q), q_i* = per-datapoint Gaussian parameters optimized
+  with Adam from the encoder's output (Cremer et al. 2018), with `approximation_gap` = log p(x) - ELBO(q_i*);
+  every ELBO here uses the analytic KL and 100 reconstruction samples shared by both q's.
+Every function draws its randomness from the generator it is given (evaluation seeds it per chunk), so the
+numbers do not depend on how many ranks share the work.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from gendist.recipes import vae_parts as parts
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+ELBO_SAMPLES = 100  # reconstruction samples per datapoint in the ELBOs of the amortization gap
+
+
+def _noise(shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _log_weight_block(vae, x, settings, count: int, generator, proposal: str):
+    """log w (count, B) of `count` importance samples for every row of x."""
+    rows = x.shape[0]
+    if settings.latent == "gaussian":
+        if proposal == "prior":
+            z = _noise((count, rows, settings.latent_dim), generator, x.device)
+            return vae.log_likelihood_k(x, z)
+        mean, log_var = vae.encode(x)
+        z = mean + torch.exp(0.5 * log_var) * _noise((count, rows, settings.latent_dim), generator, x.device)
+        return vae.log_likelihood_k(x, z) + parts.gaussian_log_weight_terms(z, mean, log_var)
+    logits, _ = vae.encode(x)
+    if proposal == "prior":
+        logits = torch.zeros_like(logits)
+    uniforms = torch.rand((count, rows, settings.encoder_out), generator=generator).to(x.device).clamp(1e-7, 1 - 1e-7)
+    z = parts.sample_discrete(settings.latent, logits.unsqueeze(0), uniforms, settings.categories)
+    log_q = parts.log_q_discrete(settings.latent, logits.unsqueeze(0), z, settings.categories)
+    log_prior = parts.log_prior_discrete(settings.latent, settings.latent_dim, settings.categories)
+    log_w = vae.log_likelihood_k(x, z)
+    return log_w if proposal == "prior" else log_w + log_prior - log_q
+
+
+def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, generator: torch.Generator,
+                                      proposal: str = "posterior", budget: int = 100_000):
+    """(log p(x) estimate (B,), effective sample size (B,)) with `samples` importance samples from q(z|x)
+    (proposal=posterior) or p(z) (proposal=prior), in blocks of <= budget decoder calls."""
+    settings = vae.settings
+    rows = x.shape[0]
+    per_block = max(1, min(samples, budget // max(rows, 1)))
+    log_sum = torch.full((rows,), -math.inf, device=x.device)
+    log_sum_squares = torch.full((rows,), -math.inf, device=x.device)
+    done = 0
+    while done < samples:
+        count = min(per_block, samples - done)
+        log_w = _log_weight_block(vae, x, settings, count, generator, proposal).float()  # (count, B)
+        log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
+        log_sum_squares = torch.logaddexp(log_sum_squares, torch.logsumexp(2 * log_w, 0))
+        done += count
+    return log_sum - math.log(samples), torch.exp(2 * log_sum - log_sum_squares)
+
+
+def exact_log_likelihood(vae, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) = logsumexp_z log p(x|z) + log p(z), summed over every configuration of a discrete z, (B,)."""
+    s = vae.settings
+    z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, torch.float32)
+    from einops import repeat
+
+    log_joint = vae.log_likelihood_k(x, repeat(z_all, "n d -> n b d", b=x.shape[0]))
+    return torch.logsumexp(log_joint.float(), 0) + parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
+
+
+def gaussian_elbo(vae, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """ELBO per sample with the analytic KL and reconstruction averaged over eps (S, B, Z)."""
+    z = mean + torch.exp(0.5 * log_var) * eps
+    return vae.log_likelihood_k(x, z).mean(0) - parts.gaussian_kl(mean, log_var).sum(-1)
+
+
+def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator: torch.Generator,
+                         samples: int = 10, check_every: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-datapoint Gaussian q_i = N(mean_i, diag(var_i)), started at the encoder's output and optimized by
+    Adam on a `samples`-sample ELBO for `steps` steps; the parameters with the best fixed-noise ELBO seen
+    (checked every `check_every` steps) are returned, so the result is never worse than the encoder's.
+    The step count is fixed rather than "until no improvement" so every rank runs the same number of
+    forwards (a collective under sharded strategies)."""
+    with torch.no_grad():
+        mean0, log_var0 = vae.encode(x)
+    mean = mean0.detach().clone().float().requires_grad_(True)
+    log_var = log_var0.detach().clone().float().requires_grad_(True)
+    optimizer = torch.optim.Adam([mean, log_var], lr=lr)
+    check_eps = _noise((samples, *mean.shape), generator, x.device)
+    best_mean, best_log_var = mean0.detach().clone(), log_var0.detach().clone()
+    with torch.no_grad():
+        best = gaussian_elbo(vae, x, best_mean, best_log_var, check_eps)
+    for step in range(1, steps + 1):
+        eps = _noise((samples, *mean.shape), generator, x.device)
+        with torch.enable_grad():
+            loss = -gaussian_elbo(vae, x, mean, log_var.clamp(-12.0, 8.0), eps).sum()
+            grads = torch.autograd.grad(loss, [mean, log_var])
+        for param, grad in zip((mean, log_var), grads):
+            param.grad = grad
+        optimizer.step()
+        if step % check_every == 0 or step == steps:
+            with torch.no_grad():
+                current = gaussian_elbo(vae, x, mean, log_var.clamp(-12.0, 8.0), check_eps)
+                better = current > best
+                best = torch.where(better, current, best)
+                best_mean = torch.where(better.unsqueeze(-1), mean.detach(), best_mean)
+                best_log_var = torch.where(better.unsqueeze(-1), log_var.detach().clamp(-12.0, 8.0), best_log_var)
+    return best_mean, best_log_var
+
+
+def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-sample scores of held-out x (already binarized as training sees it); see the module docstring."""
+    settings = vae.settings
+    out: dict[str, torch.Tensor] = {}
+    discrete = settings.latent != "gaussian"
+    width = settings.encoder_out if discrete else settings.latent_dim
+    noise = _noise((1, x.shape[0], width), generator, x.device)
+    out["test_elbo"] = vae.elbo_estimate(x, noise)
+    if discrete and parts.num_configurations(settings.latent, settings.latent_dim, settings.categories) \
+            <= parts.MAX_ENUMERATION:
+        log_px = exact_log_likelihood(vae, x)
+        out["test_nll"] = -log_px
+    else:
+        log_px, ess = importance_sampled_log_likelihood(vae, x, config.eval_samples, generator,
+                                                        budget=config.eval_budget)
+        out.update(test_nll=-log_px, test_ess=ess)
+    if config.prior_samples:
+        log_prior_px, prior_ess = importance_sampled_log_likelihood(vae, x, config.prior_samples, generator,
+                                                                    proposal="prior", budget=config.eval_budget)
+        out.update(test_nll_prior=-log_prior_px, test_ess_prior=prior_ess)
+    if not discrete:
+        mean, log_var = vae.encode(x)
+        out["posterior_mean"] = mean
+        if config.gap_steps:
+            eps = _noise((ELBO_SAMPLES, *mean.shape), generator, x.device)
+            amortized = gaussian_elbo(vae, x, mean, log_var, eps)
+            best_mean, best_log_var = optimized_posteriors(vae, x, config.gap_steps, config.gap_lr, generator)
+            optimized = gaussian_elbo(vae, x, best_mean, best_log_var, eps)
+            out.update(test_elbo_amortized=amortized, test_elbo_optimized=optimized,
+                       amortization_gap=optimized - amortized, approximation_gap=log_px - optimized)
+    return out
+
+
+def reduce_held_out(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means of per-sample scores; `posterior_mean` (N, Z) becomes `active_units` and `latent_dim`."""
+    out: dict[str, float] = {}
+    for key, values in scores.items():
+        if key == "posterior_mean":
+            variance = rearrange(values.astype(np.float64), "n z -> n z").var(axis=0)
+            out["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+            out["latent_dim"] = int(values.shape[1])
+        else:
+            out[key] = float(values.astype(np.float64).mean())
+    return out
