@@ -75,7 +75,7 @@ def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, genera
 def exact_log_likelihood(vae, x: torch.Tensor) -> torch.Tensor:
     """log p(x) = logsumexp_z log p(x|z) + log p(z), summed over every configuration of a discrete z, (B,)."""
     s = vae.settings
-    z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, torch.float32)
+    z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, x.dtype)
     from einops import repeat
 
     log_joint = vae.log_likelihood_k(x, repeat(z_all, "n d -> n b d", b=x.shape[0]))
@@ -97,8 +97,8 @@ def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator:
     forwards (a collective under sharded strategies)."""
     with torch.no_grad():
         mean0, log_var0 = vae.encode(x)
-    mean = mean0.detach().clone().float().requires_grad_(True)
-    log_var = log_var0.detach().clone().float().requires_grad_(True)
+    mean = mean0.detach().clone().requires_grad_(True)
+    log_var = log_var0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([mean, log_var], lr=lr)
     check_eps = _noise((samples, *mean.shape), generator, x.device)
     best_mean, best_log_var = mean0.detach().clone(), log_var0.detach().clone()

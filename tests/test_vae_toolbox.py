@@ -1,0 +1,217 @@
+"""The VAE inference toolbox on small problems where the answer is known: binarization, decoders, the IWAE
+bound's order, the score-function estimator against the exact gradient (with each control variate), exact
+enumeration against importance sampling, and the amortization gap."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gendist.data.binarize import binarize
+from gendist.recipes import vae_parts as parts
+from gendist.recipes.vae import VAE, VAESettings, leave_one_out_bounds
+from gendist.recipes.vae_eval import (exact_log_likelihood, gaussian_elbo, importance_sampled_log_likelihood,
+                                      optimized_posteriors, reduce_held_out)
+
+DIM = 6
+
+
+def small_vae(settings: VAESettings, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Linear(DIM, 16), nn.Tanh(), nn.Linear(16, settings.encoder_out))
+    decoder = nn.Sequential(nn.Linear(settings.decoder_in, 16), nn.Tanh(), nn.Linear(16, DIM))
+    baseline = nn.Sequential(nn.Linear(DIM, 16), nn.Tanh(), nn.Linear(16, 1)) if settings.baseline == "learned" else None
+    return VAE(encoder, decoder, settings, baseline).double()
+
+
+def binary_data(count: int = 4, seed: int = 1) -> torch.Tensor:
+    return (torch.rand(count, DIM, generator=torch.Generator().manual_seed(seed)) < 0.4).double()
+
+
+# -- binarization --------------------------------------------------------------------------------------------
+
+def test_binarization_is_keyed_by_sample_id_and_read():
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(100, 164)
+    dynamic = binarize(x, ids, "dynamic", 0, (5, 0, 0, 0))
+    assert set(dynamic.unique().tolist()) <= {0.0, 1.0}
+    # one sample's draw does not depend on which rank / batch position reads it (2 ranks x b = 1 x 2b)
+    torch.testing.assert_close(binarize(x[32:], ids[32:], "dynamic", 0, (5, 0, 0, 0)), dynamic[32:])
+    assert not torch.equal(binarize(x, ids, "dynamic", 0, (6, 0, 0, 0)), dynamic)  # a new draw per read
+    fixed = binarize(x, ids, "fixed", 0, (5, 0, 0, 0))
+    torch.testing.assert_close(binarize(x, ids, "fixed", 0, (9, 1, 0, 0)), fixed)  # the same at every read
+    assert torch.equal(binarize(x, ids, "none", 0, (0,)), x)
+
+
+def test_binarization_draws_ones_with_probability_x():
+    x = torch.full((4000, 16), 0.3)
+    ones = binarize(x, torch.arange(4000), "dynamic", 3, (1, 0, 0, 0)).mean().item()
+    assert ones == pytest.approx(0.3, abs=0.01)
+
+
+# -- decoders ------------------------------------------------------------------------------------------------
+
+def test_categorical_decoder_is_a_normalized_distribution_over_levels():
+    levels = 5
+    out = torch.randn(1, 2 * levels, 1, 1, dtype=torch.float64)  # (B, C * L, H, W): 2 channels, one pixel
+    total = sum(parts.log_likelihood("categorical", torch.tensor([[[[a / 4]], [[b / 4]]]], dtype=torch.float64),
+                                     out, None, levels).exp() for a in range(levels) for b in range(levels))
+    assert total.item() == pytest.approx(1.0, abs=1e-6)  # computed in float32
+
+
+def test_gaussian_decoder_with_fixed_std_has_no_variance_parameter():
+    vae = small_vae(VAESettings(latent_dim=2, decoder="gaussian", decoder_std=0.5))
+    assert "log_var_x" not in dict(vae.named_parameters())
+    assert vae.log_var_x.item() == pytest.approx(2 * math.log(0.5))
+
+
+# -- Gaussian latents: ELBO, IWAE, KL options -----------------------------------------------------------------
+
+def test_elbo_is_below_the_iw_bound_and_the_bound_rises_with_k():
+    vae = small_vae(VAESettings(latent_dim=2))
+    x = binary_data(200)
+    generator = torch.Generator().manual_seed(0)
+    bounds = {}
+    for k in (1, 5, 50):
+        vae.settings = VAESettings(latent_dim=2, k=k)
+        noise = torch.randn(k, 200, 2, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            bounds[k] = vae(x, noise)["objective"].mean().item()
+    with torch.no_grad():
+        elbo = vae.elbo_estimate(x, torch.randn(200, 200, 2, generator=generator, dtype=torch.float64)).mean().item()
+    assert bounds[1] == pytest.approx(elbo, abs=0.1)  # k = 1 is the ELBO
+    assert elbo < bounds[5] < bounds[50]
+
+
+def test_monte_carlo_kl_is_unbiased_and_free_bits_only_raise_the_penalty():
+    x = binary_data(50)
+    analytic = small_vae(VAESettings(latent_dim=3))
+    monte_carlo = small_vae(VAESettings(latent_dim=3, kl="monte_carlo"))
+    noise = torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        exact = analytic(x, noise)["kl"]
+        draws = torch.stack([monte_carlo(x, torch.randn(1, 50, 3, dtype=torch.float64))["kl"] for _ in range(3000)])
+        assert draws.mean(0).sub(exact).abs().max().item() < 5 * draws.std(0).max().item() / math.sqrt(3000)
+        free = small_vae(VAESettings(latent_dim=3, free_bits=0.5))(x, noise)
+        plain = analytic(x, noise)
+        assert (free["objective"] <= plain["objective"] + 1e-12).all()
+        torch.testing.assert_close(free["elbo"], plain["elbo"])  # the reported ELBO is the true one
+
+
+# -- discrete latents: score function against the exact gradient ----------------------------------------------
+
+def encoder_gradient(vae: VAE, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """d(mean objective)/d(encoder parameters), flattened."""
+    vae.zero_grad()
+    vae(x, noise)["objective"].mean().backward()
+    return torch.cat([p.grad.reshape(-1) for p in vae.encoder.parameters()])
+
+
+def fit_learned_baseline(vae: VAE, x: torch.Tensor, steps: int = 300) -> None:
+    optimizer = torch.optim.Adam(vae.baseline.parameters(), lr=0.02)
+    for _ in range(steps):
+        noise = torch.randn(1, len(x), vae.settings.encoder_out, dtype=torch.float64)
+        terms = vae(x, noise)
+        optimizer.zero_grad()
+        terms["baseline_loss"].mean().backward()
+        optimizer.step()
+
+
+def score_function_draws(baseline: str, k: int, draws: int = 3000):
+    """(exact gradient, draws of the estimator) on a 1 x 4-class categorical latent, 4 data points."""
+    x = binary_data()
+    exact_vae = small_vae(VAESettings(latent="categorical", latent_dim=1, categories=4, estimator="enumerate"))
+    exact = encoder_gradient(exact_vae, x, torch.zeros(1, len(x), 4, dtype=torch.float64))
+    vae = small_vae(VAESettings(latent="categorical", latent_dim=1, categories=4, baseline=baseline, k=k))
+    if baseline == "learned":
+        fit_learned_baseline(vae, x)
+    if baseline == "moving_average":  # warm the running mean up on the same model
+        with torch.no_grad():
+            for _ in range(50):
+                vae(x, torch.randn(k, len(x), 4, dtype=torch.float64))
+    torch.manual_seed(1)
+    samples = torch.stack([encoder_gradient(vae, x, torch.randn(k, len(x), 4, dtype=torch.float64))
+                           for _ in range(draws)])
+    return exact, samples
+
+
+@pytest.mark.parametrize("baseline", ["none", "moving_average", "learned"])
+def test_score_function_gradient_matches_the_exact_gradient_in_expectation(baseline):
+    exact, samples = score_function_draws(baseline, k=1)
+    standard_error = samples.std(0) / math.sqrt(len(samples))
+    z = (samples.mean(0) - exact).abs() / standard_error.clamp(min=1e-12)
+    assert z.max().item() < 4.5, z  # 3 SE per coordinate; 4.5 over the ~150 coordinates checked jointly
+
+
+def test_control_variates_reduce_the_variance():
+    _, plain = score_function_draws("none", k=1, draws=1500)
+    variance = plain.var(0).sum().item()
+    for baseline in ("moving_average", "learned"):
+        _, reduced = score_function_draws(baseline, k=1, draws=1500)
+        assert reduced.var(0).sum().item() < variance / 2, baseline
+
+
+def test_vimco_leave_one_out_baselines_replace_one_log_weight_by_the_others_mean():
+    f = torch.tensor([[0.0, 1.0], [2.0, -1.0], [4.0, 0.5]], dtype=torch.float64)  # (K=3, B=2)
+    expected = torch.stack([torch.logsumexp(torch.stack([(f[1] + f[2]) / 2, f[1], f[2]]), 0),
+                            torch.logsumexp(torch.stack([f[0], (f[0] + f[2]) / 2, f[2]]), 0),
+                            torch.logsumexp(torch.stack([f[0], f[1], (f[0] + f[1]) / 2]), 0)]) - math.log(3)
+    torch.testing.assert_close(leave_one_out_bounds(f), expected)
+
+
+def test_vimco_gradient_is_unbiased_for_the_iw_bound():
+    x = binary_data()
+    vae = small_vae(VAESettings(latent="bernoulli", latent_dim=2, baseline="vimco", k=3))
+    # the exact gradient of E[log mean_k w_k] over all 4^3 joint configurations of three 2-bit samples
+    z_all = parts.all_configurations("bernoulli", 2, 2, "cpu", torch.float64)  # (4, 2)
+    vae.zero_grad()
+    logits, _ = vae.encode(x)
+    log_q = parts.log_q_discrete("bernoulli", logits.unsqueeze(0), z_all.unsqueeze(1), 2)  # (4, B)
+    log_w = (vae.log_likelihood_k(x, z_all.unsqueeze(1).expand(4, len(x), 2)) + parts.log_prior_discrete(
+        "bernoulli", 2, 2) - log_q)  # (4, B)
+    combos = torch.cartesian_prod(*[torch.arange(4)] * 3)  # (64, 3)
+    bound = torch.logsumexp(log_w[combos], 1) - math.log(3)  # (64, B)
+    weight = log_q[combos].sum(1).exp()  # (64, B)
+    (weight * bound).sum(0).mean().backward()
+    exact = torch.cat([p.grad.reshape(-1) for p in vae.encoder.parameters()])
+    torch.manual_seed(2)
+    samples = torch.stack([encoder_gradient(vae, x, torch.randn(3, len(x), 2, dtype=torch.float64))
+                           for _ in range(3000)])
+    z = (samples.mean(0) - exact).abs() / (samples.std(0) / math.sqrt(len(samples))).clamp(min=1e-12)
+    assert z.max().item() < 4.5
+
+
+# -- likelihood estimates and the amortization gap ------------------------------------------------------------
+
+def test_importance_sampling_converges_to_the_enumerated_likelihood_and_beats_the_prior_estimate():
+    vae = small_vae(VAESettings(latent="bernoulli", latent_dim=3, estimator="enumerate"))
+    x = binary_data(8)
+    with torch.no_grad():
+        exact = exact_log_likelihood(vae, x)
+        estimate, ess = importance_sampled_log_likelihood(vae, x, 4000, torch.Generator().manual_seed(0), budget=500)
+        prior, prior_ess = importance_sampled_log_likelihood(vae, x, 4000, torch.Generator().manual_seed(0),
+                                                             proposal="prior")
+    torch.testing.assert_close(estimate.double(), exact.double(), atol=0.02, rtol=0)
+    torch.testing.assert_close(prior.double(), exact.double(), atol=0.05, rtol=0)
+    assert ((ess >= 1) & (ess <= 4000)).all() and ((prior_ess >= 1) & (prior_ess <= 4000)).all()
+
+
+def test_per_datapoint_optimization_closes_part_of_the_amortization_gap():
+    vae = small_vae(VAESettings(latent_dim=2))
+    x = binary_data(20)
+    generator = torch.Generator().manual_seed(0)
+    mean, log_var = vae.encode(x)
+    eps = torch.randn(200, 20, 2, generator=generator, dtype=torch.float64)
+    best_mean, best_log_var = optimized_posteriors(vae, x, 200, 0.05, generator)
+    with torch.no_grad():
+        amortized = gaussian_elbo(vae, x, mean, log_var, eps)
+        optimized = gaussian_elbo(vae, x, best_mean.double(), best_log_var.double(), eps)
+    assert (optimized - amortized).mean().item() > 0.05  # an untrained encoder leaves a clear gap
+
+
+def test_active_units_count_posterior_means_that_vary_over_the_data():
+    means = torch.zeros(100, 3)
+    means[:, 0] = torch.linspace(-1, 1, 100)  # variance 0.34: active
+    means[:, 1] = torch.linspace(-0.05, 0.05, 100)  # variance 0.0009: inactive
+    reduced = reduce_held_out({"posterior_mean": means.numpy(), "test_nll": torch.tensor([1.0, 3.0]).numpy()})
+    assert reduced == {"active_units": 1, "latent_dim": 3, "test_nll": 2.0}
