@@ -219,7 +219,8 @@ def trained_runs(tmp_path_factory):
     """Tiny finished runs of each family that has an encoder or translates (2 steps, in-process)."""
     root = tmp_path_factory.mktemp("fuzz-runs")
     quiet = ["train.max_steps=2", "train.batch_size=16", "ckpt.every=0", "log.sample_every=0", "log.wandb=false",
-             "log.progress=false", "eval.num_samples=32", "model.hidden=16"]
+             "log.progress=false", "eval.num_samples=32", "model.hidden=16", "vae.eval_samples=20", "vae.prior_samples=0",
+             "vae.gap_steps=0"]
     import os
     os.environ.setdefault("GENDIST_CACHE", str(root / "cache"))
     runs = {}
