@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vae-likelihood-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def main() -> int:
         started = time.perf_counter()
         gendist("train", "configs/vae_digits.yaml", f"run.dir={run_dir}", f"train.max_steps={args.steps}",
                 f"train.seed={args.seed}", f"vae.k={k}", f"vae.eval_samples={args.eval_samples}",
-                f"vae.prior_samples={args.eval_samples}", *MLP, env=env)
+                f"vae.prior_samples={args.eval_samples}", *MLP, *args.extra, env=env)
         metrics = json.loads((run_dir / "eval.json").read_text())
         rows[f"k={k}"] = {"seconds": round(time.perf_counter() - started, 1),
                           **{key: metrics.get(key) for key in KEYS}}
@@ -76,7 +77,8 @@ def main() -> int:
         started = time.perf_counter()
         gendist("train", "configs/vae_digits.yaml", f"run.dir={run_dir}", f"train.max_steps={args.categorical_steps}",
                 f"train.seed={args.seed}", "vae.latent=categorical", "model.latent_dim=1", "vae.categories=10",
-                "vae.baseline=learned", "vae.gap_steps=0", f"vae.prior_samples={args.eval_samples}", *MLP, env=env)
+                "vae.baseline=learned", "vae.gap_steps=0", f"vae.prior_samples={args.eval_samples}", *MLP,
+                *[item for item in args.extra if not item.startswith("model.latent_dim")], env=env)
         metrics = json.loads((run_dir / "eval.json").read_text())
         rows["categorical"] = {"seconds": round(time.perf_counter() - started, 1),
                                **{key: metrics.get(key) for key in KEYS if key in metrics},
