@@ -32,7 +32,9 @@ class DataConfig:
     shards: str = ""  # path, glob or brace pattern of training .tar shards (data prepared elsewhere)
     test_shards: str = ""  # same for the held-out split
     cache_dir: str = ""  # where `source` shards are cached; default $GENDIST_CACHE or ~/.cache/gendist
-    split_mode: Literal["shard", "global"] = "shard"  # shard: each rank reads its own shards; global: world-size independent batches
+    # shard: each rank reads its own shards; global: world-size independent batches; owner: rank r reads the
+    # samples with id % world_size == r (a stable assignment, for per-datapoint state: vae.inference=per_datapoint)
+    split_mode: Literal["shard", "global", "owner"] = "shard"
     num_workers: int = 0  # loader worker processes per rank
     shuffle_buffer: int = 4096  # samples in the seeded shuffle buffer
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shard: stop with its name, or skip and count
@@ -124,6 +126,12 @@ class VAEConfig:
     # vimco (leave-one-out over vae.k >= 2 samples; trains the IW bound)
     baseline: Literal["none", "moving_average", "learned", "vimco"] = "none"
     baseline_decay: float = 0.9  # moving_average baseline: weight of the old average
+    # amortized: an encoder q(z|x) | per_datapoint: variational parameters per training sample (phi_i, sharded by
+    # sample over ranks: needs data.split_mode=owner), optimized by SGD with the decoder (the lecture's
+    # algorithm before amortization); held-out data gets its q optimized at test time (vae.test_steps)
+    inference: Literal["amortized", "per_datapoint"] = "amortized"
+    local_lr: float = 1e-2  # Adam learning rate of the per-datapoint parameters
+    test_steps: int = 200  # per_datapoint: Adam steps of a held-out sample's q before it is scored
     eval_samples: int = 5000  # K of the importance-sampled test log-likelihood (`test_nll`)
     eval_budget: int = 100_000  # decoder calls per block of that estimate (memory)
     prior_samples: int = 0  # K of the naive estimate with z from the prior (`test_nll_prior`); 0: off
@@ -522,7 +530,7 @@ def validate_vae(config: RunConfig) -> None:
         raise UserError(f"config: vae.levels must be >= 2, got {vae.levels}")
     if vae.categories < 2:
         raise UserError(f"config: vae.categories must be >= 2, got {vae.categories}")
-    for key in ("decoder_std", "free_bits", "gap_lr"):
+    for key in ("decoder_std", "free_bits", "gap_lr", "local_lr"):
         value = getattr(vae, key)
         if value < 0 or value != value:
             raise UserError(f"config: vae.{key} must be >= 0, got {value}")
@@ -543,6 +551,19 @@ def validate_vae(config: RunConfig) -> None:
         if count > 4096:
             raise UserError(f"config: vae.estimator=enumerate would sum over {count} latent configurations (at most "
                             "4096); lower model.latent_dim or use vae.estimator=reinforce")
+    if vae.inference == "per_datapoint":
+        if vae.latent != "gaussian":
+            raise UserError("config: vae.inference=per_datapoint keeps Gaussian parameters per sample; set vae.latent=gaussian")
+        if config.data.split_mode != "owner":
+            raise UserError("config: vae.inference=per_datapoint needs data.split_mode=owner (each sample's parameters "
+                            f"live on the one rank that reads it), got data.split_mode={config.data.split_mode}")
+        if vae.gap_steps:
+            raise UserError("config: vae.gap_steps measures an encoder's amortization gap; vae.inference=per_datapoint "
+                            "has no encoder (set vae.gap_steps=0)")
+        if config.precision == "fp16":
+            raise UserError("config: vae.inference=per_datapoint does not combine with fp16 loss scaling; use bf16 or fp32")
+    if vae.test_steps < 1:
+        raise UserError(f"config: vae.test_steps must be >= 1, got {vae.test_steps}")
     if vae.gap_steps and vae.latent != "gaussian":
         raise UserError("config: vae.gap_steps optimizes per-datapoint Gaussian posteriors; set vae.latent=gaussian")
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers import accelerate_command, free_port, gendist_command, make_env, run
+from helpers import accelerate_command, free_port, gendist_command, make_env, read_metrics, run
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,10 @@ CASES = {
     # IWAE (k = 3) on dynamically binarized digits under DDP: test_nll, the prior estimate, effective sample
     # sizes, active units and the amortization gap (per-datapoint q optimized on each rank's chunks)
     "ddp-iwae": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.k=3", "vae.gap_steps=20"]),
+    # non-amortized: per-datapoint q rows sharded by sample over the ranks (owner split mode); held-out
+    # samples get their q optimized at test time; then resumed on 1 process (the table is re-sharded)
+    "ddp-vae-per-datapoint": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.inference=per_datapoint",
+                                                      "data.split_mode=owner", "vae.gap_steps=0", "vae.test_steps=10"]),
     # a categorical latent trained by the score function with the learned baseline, under ZeRO-2
     "zero2-vae-categorical": ("launch/cpu-deepspeed-zero2.yaml", [*DIGITS_VAE, "vae.latent=categorical",
                                                                  "model.latent_dim=1", "vae.baseline=learned",
@@ -70,3 +74,9 @@ def test_one_and_two_processes_evaluate_alike(case, tmp_path):
     assert not same_numbers(one, two), same_numbers(one, two)
     # training's evaluation ran on the strategy's own units (ZeRO-3 partitions, FSDP shards + EMA swap)
     assert not same_numbers(one, in_training), same_numbers(one, in_training)
+    if "per-datapoint" in case:  # 2 ranks' rows of the table, resumed by one process that now owns them all
+        resumed = run(gendist_command("train", *config, f"run.dir={run_dir}", *SHORT, "train.max_steps=40"), env)
+        assert "resumed from" in resumed.stdout and "step 30" in resumed.stdout, resumed.stdout[-2000:]
+        rows = [m["memory/local_table_rows_this_rank"] for m in read_metrics(run_dir)
+                if "memory/local_table_rows_this_rank" in m]
+        assert rows[-1] == 2 * rows[0] or abs(rows[-1] - 2 * rows[0]) <= 1, rows

@@ -3,6 +3,8 @@ bound's order, the score-function estimator against the exact gradient (with eac
 enumeration against importance sampling, and the amortization gap."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -215,3 +217,73 @@ def test_active_units_count_posterior_means_that_vary_over_the_data():
     means[:, 1] = torch.linspace(-0.05, 0.05, 100)  # variance 0.0009: inactive
     reduced = reduce_held_out({"posterior_mean": means.numpy(), "test_nll": torch.tensor([1.0, 3.0]).numpy()})
     assert reduced == {"active_units": 1, "latent_dim": 3, "test_nll": 2.0}
+
+
+# -- per-datapoint (non-amortized) state ----------------------------------------------------------------------
+
+def test_local_table_steps_only_the_rows_read_like_adam_on_those_rows():
+    from gendist.engine.local_tables import LocalTable, TableSpec
+
+    table = LocalTable("posterior", TableSpec(3, (0.0, 0.0, 0.0), lr=0.1), np.array([0, 2, 4, 6]), torch.device("cpu"))
+    reference = torch.zeros(2, 3, requires_grad=True)  # the rows of samples 2 and 6, under torch's Adam
+    adam = torch.optim.Adam([reference], lr=0.1)
+    target = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]])
+    for _ in range(5):
+        rows = table.rows(torch.tensor([6, 2]))
+        ((rows - target.flip(0)) ** 2).sum().backward()
+        table.step(torch.tensor([6, 2]), rows, scale=1.0)
+        adam.zero_grad()
+        ((reference - target) ** 2).sum().backward()
+        adam.step()
+    torch.testing.assert_close(table.table[[1, 3]], reference.detach())
+    assert table.table[[0, 2]].abs().sum() == 0 and table.steps.tolist() == [0, 5, 0, 5]  # untouched rows
+    with pytest.raises(Exception, match="not held by this rank"):
+        table.rows(torch.tensor([3]))
+
+
+def test_local_tables_reshard_when_the_world_size_changes():
+    from gendist.engine.local_tables import LocalTable, TableSpec
+
+    spec = TableSpec(2, (0.0, 0.0), lr=0.1)
+    ranks = [LocalTable("phi", spec, np.arange(rank, 10, 2), torch.device("cpu")) for rank in range(2)]
+    for table in ranks:
+        table.table.copy_(table.ids.float().unsqueeze(1).repeat(1, 2))  # row value = its sample id
+        table.steps.fill_(3)
+    states = [table.state_dict() for table in ranks]
+    alone = LocalTable("phi", spec, np.arange(10), torch.device("cpu"))
+    alone.load_state_dicts(states)
+    torch.testing.assert_close(alone.table[:, 0], torch.arange(10).float())
+    three = LocalTable("phi", spec, np.arange(1, 10, 3), torch.device("cpu"))  # rank 1 of 3
+    three.load_state_dicts([alone.state_dict()])
+    torch.testing.assert_close(three.table[:, 1], torch.tensor([1.0, 4.0, 7.0]))
+    assert three.steps.tolist() == [3, 3, 3]
+
+
+def test_owner_split_mode_gives_every_sample_one_fixed_rank(tmp_path):
+    from gendist.data import ShardLoader, load_manifest, prepare_dataset
+
+    np.savez(tmp_path / "points.npz", x=np.random.default_rng(0).random((280, 2)).astype(np.float32))
+    prepare_dataset(f"npz:{tmp_path / 'points.npz'}", tmp_path / "data", shard_size=100, test_fraction=0.1)
+    manifest = load_manifest(tmp_path / "data")
+    urls = [str(tmp_path / "data" / shard["name"]) for shard in manifest["splits"]["train"]["shards"]]
+    seen = {}
+    for rank in range(2):
+        loader = ShardLoader(urls, manifest, batch_size=20, seed=1, rank=rank, world_size=2, split_mode="owner")
+        batches = iter(loader)
+        for epoch in range(2):
+            ids = torch.cat([next(batches)["idx"] for _ in range(loader.num_batches())])
+            assert set((ids % 2).tolist()) == {rank} and len(set(ids.tolist())) == len(ids)
+            seen.setdefault(rank, []).append(ids)
+        assert len(urls) >= 2 and loader.num_batches() == 252 // 2 // 20  # 126 owned samples: 6 full batches
+    assert not torch.equal(seen[0][0], seen[0][1])  # a new order each epoch, the same owner
+
+
+def test_per_datapoint_vae_reads_its_rows_and_has_no_encoder():
+    settings = VAESettings(latent_dim=2, inference="per_datapoint")
+    vae = VAE(None, nn.Linear(2, DIM).double(), settings).double()
+    x = binary_data(5)
+    rows = torch.zeros(5, 4, dtype=torch.float64, requires_grad=True)
+    vae(x, torch.randn(1, 5, 2, dtype=torch.float64), 1.0, rows)["objective"].sum().backward()
+    assert rows.grad is not None and rows.grad.abs().sum() > 0
+    with pytest.raises(Exception, match="no encoder"):
+        vae.encode(x)

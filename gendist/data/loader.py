@@ -8,6 +8,10 @@ Everything a rank reads in an epoch is a pure function of (seed, epoch, rank, wo
   ranks, computed from per-block sample counts) so collectives never wait on a rank that ran dry;
 - `split_mode="global"`: all ranks read one stream (shuffle not seeded by rank) in batches of
   `batch_size * world_size` and keep their `batch_size` rows, so the data depends only on the global batch;
+- `split_mode="owner"`: a stable sample-to-rank assignment: rank r reads every shard and keeps the samples
+  whose id % world_size == r, in its own seeded shuffle; per-datapoint state (a VAE's variational parameters
+  per sample, gendist.engine.local_tables) then lives on the rank that reads the sample. The per-block counts
+  of owned samples come from one scan of the sample ids at start-up;
 - the shuffle buffer is seeded with `default_rng([seed, epoch, rank, worker])` (rank 0 in global mode).
 
 Resume is replay-and-discard: `load_state_dict` makes the next epoch restart and drop the batches already
@@ -15,6 +19,7 @@ consumed. That costs reading them again, which is cheap because small samples ar
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gendist.data.batching import count_batches, shuffle_batches
+from gendist.data.batching import count_batches, shuffle_batches, take_rows
 from gendist.data.manifest import shard_block_sizes
 from gendist.data.reading import ShardError, ShardTask, SkipCounter, read_blocks
 from gendist.errors import UserError
@@ -48,6 +53,8 @@ class LoaderPlan:
     shuffle_buffer: int
     on_error: str
     image_mode: str | None
+    # owner mode: samples rank r owns in each block, [rank][url][block]
+    owned_block_sizes: tuple[tuple[tuple[int, ...], ...], ...] | None = None
 
     @property
     def workers(self) -> int:
@@ -55,7 +62,7 @@ class LoaderPlan:
 
     @property
     def num_slots(self) -> int:
-        return self.workers if self.split_mode == "global" else self.world_size * self.workers
+        return self.workers if self.split_mode in ("global", "owner") else self.world_size * self.workers
 
     @property
     def stream_batch_size(self) -> int:
@@ -64,7 +71,7 @@ class LoaderPlan:
 
     def slot(self, rank: int, worker: int) -> int:
         # shard mode: order[rank::world][worker::workers] == order[rank + world*worker :: world*workers]
-        return worker if self.split_mode == "global" else rank + self.world_size * worker
+        return worker if self.split_mode in ("global", "owner") else rank + self.world_size * worker
 
 
 def build_slot_tasks(plan: LoaderPlan, epoch: int, slot: int) -> list[ShardTask]:
@@ -82,16 +89,40 @@ def build_slot_tasks(plan: LoaderPlan, epoch: int, slot: int) -> list[ShardTask]
     return tasks
 
 
-def slot_num_samples(plan: LoaderPlan, epoch: int, slot: int) -> int:
+def slot_num_samples(plan: LoaderPlan, epoch: int, slot: int, rank: int = 0) -> int:
     tasks = build_slot_tasks(plan, epoch, slot)
-    return sum(sum(s for b, s in enumerate(t.block_sizes) if t.keep is None or b in t.keep) for t in tasks)
+    if plan.owned_block_sizes is None:
+        return sum(sum(s for b, s in enumerate(t.block_sizes) if t.keep is None or b in t.keep) for t in tasks)
+    owned = dict(zip(plan.urls, plan.owned_block_sizes[rank]))  # owner mode: the rank's samples per block
+    return sum(sum(s for b, s in enumerate(owned[t.url]) if t.keep is None or b in t.keep) for t in tasks)
 
 
 def batches_per_epoch(plan: LoaderPlan, epoch: int) -> int:
     """Batches every rank yields in `epoch`: the fewest any rank can fill (equal on all ranks)."""
     ranks = [0] if plan.split_mode == "global" else range(plan.world_size)
-    return min(sum(count_batches(slot_num_samples(plan, epoch, plan.slot(rank, worker)), plan.stream_batch_size,
-                                 plan.drop_last) for worker in range(plan.workers)) for rank in ranks)
+    return min(sum(count_batches(slot_num_samples(plan, epoch, plan.slot(rank, worker), rank),
+                                 plan.stream_batch_size, plan.drop_last) for worker in range(plan.workers))
+               for rank in ranks)
+
+
+def owned_rows(blocks, rank: int, world_size: int):
+    """Owner mode: each block cut down to the samples this rank owns (id % world_size == rank)."""
+    for block in blocks:
+        rows = np.flatnonzero(block.idx % world_size == rank)
+        if len(rows):
+            yield take_rows(block, rows)
+
+
+def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: str, world_size: int):
+    """[rank][url][block] -> samples of that block the rank owns, from one scan of the sample ids."""
+    counts = [[[0] * len(sizes) for sizes in block_sizes] for _ in range(world_size)]
+    for url_index, (url, sizes) in enumerate(zip(urls, block_sizes)):
+        for block_index, block in enumerate(read_blocks([ShardTask(url, tuple(sizes))], image_mode, on_error,
+                                                        SkipCounter())):
+            owners = np.bincount(block.idx % world_size, minlength=world_size)
+            for rank in range(world_size):
+                counts[rank][url_index][block_index] = int(owners[rank])
+    return tuple(tuple(tuple(per_url) for per_url in per_rank) for per_rank in counts)
 
 
 def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -101,6 +132,8 @@ def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter
     rng = np.random.default_rng([plan.seed, epoch, shuffle_rank, worker])
     blocks = read_blocks(build_slot_tasks(plan, epoch, plan.slot(plan.rank, worker)), plan.image_mode,
                          plan.on_error, skipped)
+    if plan.split_mode == "owner":
+        blocks = owned_rows(blocks, plan.rank, plan.world_size)
     keep = slice(plan.rank * plan.batch_size, (plan.rank + 1) * plan.batch_size) if global_mode else slice(None)
     for batch in shuffle_batches(blocks, rng, plan.stream_batch_size, plan.shuffle_buffer, plan.drop_last, keep):
         yield {key: torch.from_numpy(value) for key, value in batch.items()}
@@ -149,6 +182,9 @@ class ShardLoader:
             rank=rank, world_size=world_size, split_mode=split_mode, num_workers=num_workers, drop_last=drop_last,
             shuffle_buffer=shuffle_buffer, on_error=on_error,
             image_mode=(manifest or {}).get("image_mode"))
+        if split_mode == "owner":
+            owned = count_owned(list(shard_urls), sizes, self.plan.image_mode, on_error, world_size)
+            self.plan = dataclasses.replace(self.plan, owned_block_sizes=owned)
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of `epoch` already handed to the caller
         self._batch_counts: dict[int, int] = {}  # epoch -> batches per epoch
@@ -244,8 +280,8 @@ def check_loader_arguments(urls: list[str], batch_size: int, rank: int, world_si
         raise UserError(f"train.batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"data loader: rank {rank} is not in [0, world_size={world_size})")
-    if split_mode not in ("shard", "global"):
-        raise UserError(f"data.split_mode must be 'shard' or 'global', got '{split_mode}'")
+    if split_mode not in ("shard", "global", "owner"):
+        raise UserError(f"data.split_mode must be 'shard', 'global' or 'owner', got '{split_mode}'")
     if num_workers < 0:
         raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
     if on_error not in ("raise", "skip"):

@@ -251,6 +251,9 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     domain_b = spec.info.domain_b
     probe = probe_batch(spec.info.sample_shape, config.train.batch_size, torch.device("cpu"),
                         domain_b.sample_shape if domain_b else None)
+    if hasattr(recipe, "local_tables"):  # per-datapoint rows of the probe's samples, at their initial values
+        probe.local = {name: torch.tensor(spec.init).repeat(probe.size, 1).requires_grad_(True)
+                       for name, spec in recipe.local_tables().items()} or None
     check_gradient_coverage(units, phases, probe, recipe)
     strategy.setup(units, phases)
     loader = build_train_loader(config, spec, dist_info)

@@ -20,6 +20,7 @@ from gendist.config import RunConfig, lr_scale
 from gendist.data.binarize import binarize
 from gendist.distributed import DistInfo, any_rank, reduce_mean
 from gendist.engine.ema import EMA
+from gendist.engine.local_tables import LocalTable, load_table_states, owned_sample_ids
 from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
@@ -33,6 +34,18 @@ LAUNCHER_DIED = -1  # stop_signal value when the launcher process is gone
 
 def ema_file(network: str) -> str:
     return f"ema_{network}.safetensors"
+
+
+def build_local_tables(recipe, loader, config: RunConfig, device: torch.device) -> dict[str, LocalTable]:
+    """The recipe's per-datapoint tables, each holding the rows of the samples this rank's loader reads."""
+    specs = recipe.local_tables() if hasattr(recipe, "local_tables") else {}
+    if not specs:
+        return {}
+    if config.data.split_mode != "owner":
+        raise UserError(f"config: per-datapoint state ({', '.join(specs)}) needs data.split_mode=owner (a stable "
+                        f"sample-to-rank assignment), got {config.data.split_mode}")
+    owned = owned_sample_ids(loader)
+    return {name: LocalTable(name, spec, owned, device) for name, spec in specs.items()}
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +85,7 @@ class Trainer:
         self.launcher_pid = os.getppid() if dist_info.launched else None
         self._data_iter = None
         self._data_iter_b = None
+        self.tables = build_local_tables(recipe, loader, config, dist_info.device)
         self.schedule_enabled = config.optim.schedule != "constant" or config.optim.warmup_steps > 0
 
     # -- one step ----------------------------------------------------------------------------------------
@@ -96,7 +110,8 @@ class Trainer:
             if self._data_iter_b is None:
                 self._data_iter_b = iter(self.loader_b)
             x_b = next(self._data_iter_b)["x"].to(device, non_blocking=True)
-        return Batch(x.shape[0], x, y, noise, data.get("idx"), x_b)
+        local = {name: table.rows(data["idx"]) for name, table in self.tables.items()} if self.tables else None
+        return Batch(x.shape[0], x, y, noise, data.get("idx"), x_b, local)
 
     def run_phase(self, phase: Phase, phase_index: int) -> None:
         nets = self.strategy.phase_nets(phase)
@@ -111,6 +126,9 @@ class Trainer:
                     if repeat == 0 and phase.name == self.nan_phase and self.step in self.nan_steps:
                         outputs = {**outputs, "loss": outputs["loss"] * float("nan")}  # fault injection
                     self.strategy.backward(phase, outputs["loss"])
+                if batch.local:  # per-datapoint rows: their own update, rescaled to the per-sample loss's gradient
+                    for name, table in self.tables.items():
+                        table.step(batch.idx, batch.local[name], batch.size * accum)
                 self.accumulate(phase, outputs)  # tensors only: no host sync inside micro-steps
             self.after_step(phase, self.strategy.step(phase))
 
@@ -183,6 +201,9 @@ class Trainer:
             syncs.clear()
         self.optimizer_steps.clear()
         reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
+        if self.tables:  # per-datapoint rows (and their Adam state) held by this rank (mean over ranks)
+            reduced["memory/local_table_bytes_this_rank"] = float(sum(t.nbytes() for t in self.tables.values()))
+            reduced["memory/local_table_rows_this_rank"] = float(sum(len(t.ids) for t in self.tables.values()))
         reduced.update({f"amp/{name}_loss_scale": scale for name, scale in self.strategy.loss_scales().items()})
         if self.loader.skipped:  # bad shards/samples passed over under data.on_error=skip (this rank)
             reduced["data/skipped_this_rank"] = float(self.loader.skipped)
@@ -223,6 +244,8 @@ class Trainer:
             rank_state["loader_b"] = self.loader_b.state_dict()
         if hasattr(self.recipe, "state_dict"):  # per-rank recipe state (CycleGAN's history pools)
             rank_state["recipe"] = self.recipe.state_dict()
+        if self.tables:  # this rank's rows of each per-datapoint table, with their sample ids
+            rank_state["tables"] = {name: table.state_dict() for name, table in self.tables.items()}
         save_torch(folder / f"rank_{self.dist.rank:05d}.pt", rank_state)
         state = {"step": self.step, "bad_steps_in_a_row": dict(self.bad_steps_in_a_row),
                  "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
@@ -249,6 +272,8 @@ class Trainer:
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
+        for name, table in self.tables.items():  # any world size: each rank takes the rows it owns now
+            table.load_state_dicts(load_table_states(folder, name))
         rank_file = folder / f"rank_{self.dist.rank:05d}.pt"
         if trainer_state.get("world_size") == self.dist.world_size and rank_file.is_file():
             rank_state = load_torch(rank_file)

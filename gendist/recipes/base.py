@@ -57,6 +57,8 @@ class Batch:
     noise: NoiseSource
     idx: torch.Tensor | None = None
     x_b: torch.Tensor | None = None
+    # rows of per-datapoint tables for this batch's samples (gendist.engine.local_tables), leaf tensors
+    local: dict[str, torch.Tensor] | None = None
 
     def randn(self, *tail: int) -> torch.Tensor:
         """Standard normal noise (size, *tail), a deterministic function of (seed, step, phase, global row)."""

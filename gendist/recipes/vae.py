@@ -48,12 +48,14 @@ class VAESettings:
     baseline_decay: float = 0.9
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
+    inference: str = "amortized"
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "VAESettings":
         vae = config.vae
         return cls(vae.latent, config.model.latent_dim, vae.categories, vae.decoder, vae.levels, vae.decoder_std,
-                   vae.k, vae.kl, vae.estimator, vae.baseline, vae.baseline_decay, vae.kl_warmup_steps, vae.free_bits)
+                   vae.k, vae.kl, vae.estimator, vae.baseline, vae.baseline_decay, vae.kl_warmup_steps, vae.free_bits,
+                   vae.inference)
 
     @property
     def decoder_in(self) -> int:
@@ -102,6 +104,9 @@ class VAE(nn.Module):
     # -- the pieces -------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gaussian: (mean, log_var) (B, Z) each; discrete: (logits (B, encoder_out), None)."""
+        if self.encoder is None:
+            raise UserError("this VAE has no encoder (vae.inference=per_datapoint): a sample's q is optimized, "
+                            "not predicted")
         out = self.encoder(x)
         if self.settings.latent != "gaussian":
             return out, None
@@ -143,9 +148,15 @@ class VAE(nn.Module):
         return (self.log_likelihood_k(x, z) + log_prior - log_q).mean(0)
 
     # -- the training objective ----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0,
+                posterior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-sample terms; `objective` (B,) is what training maximizes (its gradient is the estimator's).
-        noise: standard normal (K, B, latent_dim) for Gaussian latents, (K, B, encoder_out) for discrete ones."""
+        noise: standard normal (K, B, latent_dim) for Gaussian latents, (K, B, encoder_out) for discrete ones.
+        posterior: per-datapoint Gaussian parameters (B, 2 * latent_dim) = (mean, log_var) instead of the
+        encoder's (non-amortized inference)."""
+        if posterior is not None:
+            mean, log_var = posterior.chunk(2, dim=-1)
+            return self._reparameterized(x, mean, log_var.clamp(-12.0, 8.0), noise, beta)
         params, log_var = self.encode(x)
         if self.settings.latent == "gaussian":
             return self._reparameterized(x, params, log_var, noise, beta)
@@ -235,7 +246,8 @@ def elbo_loss(nets: Nets, batch: Batch, step: int, *, settings: VAESettings) -> 
     samples = settings.k if settings.latent == "gaussian" or settings.estimator != "enumerate" else 1
     noise = rearrange(batch.randn(samples, width), "b k d -> k b d")  # each row's noise is its own
     beta = min(1.0, (step + 1) / settings.kl_warmup_steps) if settings.kl_warmup_steps else 1.0
-    terms = nets.vae(batch.x, noise, beta)
+    posterior = batch.local["posterior"] if settings.inference == "per_datapoint" else None
+    terms = nets.vae(batch.x, noise, beta, posterior)
     logs = {key: terms[key].mean().detach() for key in ("elbo", "reconstruction", "kl", "baseline_loss") if key in terms}
     return {"loss": -terms["objective"].mean(), **logs}
 
@@ -253,6 +265,15 @@ class VAERecipe:
             raise UserError("vae.decoder=categorical models pixel levels of images; use bernoulli or gaussian "
                             f"for {data_info.kind}")
 
+    def local_tables(self) -> dict:
+        """Non-amortized inference: (mean, log_var) per training sample, starting at the prior N(0, I)."""
+        from gendist.engine.local_tables import TableSpec
+
+        if self.settings.inference != "per_datapoint":
+            return {}
+        return {"posterior": TableSpec(2 * self.settings.latent_dim, (0.0,) * (2 * self.settings.latent_dim),
+                                       self.config.vae.local_lr)}
+
     def build_networks(self) -> dict[str, nn.Module]:
         model, shape, s = self.config.model, self.info.sample_shape, self.settings
         out_channels = parts.decoder_channels(s.decoder, shape[0], s.levels)
@@ -265,6 +286,8 @@ class VAERecipe:
             decoder = MLP(s.decoder_in, out_channels * math.prod(shape[1:]), model.hidden, model.depth,
                           out_shape=(out_channels, *shape[1:]))
         baseline = MLP(math.prod(shape), 1, model.hidden, 1) if s.baseline == "learned" else None
+        if s.inference == "per_datapoint":
+            encoder = None  # q(z|x_i) is a row of the per-datapoint table, not a network's output
         return {"vae": VAE(encoder, decoder, s, baseline)}
 
     def phases(self) -> list[Phase]:
@@ -284,8 +307,10 @@ class VAERecipe:
         return nets.vae.mean_sample(self._code(nets, inputs.to(device)))
 
     def _code(self, nets: Nets, x: torch.Tensor) -> torch.Tensor:
-        params, _ = nets.vae.encode(x)
         s = self.settings
+        if s.inference == "per_datapoint":
+            return self._optimized_means(nets, x)
+        params, _ = nets.vae.encode(x)
         if s.latent == "gaussian":
             return params
         if s.latent == "bernoulli":
@@ -297,6 +322,8 @@ class VAERecipe:
         """The mean of q(z|x) (Gaussian latents) or q's probabilities (discrete latents)."""
         if features != "encoder":
             raise UserError("--features discriminator: a VAE has no discriminator; use --features encoder")
+        if self.settings.inference == "per_datapoint":
+            return self._optimized_means(nets, x.to(next(nets.vae.parameters()).device))
         params, _ = nets.vae.encode(x.to(next(nets.vae.parameters()).device))
         if self.settings.latent == "gaussian":
             return params
@@ -304,6 +331,15 @@ class VAERecipe:
             return torch.sigmoid(params)
         return rearrange(torch.softmax(rearrange(params, "b (z c) -> b z c", c=self.settings.categories), -1),
                          "b z c -> b (z c)")
+
+    def _optimized_means(self, nets: Nets, x: torch.Tensor) -> torch.Tensor:
+        """Per-datapoint inference has no encoder: a held-out sample's q is optimized from the prior."""
+        from gendist.recipes.vae_eval import optimized_posteriors, prior_start
+
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        mean, _ = optimized_posteriors(nets.vae, x, self.config.vae.test_steps, self.config.vae.gap_lr, generator,
+                                       start=prior_start(x, self.settings.latent_dim))
+        return mean
 
     def traversal(self, nets: Nets, steps: int = 9) -> torch.Tensor | None:
         """Latent traversals: row j varies z_j over [-3, 3] with the other coordinates at 0 (Gaussian latents;

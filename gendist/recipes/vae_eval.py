@@ -32,14 +32,14 @@ def _noise(shape: tuple[int, ...], generator: torch.Generator, device) -> torch.
     return torch.randn(shape, generator=generator).to(device)
 
 
-def _log_weight_block(vae, x, settings, count: int, generator, proposal: str):
+def _log_weight_block(vae, x, settings, count: int, generator, proposal: str, posterior=None):
     """log w (count, B) of `count` importance samples for every row of x."""
     rows = x.shape[0]
     if settings.latent == "gaussian":
         if proposal == "prior":
             z = _noise((count, rows, settings.latent_dim), generator, x.device)
             return vae.log_likelihood_k(x, z)
-        mean, log_var = vae.encode(x)
+        mean, log_var = posterior if posterior is not None else vae.encode(x)
         z = mean + torch.exp(0.5 * log_var) * _noise((count, rows, settings.latent_dim), generator, x.device)
         return vae.log_likelihood_k(x, z) + parts.gaussian_log_weight_terms(z, mean, log_var)
     logits, _ = vae.encode(x)
@@ -54,9 +54,10 @@ def _log_weight_block(vae, x, settings, count: int, generator, proposal: str):
 
 
 def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, generator: torch.Generator,
-                                      proposal: str = "posterior", budget: int = 100_000):
+                                      proposal: str = "posterior", budget: int = 100_000, posterior=None):
     """(log p(x) estimate (B,), effective sample size (B,)) with `samples` importance samples from q(z|x)
-    (proposal=posterior) or p(z) (proposal=prior), in blocks of <= budget decoder calls."""
+    (proposal=posterior; the encoder's, or `posterior` = (mean, log_var) given) or p(z) (proposal=prior), in
+    blocks of <= budget decoder calls."""
     settings = vae.settings
     rows = x.shape[0]
     per_block = max(1, min(samples, budget // max(rows, 1)))
@@ -65,7 +66,7 @@ def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, genera
     done = 0
     while done < samples:
         count = min(per_block, samples - done)
-        log_w = _log_weight_block(vae, x, settings, count, generator, proposal).float()  # (count, B)
+        log_w = _log_weight_block(vae, x, settings, count, generator, proposal, posterior).float()  # (count, B)
         log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
         log_sum_squares = torch.logaddexp(log_sum_squares, torch.logsumexp(2 * log_w, 0))
         done += count
@@ -88,15 +89,22 @@ def gaussian_elbo(vae, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tenso
     return vae.log_likelihood_k(x, z).mean(0) - parts.gaussian_kl(mean, log_var).sum(-1)
 
 
+def prior_start(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q = N(0, I) for every row of x: where per-datapoint inference starts."""
+    zeros = torch.zeros(x.shape[0], latent_dim, device=x.device, dtype=x.dtype)
+    return zeros, zeros.clone()
+
+
 def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator: torch.Generator,
-                         samples: int = 10, check_every: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+                         samples: int = 10, check_every: int = 25,
+                         start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint Gaussian q_i = N(mean_i, diag(var_i)), started at the encoder's output and optimized by
     Adam on a `samples`-sample ELBO for `steps` steps; the parameters with the best fixed-noise ELBO seen
     (checked every `check_every` steps) are returned, so the result is never worse than the encoder's.
     The step count is fixed rather than "until no improvement" so every rank runs the same number of
     forwards (a collective under sharded strategies)."""
     with torch.no_grad():
-        mean0, log_var0 = vae.encode(x)
+        mean0, log_var0 = start if start is not None else vae.encode(x)
     mean = mean0.detach().clone().requires_grad_(True)
     log_var = log_var0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([mean, log_var], lr=lr)
@@ -129,6 +137,8 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
     discrete = settings.latent != "gaussian"
     width = settings.encoder_out if discrete else settings.latent_dim
     noise = _noise((1, x.shape[0], width), generator, x.device)
+    if settings.inference == "per_datapoint":
+        return _per_datapoint_scores(vae, x, config, generator)
     out["test_elbo"] = vae.elbo_estimate(x, noise)
     if discrete and parts.num_configurations(settings.latent, settings.latent_dim, settings.categories) \
             <= parts.MAX_ENUMERATION:
@@ -152,6 +162,24 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
             optimized = gaussian_elbo(vae, x, best_mean, best_log_var, eps)
             out.update(test_elbo_amortized=amortized, test_elbo_optimized=optimized,
                        amortization_gap=optimized - amortized, approximation_gap=log_px - optimized)
+    return out
+
+
+def _per_datapoint_scores(vae, x: torch.Tensor, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """No encoder: each held-out sample's q is optimized from the prior (vae.test_steps Adam steps), then
+    scored like an encoder's q (ELBO, importance sampling with q as the proposal)."""
+    latent_dim = vae.settings.latent_dim
+    mean, log_var = optimized_posteriors(vae, x, config.test_steps, config.gap_lr, generator,
+                                         start=prior_start(x, latent_dim))
+    eps = _noise((ELBO_SAMPLES, *mean.shape), generator, x.device)
+    log_px, ess = importance_sampled_log_likelihood(vae, x, config.eval_samples, generator,
+                                                    budget=config.eval_budget, posterior=(mean, log_var))
+    out = {"test_elbo": gaussian_elbo(vae, x, mean, log_var, eps), "test_nll": -log_px, "test_ess": ess,
+           "posterior_mean": mean}
+    if config.prior_samples:
+        log_prior_px, prior_ess = importance_sampled_log_likelihood(vae, x, config.prior_samples, generator,
+                                                                    proposal="prior", budget=config.eval_budget)
+        out.update(test_nll_prior=-log_prior_px, test_ess_prior=prior_ess)
     return out
 
 
