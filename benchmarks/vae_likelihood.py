@@ -35,6 +35,13 @@ KEYS = ("test_nll", "test_elbo", "test_ess", "test_nll_prior", "test_ess_prior",
         "test_elbo_optimized", "amortization_gap", "approximation_gap")
 
 
+def train_elbo(run_dir: Path) -> float | None:
+    """The training ELBO of the last logged step (mean over its log interval)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    values = [line["elbo/elbo"] for line in lines if "elbo/elbo" in line]
+    return values[-1] if values else None
+
+
 def cluster_purity(run_dir: Path, env: dict, work: Path) -> float:
     """Held-out digits: argmax of q(c|x) against the labels, each cluster scored by its majority label."""
     from sklearn.datasets import load_digits
@@ -56,6 +63,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--per-datapoint-steps", type=int, default=0,
+                        help="also train the non-amortized model (per-datapoint q) this many steps")
     parser.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vae-likelihood-"))
@@ -72,6 +81,20 @@ def main() -> int:
         rows[f"k={k}"] = {"seconds": round(time.perf_counter() - started, 1),
                           **{key: metrics.get(key) for key in KEYS}}
         print(json.dumps({f"k={k}": rows[f"k={k}"]}), flush=True)
+    if args.per_datapoint_steps:  # the lecture's algorithm before amortization, same decoder
+        run_dir = work / "per_datapoint"
+        started = time.perf_counter()
+        gendist("train", "configs/vae_digits.yaml", f"run.dir={run_dir}", f"train.max_steps={args.per_datapoint_steps}",
+                f"train.seed={args.seed}", "vae.inference=per_datapoint", "data.split_mode=owner", "vae.gap_steps=0",
+                "vae.test_steps=300", f"vae.eval_samples={args.eval_samples}", f"vae.prior_samples={args.eval_samples}",
+                *MLP, *args.extra, env=env)
+        metrics = json.loads((run_dir / "eval.json").read_text())
+        rows["per_datapoint"] = {"seconds": round(time.perf_counter() - started, 1),
+                                 **{key: metrics.get(key) for key in KEYS if key in metrics},
+                                 "train_elbo_last_log": train_elbo(run_dir)}
+        print(json.dumps({"per_datapoint": rows["per_datapoint"]}), flush=True)
+    for name in [key for key in rows if key.startswith("k=")]:
+        rows[name]["train_elbo_last_log"] = train_elbo(work / name.replace("=", ""))
     if args.categorical_steps:
         run_dir = work / "categorical"
         started = time.perf_counter()

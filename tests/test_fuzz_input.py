@@ -93,6 +93,10 @@ RANGES = {
     "vae.gap_lr": lambda v: float(v) >= 0, "vae.baseline_decay": lambda v: 0 <= float(v) < 1,
     # the base config's latents are Gaussian (reparameterized): a score-function baseline is refused
     "vae.baseline": lambda v: v == "none",
+    # per-datapoint inference needs the owner split mode, which the base config does not use
+    "vae.inference": lambda v: v == "amortized", "vae.test_steps": at_least(1),
+    "vae.local_lr": lambda v: float(v) >= 0,
+    "eval.features": lambda v: v == "pixels" or (v.startswith("classifier:") and len(v) > len("classifier:")),
 }
 
 
