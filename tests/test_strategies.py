@@ -20,7 +20,7 @@ RECIPES = {
     # ranks, or a missing division by the accumulation micro-steps, moves the parameters 2x as far.
     "gan_sgd": ["configs/gan_ring.yaml", *SGD],
     "gan_sgd_clip": ["configs/gan_ring.yaml", *SGD, "optim.grad_clip=0.01"],  # clipping after the sync
-    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2"],
+    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2", "vae.eval_samples=16"],
     # double backward (gradient penalty, lazy R1 phase), PacGAN packing, a learning-rate schedule
     "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "gan.loss=wgan_gp", "gan.pack=2", "gan.r1_gamma=1.0",
                         "gan.r1_every=2", "optim.schedule=linear"],
