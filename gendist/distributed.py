@@ -48,6 +48,9 @@ def init_distributed(timeout_s: int) -> DistInfo:
         _INFO = DistInfo(state.process_index, state.num_processes, state.local_process_index, state.device, True)
     else:
         _INFO = DistInfo(0, 1, 0, torch.device("cpu") if use_cpu else torch.device("cuda", 0), "LOCAL_RANK" in os.environ)
+    from gendist.launch_check import check_world
+
+    check_world(_INFO.world_size)  # a launch that split into separate worlds stops here, before any write
     return _INFO
 
 
