@@ -84,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, required=True, help="folder for classifier.safetensors/.json")
     fit.add_argument("--epochs", type=int, default=40)
     fit.add_argument("--seed", type=int, default=0)
+
+    slurm = commands.add_parser("slurm", help="run training as a SLURM job")
+    slurm_commands = slurm.add_subparsers(dest="action", required=True)
+    submit = slurm_commands.add_parser("submit", help="render slurm/train.sbatch.template for CONFIG and sbatch it "
+                                       "(preemption-safe: checkpoint, requeue once, resume)")
+    submit.add_argument("config", help="a config YAML, as for `gendist train`")
+    submit.add_argument("overrides", nargs="*", help="key=value config overrides")
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--gpus-per-node", type=int, default=8)
+    submit.add_argument("--strategy", choices=["ddp", "fsdp", "zero1", "zero2", "zero3"], default="ddp")
+    submit.add_argument("--time", default="04:00:00", help="SLURM time limit (HH:MM:SS, MM, D-HH:MM:SS)")
+    submit.add_argument("--partition", default="")
+    submit.add_argument("--job-name", default="")
+    submit.add_argument("--cpus-per-task", type=int, default=0, help="default: 8 per GPU (processes with --cpu)")
+    submit.add_argument("--signal", default="TERM", help="signal sent --grace seconds before the time limit")
+    submit.add_argument("--grace", type=int, default=120, help="seconds between the signal and the kill")
+    submit.add_argument("--port", type=int, default=29500, help="main process port (MAIN_PORT in the job overrides)")
+    submit.add_argument("--cpu", action="store_true", help="CPU processes over gloo (tests, clusters without GPUs)")
+    submit.add_argument("--processes-per-node", type=int, default=2, help="with --cpu")
+    submit.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
     return parser
 
 
@@ -282,13 +302,24 @@ def command_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"classifier": command_classifier, "data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval,
+def command_slurm(args: argparse.Namespace) -> int:
+    from gendist.slurm import submit
+
+    return submit(args)
+
+
+COMMANDS = {"slurm": command_slurm, "classifier": command_classifier, "data": command_prepare, "train": command_train, "sample": command_sample, "eval": command_eval,
             "encode": command_encode, "translate": command_translate}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "slurm" and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*args.overrides, *extra]  # key=value overrides may follow the options
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return COMMANDS[args.command](args)
     except UserError as error:
         message = " ".join(str(error).split())  # one line, whatever a library put in its message
