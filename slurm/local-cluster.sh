@@ -27,6 +27,10 @@ install() {
 }
 
 configure() {
+  if [ -f "$CONF_DIR/slurm.conf" ] && ! grep -q "^ClusterName=gendist-local$" "$CONF_DIR/slurm.conf"; then
+    echo "local-cluster: $CONF_DIR/slurm.conf belongs to another cluster; not touching it (stop here)" >&2
+    exit 3
+  fi
   mkdir -p "$STATE/spool/ctld" "$STATE/spool/d" "$STATE/log" "$CONF_DIR" /etc/munge /run/munge /var/lib/munge /var/log/munge
   if [ ! -s /etc/munge/munge.key ]; then
     dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none

@@ -24,3 +24,33 @@ def test_an_explicit_expected_world_size_is_checked(monkeypatch):
     with pytest.raises(UserError, match=r"asked for 4 processes \(GENDIST_EXPECTED_WORLD_SIZE=4\) but this process "
                                         r"joined a world of 2"):
         check_world(2)
+
+
+@pytest.mark.parametrize("strategy, launch", [("ddp", "gpu-ddp-multinode.yaml"), ("fsdp", "gpu-fsdp.yaml"),
+                                              ("zero2", "gpu-deepspeed-zero2.yaml"), ("zero3", "gpu-deepspeed-zero3.yaml")])
+def test_slurm_submit_dry_run_renders_one_launcher_per_node(strategy, launch, capsys):
+    from gendist.cli import main
+
+    assert main(["slurm", "submit", "configs/gan_ring.yaml", "--nodes", "4", "--gpus-per-node", "8", "--strategy",
+                 strategy, "--time", "02:00:00", "--dry-run", "train.max_steps=50"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --nodes=4" in script and "#SBATCH --gpus-per-node=8" in script and "#SBATCH --time=02:00:00" in script
+    assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script
+    assert f"launch/{launch}" in script and "--machine_rank \\$SLURM_NODEID" in script
+    assert "GENDIST_EXPECTED_WORLD_SIZE=$((SLURM_NNODES * 8))" in script
+    assert "train.max_steps=50" in script and "ckpt.requeue=true" in script and "{{" not in script
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--nodes", "0"], "--nodes must be >= 1"),
+    (["--time", "soon"], "--time must be a SLURM time"),
+    (["--signal", "term;rm"], "--signal must be a signal name"),
+    (["model.nonsense=1"], "unknown key 'model.nonsense'"),
+    (["--grace", "0"], "--grace must be >= 1"),
+])
+def test_slurm_submit_bad_input_is_one_line(args, fragment, capsys):
+    from gendist.cli import main
+
+    assert main(["slurm", "submit", "configs/gan_ring.yaml", "--dry-run", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
