@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--port", type=int, default=29500, help="main process port (MAIN_PORT in the job overrides)")
     submit.add_argument("--cpu", action="store_true", help="CPU processes over gloo (tests, clusters without GPUs)")
     submit.add_argument("--processes-per-node", type=int, default=2, help="with --cpu")
+    submit.add_argument("--template", choices=["auto", "single", "multi"], default="auto",
+                        help="auto: the single-node template for --nodes 1, the multi-node one otherwise")
     submit.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
     return parser
 

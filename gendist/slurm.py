@@ -1,4 +1,5 @@
-"""`gendist slurm submit`: render slurm/train.sbatch.template for a config and submit it with sbatch.
+"""`gendist slurm submit`: render slurm/train.sbatch.template (or, for one node,
+slurm/train_single_node.sbatch.template) for a config and submit it with sbatch.
 
 The job runs one `accelerate launch` per node through srun (DDP, FSDP or DeepSpeed, from the launch config
 of `--strategy`), sets ckpt.requeue=true so that a preempted or timed-out job checkpoints, requeues itself once
@@ -20,7 +21,8 @@ from gendist.errors import UserError
 
 # The repository (or GENDIST_HOME, e.g. /opt/gendist in the docker image) holds slurm/ and launch/.
 ROOT = Path(os.environ.get("GENDIST_HOME") or Path(__file__).resolve().parents[1])
-TEMPLATE = ROOT / "slurm" / "train.sbatch.template"
+TEMPLATE = ROOT / "slurm" / "train.sbatch.template"  # multi-node: one launcher per node through srun
+SINGLE_NODE_TEMPLATE = ROOT / "slurm" / "train_single_node.sbatch.template"
 STRATEGIES = {"ddp": ("gpu-ddp-multinode.yaml", "cpu-ddp.yaml"), "fsdp": ("gpu-fsdp.yaml", "cpu-fsdp.yaml"),
               "zero1": ("gpu-deepspeed-zero1.yaml", "cpu-deepspeed-zero1.yaml"),
               "zero2": ("gpu-deepspeed-zero2.yaml", "cpu-deepspeed-zero2.yaml"),
@@ -46,7 +48,8 @@ def render(args, config_path: Path, run_dir: Path, overrides: list[str]) -> str:
         "launch_config": shlex.quote(str(launch)), "config": shlex.quote(str(config_path)),
         "overrides": " ".join(shlex.quote(item) for item in [*overrides, f"run.dir={run_dir}", "ckpt.requeue=true"]),
     }
-    text = TEMPLATE.read_text()
+    single = args.template == "single" or (args.template == "auto" and args.nodes == 1)
+    text = (SINGLE_NODE_TEMPLATE if single else TEMPLATE).read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     return text
@@ -59,6 +62,8 @@ def check_arguments(args) -> None:
         raise UserError("--gpus-per-node (or --processes-per-node with --cpu) must be >= 1")
     if not TIME_FORMAT.match(args.time):
         raise UserError(f"--time must be a SLURM time such as 04:00:00, 30 or 1-00:00:00, got {args.time!r}")
+    if args.template == "single" and args.nodes != 1:
+        raise UserError(f"--template single runs on one node; got --nodes {args.nodes}")
     if args.grace < 1:
         raise UserError(f"--grace must be >= 1 second, got {args.grace}")
     if not re.fullmatch(r"[A-Z0-9]+", args.signal):

@@ -90,7 +90,7 @@ def job_output(run_dir: Path, job: str) -> str:
     return (run_dir / "slurm" / f"slurm-{job}.out").read_text()
 
 
-def test_sbatch_of_the_shipped_template_trains_with_two_processes(cluster, tmp_path):
+def test_sbatch_of_the_single_node_template_trains_with_two_processes(cluster, tmp_path):
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
     job = submit(env, run_dir, "--time", "00:10:00", "train.max_steps=100", "log.every=50", "ckpt.every=50")
@@ -125,12 +125,13 @@ def test_a_preempted_job_checkpoints_requeues_once_and_finishes_from_the_saved_s
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes(cluster, tmp_path):
-    """--time 1 minute with the signal 40 s before it: the first allocation checkpoints and requeues, the
-    requeued job resumes from that step (and, already requeued once, checkpoints and stops at its own limit)."""
+    """--time 2 minutes with the signal 60 s before it (SLURM sends it within about 30 s of that): the first
+    allocation checkpoints and requeues, the requeued job resumes from that step (and, already requeued once,
+    checkpoints and stops at its own limit). Through the multi-node template, on this one node."""
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
-    job = submit(env, run_dir, "--time", "00:01:00", "--grace", "40", "train.max_steps=1000000", "log.every=100",
-                 "ckpt.every=0")
+    job = submit(env, run_dir, "--template", "multi",  # the multi-node template, on this one node
+                 "--time", "00:02:00", "--grace", "60", "train.max_steps=1000000", "log.every=100", "ckpt.every=0")
     wait_for_end(job, timeout=600)
     output = job_output(run_dir, job)
     saved = [int(step) for step in re.findall(r"stop requested \(signal 15\): checkpointing step (\d+)", output)]
