@@ -95,6 +95,13 @@ up() {
 }
 
 down() {
+  if status; then  # cancel what is left and let the steps end before the daemons go
+    scancel --full --user=root >/dev/null 2>&1 || scancel --user=root >/dev/null 2>&1 || true
+    for _ in $(seq 60); do
+      [ -z "$(squeue -h 2>/dev/null)" ] && break
+      sleep 1
+    done
+  fi
   for daemon in slurmd slurmctld munged; do
     pid_file="$STATE/$daemon.pid"
     if [ -s "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then

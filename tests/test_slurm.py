@@ -146,6 +146,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(cluster, tmp_path):
         assert job_field(job, "JobState") not in FINAL_STATES, output[-3000:]
         time.sleep(1)
     subprocess.run(["scancel", job], capture_output=True)
+    wait_for_end(job, timeout=120)  # nothing of it left running for the next test
     output = output_file.read_text()
     assert saved is not None and f"SLURM job {job} requeued" in output, output[-3000:]
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{saved:08d}'} (step {saved})" in output
