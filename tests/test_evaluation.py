@@ -19,7 +19,7 @@ CASES = {
     "ddp-gan": ("launch/cpu-ddp.yaml", ["configs/gan_ring.yaml"]),
     # VAE under ZeRO-3: every sampling forward gathers the partitions (a collective); per-sample scores
     # (ELBO, importance-weighted bound) of held-out chunks over ranks; the Gaussian decoder's own
-    # log-variance is used by methods (encode, importance_weighted) the unit's forward runs
+    # log-variance is used by methods (encode, elbo_estimate) the unit's forward runs
     "zero3-vae": ("launch/cpu-deepspeed-zero3.yaml", VAE),
     # VAE under FSDP with an EMA: the sharded EMA is swapped into the sharded network for evaluation, and
     # the network's own methods gather like forwards (register_fsdp_forward_method)

@@ -126,11 +126,6 @@ class VAE(nn.Module):
     def mean_sample(self, z: torch.Tensor) -> torch.Tensor:
         return parts.mean_of(self.likelihood, self.decoder(z), self.settings.levels)
 
-    def importance_weighted(self, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
-        from gendist.recipes.vae_eval import importance_sampled_log_likelihood
-
-        return importance_sampled_log_likelihood(self, x, samples, generator)[0]
-
     def elbo_estimate(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ELBO per sample, (B,), touching no state: Gaussian latents with the analytic KL and one
         reconstruction sample per noise row (noise (K, B, Z)); discrete latents exactly when they can be

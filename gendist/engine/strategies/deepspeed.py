@@ -108,7 +108,7 @@ class DeepSpeedStrategy(Strategy):
                 if self.stage == 3:
                     share_zero3_master_partition(engine.optimizer)
                     # A network's own parameters (a Gaussian VAE's log-variance) are fetched by its forward's
-                    # hook only; its other methods (encode, importance_weighted) run inside the unit's forward
+                    # hook only; its other methods (encode, elbo_estimate) run inside the unit's forward
                     # (Member routes them there), so the unit fetches them too.
                     for network in engine.module.values():
                         for param in network.parameters(recurse=False):

@@ -56,7 +56,7 @@ class FSDPStrategy(Strategy):
         return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts parameters itself
 
     def sampling_call(self, unit: nn.Module):
-        """A network's own methods (a VAE's encode, importance_weighted) run with the network's parameter
+        """A network's own methods (a VAE's encode, elbo_estimate) run with the network's parameter
         group gathered: FSDP's hooks gather only for `forward` (children gather in their own forwards), and
         register_fsdp_forward_method breaks a forward that calls such a method."""
         def call(member: str, *args, _method: str = "forward", **kwargs):
