@@ -375,3 +375,29 @@ def test_a_damaged_deepspeed_engine_file_falls_back_loudly(tmp_path):
     folder = run_dir / "checkpoints" / "step_00000020"
     assert f"gendist: resumed from {folder} (step 20)" in result.stdout
     assert f"skipping checkpoint step_00000040: {engine_files[-1]}" in result.stdout + result.stderr
+
+
+def test_a_preemption_signal_during_start_up_is_honoured_at_the_first_step(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the run is still starting (data, networks, resume: seconds on a cluster) is kept and
+    honoured at the first step boundary (checkpoint, exit 75), not fatal. In-process: the signal is raised
+    from inside start-up, so its timing is exact."""
+    import gendist.engine.run as run_module
+    from gendist.cli import main
+
+    monkeypatch.setenv("GENDIST_CACHE", str(tmp_path / "cache"))
+    original = run_module.build_trainer
+
+    def build_then_signal(config):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the trainer installs its own handlers
+        return original(config)
+
+    monkeypatch.setattr(run_module, "build_trainer", build_then_signal)
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        code = main(["train", "configs/gan_ring.yaml", f"run.dir={tmp_path / 'run'}", "train.max_steps=50", *QUIET])
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert code == 75, capsys.readouterr().err[-2000:]
+    assert "stop requested (signal 15): checkpointing step 1" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "manifest.json").is_file()

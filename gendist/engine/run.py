@@ -263,6 +263,9 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
 
 def train(config: RunConfig) -> int:
     """Train (resuming from the run folder's newest good checkpoint); returns the process exit code."""
+    early: list[int] = []  # a preemption signal during start-up (imports, data, resume) is kept, not fatal
+    for signum in PREEMPTION_SIGNALS:
+        signal.signal(signum, lambda signum, frame: early.append(signum))
     dist_info = init_distributed(config.dist.timeout_s)
     run_dir = Path(config.run.dir)
     if dist_info.is_main:
@@ -289,6 +292,8 @@ def train(config: RunConfig) -> int:
         trainer.open_data_keys()
     hooks = Hooks(config, tracker, spec, run_dir)
     trainer.install_signal_handlers(PREEMPTION_SIGNALS)
+    if early:  # honoured at the first step boundary, like any other stop request
+        trainer.stop_signal = early[0]
     print0(f"gendist: training {config.model.recipe} with strategy {trainer.strategy.name} on "
            f"{dist_info.world_size} process(es), steps {trainer.step}..{config.train.max_steps}, run dir {run_dir}")
     try:
