@@ -123,7 +123,9 @@ class VAEConfig:
     # discrete latents: reinforce (score function with vae.baseline) | enumerate (the exact gradient)
     estimator: Literal["reinforce", "enumerate"] = "reinforce"
     # score-function control variate: none | moving_average | learned (input-dependent network, NVIL) |
-    # vimco (leave-one-out over vae.k >= 2 samples; trains the IW bound)
+    # vimco (leave-one-out over vae.k >= 2 samples; trains the IW bound). moving_average keeps a per-rank
+    # running mean (DDP broadcasts rank 0's, other strategies let ranks drift; rank 0's is checkpointed): still
+    # unbiased, but not bit-identical across world sizes or resumes under FSDP/DeepSpeed; the others are.
     baseline: Literal["none", "moving_average", "learned", "vimco"] = "none"
     baseline_decay: float = 0.9  # moving_average baseline: weight of the old average
     # amortized: an encoder q(z|x) | per_datapoint: variational parameters per training sample (phi_i, sharded by
@@ -564,6 +566,12 @@ def validate_vae(config: RunConfig) -> None:
             raise UserError("config: vae.inference=per_datapoint does not combine with fp16 loss scaling; use bf16 or fp32")
     if vae.test_steps < 1:
         raise UserError(f"config: vae.test_steps must be >= 1, got {vae.test_steps}")
+    if vae.latent != "gaussian" and vae.estimator == "enumerate" and (vae.baseline != "none" or vae.k > 1):
+        raise UserError("config: vae.estimator=enumerate is the exact gradient: it draws no samples, so vae.baseline "
+                        "and vae.k do not apply (set vae.baseline=none vae.k=1, or vae.estimator=reinforce)")
+    if vae.latent != "gaussian" and vae.kl == "monte_carlo":
+        raise UserError("config: vae.kl chooses the Gaussian KL term; discrete latents use log q - log p at the "
+                        "sample (score function) or the exact sum (enumerate): set vae.kl=analytic")
     if vae.gap_steps and vae.latent != "gaussian":
         raise UserError("config: vae.gap_steps optimizes per-datapoint Gaussian posteriors; set vae.latent=gaussian")
 

@@ -36,7 +36,7 @@ def test_slurm_submit_dry_run_renders_one_launcher_per_node(strategy, launch, ca
     script = capsys.readouterr().out
     assert "#SBATCH --nodes=4" in script and "#SBATCH --gpus-per-node=8" in script and "#SBATCH --time=02:00:00" in script
     assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script
-    assert f"launch/{launch}" in script and "--machine_rank \\$SLURM_NODEID" in script
+    assert f"launch/{launch}" in script and '--machine_rank "$SLURM_NODEID"' in script
     assert "GENDIST_EXPECTED_WORLD_SIZE=$((SLURM_NNODES * 8))" in script
     assert "train.max_steps=50" in script and "ckpt.requeue=true" in script and "{{" not in script
 
@@ -54,3 +54,19 @@ def test_slurm_submit_bad_input_is_one_line(args, fragment, capsys):
     assert main(["slurm", "submit", "configs/gan_ring.yaml", "--dry-run", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+@pytest.mark.parametrize("nodes", ["1", "3"])
+def test_slurm_scripts_pass_awkward_overrides_through_unchanged(nodes, capsys, tmp_path):
+    """Quotes and $ in an override reach gendist as written (bash parses the script; nothing is expanded)."""
+    import shlex
+    import subprocess
+
+    from gendist.cli import main
+
+    awkward = 'run.name=a"b $HOME c'
+    assert main(["slurm", "submit", "configs/gan_ring.yaml", "--nodes", nodes, "--dry-run", awkward]) == 0
+    script = tmp_path / "job.sbatch"
+    script.write_text(capsys.readouterr().out)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert shlex.quote(awkward) in script.read_text()

@@ -45,7 +45,7 @@ def hashed_uniforms(key: int, ids: torch.Tensor, shape: tuple[int, ...], device)
     counters = ids.to(device=device, dtype=torch.int64).reshape(-1, 1) * width + torch.arange(
         width, device=device, dtype=torch.int64)  # (B, D)
     bits = _logical_shift(_mix(_mix(counters ^ key) + key), 40)  # top 24 bits
-    return ((bits.float() + 0.5) / float(1 << 24)).reshape(len(ids), *shape)
+    return ((bits.double() + 0.5) / float(1 << 24)).reshape(len(ids), *shape)  # float64: never exactly 1
 
 
 def binarize(x: torch.Tensor, ids: torch.Tensor, mode: str, seed: int, read_key: tuple[int, ...]) -> torch.Tensor:
@@ -54,7 +54,7 @@ def binarize(x: torch.Tensor, ids: torch.Tensor, mode: str, seed: int, read_key:
         return x
     key = base_key(seed, 7, *read_key) if mode == "dynamic" else base_key(seed, 11)
     uniforms = hashed_uniforms(key, ids, tuple(x.shape[1:]), x.device)
-    return (uniforms < x.float()).to(x.dtype)
+    return (uniforms < x.double()).to(x.dtype)
 
 
 def binarize_held_out(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -113,16 +113,23 @@ def owned_rows(blocks, rank: int, world_size: int):
             yield take_rows(block, rows)
 
 
-def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: str, world_size: int):
-    """[rank][url][block] -> samples of that block the rank owns, from one scan of the sample ids."""
+def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: str, world_size: int, rank: int):
+    """([rank][url][block] -> samples of that block the rank owns, this rank's sample ids), from one scan.
+    (The scan decodes every block once: the shards hold no separate id index.)"""
     counts = [[[0] * len(sizes) for sizes in block_sizes] for _ in range(world_size)]
-    for url_index, (url, sizes) in enumerate(zip(urls, block_sizes)):
-        for block_index, block in enumerate(read_blocks([ShardTask(url, tuple(sizes))], image_mode, on_error,
-                                                        SkipCounter())):
-            owners = np.bincount(block.idx % world_size, minlength=world_size)
-            for rank in range(world_size):
-                counts[rank][url_index][block_index] = int(owners[rank])
-    return tuple(tuple(tuple(per_url) for per_url in per_rank) for per_rank in counts)
+    owned_ids = []
+    try:
+        for url_index, (url, sizes) in enumerate(zip(urls, block_sizes)):
+            for block_index, block in enumerate(read_blocks([ShardTask(url, tuple(sizes))], image_mode, on_error,
+                                                            SkipCounter())):
+                owners = np.bincount(block.idx % world_size, minlength=world_size)
+                for owner in range(world_size):
+                    counts[owner][url_index][block_index] = int(owners[owner])
+                owned_ids.append(block.idx[block.idx % world_size == rank])
+    except ShardError as error:
+        raise UserError(error.user_message()) from None
+    ids = np.unique(np.concatenate(owned_ids)) if owned_ids else np.zeros(0, np.int64)
+    return tuple(tuple(tuple(per_url) for per_url in per_rank) for per_rank in counts), ids
 
 
 def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -182,8 +189,10 @@ class ShardLoader:
             rank=rank, world_size=world_size, split_mode=split_mode, num_workers=num_workers, drop_last=drop_last,
             shuffle_buffer=shuffle_buffer, on_error=on_error,
             image_mode=(manifest or {}).get("image_mode"))
+        self.owned_ids: np.ndarray | None = None  # owner mode: the sample ids this rank reads
         if split_mode == "owner":
-            owned = count_owned(list(shard_urls), sizes, self.plan.image_mode, on_error, world_size)
+            owned, self.owned_ids = count_owned(list(shard_urls), sizes, self.plan.image_mode, on_error, world_size,
+                                                rank)
             self.plan = dataclasses.replace(self.plan, owned_block_sizes=owned)
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of `epoch` already handed to the caller

@@ -99,14 +99,10 @@ class LocalTable:
 
 
 def owned_sample_ids(loader) -> np.ndarray:
-    """Every sample id this rank's owner-mode loader can yield (one scan of the ids)."""
-    from gendist.data.reading import ShardTask, SkipCounter, read_blocks
-
-    plan = loader.plan
-    ids = [block.idx[block.idx % plan.world_size == plan.rank]
-           for block in read_blocks([ShardTask(url, sizes) for url, sizes in zip(plan.urls, plan.block_sizes)],
-                                    plan.image_mode, plan.on_error, SkipCounter())]
-    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+    """Every sample id this rank's owner-mode loader yields (found by the loader's start-up scan)."""
+    if getattr(loader, "owned_ids", None) is None:
+        raise UserError("per-datapoint state needs data.split_mode=owner (each sample read by one fixed rank)")
+    return loader.owned_ids
 
 
 def load_table_states(folder: Path, name: str) -> list[dict[str, torch.Tensor]]:

@@ -66,6 +66,9 @@ class VAESettings:
         return parts.encoder_outputs(self.latent, self.latent_dim, self.categories)
 
 
+ENUMERATION_BLOCK = 64  # latent configurations per decoder call when an expectation is enumerated
+
+
 def logmeanexp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
@@ -176,12 +179,19 @@ class VAE(nn.Module):
         return {"objective": reconstruction[0] - beta * penalty.sum(-1), "elbo": reconstruction[0] - kl,
                 "reconstruction": reconstruction[0], "kl": kl}
 
-    def _enumerated(self, x, logits) -> dict[str, torch.Tensor]:
+    def reconstruction_all(self, x: torch.Tensor, z_all: torch.Tensor, block: int) -> torch.Tensor:
+        """log p(x|z_n) for every configuration z_all (N, Zin) and row of x, (N, B), `block` configurations per
+        decoder call (the number of calls depends on N alone, the same on every rank)."""
+        pieces = [self.log_likelihood_k(x, repeat(z_all[start:start + block], "n d -> n b d", b=x.shape[0]))
+                  for start in range(0, len(z_all), block)]
+        return torch.cat(pieces)
+
+    def _enumerated(self, x, logits, block: int = ENUMERATION_BLOCK) -> dict[str, torch.Tensor]:
         """The exact ELBO sum_z q(z|x) [log p(x|z) + log p(z) - log q(z|x)]: its gradient is the exact one."""
         s = self.settings
         z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, logits.dtype)  # (N, Zin)
         log_q = parts.log_q_discrete(s.latent, logits.unsqueeze(0), z_all.unsqueeze(1), s.categories)  # (N, B)
-        reconstruction = self.log_likelihood_k(x, repeat(z_all, "n d -> n b d", b=x.shape[0]))  # (N, B)
+        reconstruction = self.reconstruction_all(x, z_all, block)  # (N, B)
         q = log_q.exp()
         log_prior = parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
         kl = (q * (log_q - log_prior)).sum(0)

@@ -25,6 +25,10 @@ from einops import rearrange
 from gendist.recipes import vae_parts as parts
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+# Rows a block of decoder calls is sized for: evaluation's chunk size (gendist.evaluation.CHUNK), not the rows
+# a chunk really has, so every rank makes the same number of decoder calls (collectives under FSDP/ZeRO-3)
+# even when its last chunk is short.
+BLOCK_ROWS = 500
 ELBO_SAMPLES = 100  # reconstruction samples per datapoint in the ELBOs of the amortization gap
 
 
@@ -60,7 +64,7 @@ def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, genera
     blocks of <= budget decoder calls."""
     settings = vae.settings
     rows = x.shape[0]
-    per_block = max(1, min(samples, budget // max(rows, 1)))
+    per_block = max(1, min(samples, budget // BLOCK_ROWS))
     log_sum = torch.full((rows,), -math.inf, device=x.device)
     log_sum_squares = torch.full((rows,), -math.inf, device=x.device)
     done = 0
@@ -73,13 +77,12 @@ def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, genera
     return log_sum - math.log(samples), torch.exp(2 * log_sum - log_sum_squares)
 
 
-def exact_log_likelihood(vae, x: torch.Tensor) -> torch.Tensor:
-    """log p(x) = logsumexp_z log p(x|z) + log p(z), summed over every configuration of a discrete z, (B,)."""
+def exact_log_likelihood(vae, x: torch.Tensor, budget: int = 100_000) -> torch.Tensor:
+    """log p(x) = logsumexp_z log p(x|z) + log p(z), summed over every configuration of a discrete z, (B,),
+    decoding <= budget configurations x rows at a time."""
     s = vae.settings
     z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, x.dtype)
-    from einops import repeat
-
-    log_joint = vae.log_likelihood_k(x, repeat(z_all, "n d -> n b d", b=x.shape[0]))
+    log_joint = vae.reconstruction_all(x, z_all, max(1, budget // BLOCK_ROWS))  # (N, B)
     return torch.logsumexp(log_joint.float(), 0) + parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
 
 
@@ -97,7 +100,8 @@ def prior_start(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.T
 
 def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator: torch.Generator,
                          samples: int = 10, check_every: int = 25,
-                         start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         start: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         check_eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint Gaussian q_i = N(mean_i, diag(var_i)), started at the encoder's output and optimized by
     Adam on a `samples`-sample ELBO for `steps` steps; the parameters with the best fixed-noise ELBO seen
     (checked every `check_every` steps) are returned, so the result is never worse than the encoder's.
@@ -108,7 +112,8 @@ def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator:
     mean = mean0.detach().clone().requires_grad_(True)
     log_var = log_var0.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([mean, log_var], lr=lr)
-    check_eps = _noise((samples, *mean.shape), generator, x.device)
+    if check_eps is None:  # the noise the candidates are compared on (the caller's scoring noise, if given)
+        check_eps = _noise((samples, *mean.shape), generator, x.device)
     best_mean, best_log_var = mean0.detach().clone(), log_var0.detach().clone()
     with torch.no_grad():
         best = gaussian_elbo(vae, x, best_mean, best_log_var, check_eps)
@@ -142,7 +147,7 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
     out["test_elbo"] = vae.elbo_estimate(x, noise)
     if discrete and parts.num_configurations(settings.latent, settings.latent_dim, settings.categories) \
             <= parts.MAX_ENUMERATION:
-        log_px = exact_log_likelihood(vae, x)
+        log_px = exact_log_likelihood(vae, x, config.eval_budget)
         out["test_nll"] = -log_px
     else:
         log_px, ess = importance_sampled_log_likelihood(vae, x, config.eval_samples, generator,
@@ -158,7 +163,8 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
         if config.gap_steps:
             eps = _noise((ELBO_SAMPLES, *mean.shape), generator, x.device)
             amortized = gaussian_elbo(vae, x, mean, log_var, eps)
-            best_mean, best_log_var = optimized_posteriors(vae, x, config.gap_steps, config.gap_lr, generator)
+            best_mean, best_log_var = optimized_posteriors(vae, x, config.gap_steps, config.gap_lr, generator,
+                                                           check_eps=eps)
             optimized = gaussian_elbo(vae, x, best_mean, best_log_var, eps)
             out.update(test_elbo_amortized=amortized, test_elbo_optimized=optimized,
                        amortization_gap=optimized - amortized, approximation_gap=log_px - optimized)
