@@ -121,11 +121,16 @@ def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[
 
 
 def _reduce_scores(recipe, chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Per-sample scores over all chunks: the recipe's own reduction (`reduce_scores`, e.g. a VAE's active
-    units from posterior means) or their means."""
-    if not chunks or not hasattr(recipe, "reduce_scores"):
-        return _mean_scores(chunks)
-    return recipe.reduce_scores({key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]})
+    """Means of the per-sample scores (one value per sample); scores with several values per sample are
+    summarized by the recipe (`reduce_scores`, e.g. a VAE's active units from its posterior means)."""
+    if not chunks:
+        return {}
+    scalar = [key for key in chunks[0] if chunks[0][key].ndim == 1]
+    metrics = _mean_scores([{key: chunk[key] for key in scalar} for chunk in chunks])
+    rest = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0] if key not in scalar}
+    if rest:
+        metrics.update(recipe.reduce_scores(rest))
+    return metrics
 
 
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,

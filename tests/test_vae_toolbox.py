@@ -215,7 +215,14 @@ def test_active_units_count_posterior_means_that_vary_over_the_data():
     means = torch.zeros(100, 3)
     means[:, 0] = torch.linspace(-1, 1, 100)  # variance 0.34: active
     means[:, 1] = torch.linspace(-0.05, 0.05, 100)  # variance 0.0009: inactive
-    reduced = reduce_held_out({"posterior_mean": means.numpy(), "test_nll": torch.tensor([1.0, 3.0]).numpy()})
+    from gendist.evaluation import _reduce_scores
+
+    class Recipe:
+        reduce_scores = staticmethod(reduce_held_out)
+
+    chunks = [{"posterior_mean": means[:60].numpy(), "test_nll": np.full(60, 1.0)},
+              {"posterior_mean": means[60:].numpy(), "test_nll": np.full(40, 3.5)}]
+    reduced = _reduce_scores(Recipe(), chunks)
     assert reduced == {"active_units": 1, "latent_dim": 3, "test_nll": 2.0}
 
 

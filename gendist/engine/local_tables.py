@@ -98,13 +98,6 @@ class LocalTable:
             target.copy_(values[position].to(target.device))
 
 
-def owned_sample_ids(loader) -> np.ndarray:
-    """Every sample id this rank's owner-mode loader yields (found by the loader's start-up scan)."""
-    if getattr(loader, "owned_ids", None) is None:
-        raise UserError("per-datapoint state needs data.split_mode=owner (each sample read by one fixed rank)")
-    return loader.owned_ids
-
-
 def load_table_states(folder: Path, name: str) -> list[dict[str, torch.Tensor]]:
     """The table `name` of every rank file in a checkpoint folder (for re-sharding)."""
     from gendist.checkpoint import load_torch

@@ -20,7 +20,7 @@ from gendist.config import RunConfig, lr_scale
 from gendist.data.binarize import binarize
 from gendist.distributed import DistInfo, any_rank, reduce_mean
 from gendist.engine.ema import EMA
-from gendist.engine.local_tables import LocalTable, load_table_states, owned_sample_ids
+from gendist.engine.local_tables import LocalTable, load_table_states
 from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
@@ -44,8 +44,8 @@ def build_local_tables(recipe, loader, config: RunConfig, device: torch.device) 
     if config.data.split_mode != "owner":
         raise UserError(f"config: per-datapoint state ({', '.join(specs)}) needs data.split_mode=owner (a stable "
                         f"sample-to-rank assignment), got {config.data.split_mode}")
-    owned = owned_sample_ids(loader)
-    return {name: LocalTable(name, spec, owned, device) for name, spec in specs.items()}
+    # the owner-mode loader found this rank's sample ids in its start-up scan
+    return {name: LocalTable(name, spec, loader.owned_ids, device) for name, spec in specs.items()}
 
 
 class TrainingDiverged(RuntimeError):

@@ -369,7 +369,7 @@ class VAERecipe:
         return held_out_scores(nets.vae, self.binarized(x, generator).to(device), self.config.vae, generator)
 
     def reduce_scores(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
-        """Means of the per-sample scores, and the active units (Burda et al.: Var_x E_q[z_j|x] > 0.01)."""
+        """The active units (Burda et al.: Var_x E_q[z_j|x] > 0.01) from the posterior means."""
         from gendist.recipes.vae_eval import reduce_held_out
 
         return reduce_held_out(scores)

@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from gendist.recipes import vae_parts as parts
 
@@ -135,6 +134,15 @@ def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator:
     return best_mean, best_log_var
 
 
+def prior_estimate(vae, x: torch.Tensor, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The naive estimate with `vae.prior_samples` samples from the prior, and its ESS (nothing when 0)."""
+    if not config.prior_samples:
+        return {}
+    log_px, ess = importance_sampled_log_likelihood(vae, x, config.prior_samples, generator, proposal="prior",
+                                                    budget=config.eval_budget)
+    return {"test_nll_prior": -log_px, "test_ess_prior": ess}
+
+
 def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-sample scores of held-out x (already binarized as training sees it); see the module docstring."""
     settings = vae.settings
@@ -153,10 +161,7 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
         log_px, ess = importance_sampled_log_likelihood(vae, x, config.eval_samples, generator,
                                                         budget=config.eval_budget)
         out.update(test_nll=-log_px, test_ess=ess)
-    if config.prior_samples:
-        log_prior_px, prior_ess = importance_sampled_log_likelihood(vae, x, config.prior_samples, generator,
-                                                                    proposal="prior", budget=config.eval_budget)
-        out.update(test_nll_prior=-log_prior_px, test_ess_prior=prior_ess)
+    out.update(prior_estimate(vae, x, config, generator))
     if not discrete:
         mean, log_var = vae.encode(x)
         out["posterior_mean"] = mean
@@ -182,21 +187,12 @@ def _per_datapoint_scores(vae, x: torch.Tensor, config, generator: torch.Generat
                                                     budget=config.eval_budget, posterior=(mean, log_var))
     out = {"test_elbo": gaussian_elbo(vae, x, mean, log_var, eps), "test_nll": -log_px, "test_ess": ess,
            "posterior_mean": mean}
-    if config.prior_samples:
-        log_prior_px, prior_ess = importance_sampled_log_likelihood(vae, x, config.prior_samples, generator,
-                                                                    proposal="prior", budget=config.eval_budget)
-        out.update(test_nll_prior=-log_prior_px, test_ess_prior=prior_ess)
+    out.update(prior_estimate(vae, x, config, generator))
     return out
 
 
 def reduce_held_out(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means of per-sample scores; `posterior_mean` (N, Z) becomes `active_units` and `latent_dim`."""
-    out: dict[str, float] = {}
-    for key, values in scores.items():
-        if key == "posterior_mean":
-            variance = rearrange(values.astype(np.float64), "n z -> n z").var(axis=0)
-            out["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
-            out["latent_dim"] = int(values.shape[1])
-        else:
-            out[key] = float(values.astype(np.float64).mean())
-    return out
+    """The scores with several values per sample (evaluation averages the others): `posterior_mean` (N, Z)
+    becomes `active_units` and `latent_dim`."""
+    means = scores["posterior_mean"].astype(np.float64)  # (N, Z)
+    return {"active_units": int((means.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum()), "latent_dim": int(means.shape[1])}
