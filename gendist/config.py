@@ -180,6 +180,10 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints; 0 saves only at the end
     keep: int = 3  # checkpoints kept; older ones are deleted after a successful save
     requeue: bool = True  # on SLURM, rank 0 requeues the job once after a preemption checkpoint
+    # periodic saves copy the state to host memory at the step and write it in a background thread while
+    # training goes on (the final, preemption and divergence saves are synchronous); DeepSpeed saves
+    # synchronously whatever this says (it writes its engines' files itself)
+    async_save: bool = False
     # keep the checkpoint of the best evaluation by this eval.json key (e.g. mmd2, kl_mode_histogram,
     # test_log_likelihood_iw64) in RUN/best, apart from retention; "" keeps none
     best_metric: str = ""

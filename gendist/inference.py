@@ -5,12 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from gendist.checkpoint import find_resumable, load_tensors, read_trainer_state
+from gendist.checkpoint import ema_file, find_resumable, load_network, load_tensors, read_trainer_state
 from gendist.config import RunConfig, load_config
 from gendist.distributed import init_distributed
 from gendist.engine.data_setup import DataSpec, resolve_data
-from gendist.engine.strategies.base import NETWORKS_DIR, load_network
-from gendist.engine.trainer import ema_file
 from gendist.errors import UserError
 from gendist.recipes import Nets, Recipe, build_recipe
 
@@ -43,7 +41,7 @@ def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
     recipe = build_recipe(config, spec.info)
     networks = recipe.build_networks()
     for name, module in networks.items():
-        ema_path = folder / NETWORKS_DIR / ema_file(name)
+        ema_path = folder / ema_file(name)
         try:
             module.load_state_dict(load_network(folder, name))
             if ema_path.is_file():  # sample from the EMA weights, as training's own evaluation does

@@ -91,24 +91,27 @@ def test_injected_nan_steps_are_skipped_and_counted(launcher, phase, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["discriminator", "generator"])
 def test_too_many_bad_steps_stop_with_the_last_good_weights(phase, tmp_path):
-    """NaN at steps 3, 4, 5 of one phase with max_bad_steps=2: the run stops in step 5 with exit 3 and saves
-    a checkpoint whose weights of that phase's player are exactly those after steps 0-2 (the skipped steps
-    never touched them), as an uninterrupted 3-step run has them."""
+    """NaN at steps 3-12 of one phase with max_bad_steps=2: skips are decided on the device and read at log
+    steps (no host sync per step), so the run stops at the log step after the streak passed the limit (step
+    10) with exit 3, names the step where it did (5), and saves a checkpoint whose weights of that phase's
+    player are exactly those after steps 0-2 (the skipped steps never touched them), as an uninterrupted
+    3-step run has them."""
     env = make_env(tmp_path / "cache")
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     base = ["train", "configs/gan_ring.yaml", "train.batch_size=64", *QUIET]
-    result = run(gendist_command(*base, f"run.dir={run_dir}", "train.max_steps=40", "train.inject_nan_steps=[3, 4, 5, 6]",
-                                 f"train.inject_nan_phase={phase}", "train.max_bad_steps=2"), env, check=False)
+    result = run(gendist_command(*base, f"run.dir={run_dir}", "train.max_steps=40", "log.every=10",
+                                 f"train.inject_nan_steps={list(range(3, 13))}", f"train.inject_nan_phase={phase}",
+                                 "train.max_bad_steps=2"), env, check=False)
     assert result.returncode == 3, result.stderr[-2000:]
     assert (f"gendist: error: 3 non-finite steps in a row (phase '{phase}', step 5); raise train.max_bad_steps "
             "or lower optim.lr") in result.stdout
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000005"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000010"
     run(gendist_command(*base, f"run.dir={reference}", "train.max_steps=3"), env)
-    saved = load_file(run_dir / "checkpoints" / "step_00000005" / "players" / f"{phase}.safetensors")
+    saved = load_file(run_dir / "checkpoints" / "step_00000010" / "players" / f"{phase}.safetensors")
     expected = load_file(reference / "checkpoints" / "step_00000003" / "players" / f"{phase}.safetensors")
     assert all(torch.equal(saved[key], value) for key, value in expected.items())
     other = "generator" if phase == "discriminator" else "discriminator"
-    moved = load_file(run_dir / "checkpoints" / "step_00000005" / "players" / f"{other}.safetensors")
+    moved = load_file(run_dir / "checkpoints" / "step_00000010" / "players" / f"{other}.safetensors")
     assert all(torch.isfinite(t).all() for t in moved.values())
 
 

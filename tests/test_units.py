@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from gendist.checkpoint import CheckpointWriter, verify
 from gendist.config import load_config
 from gendist.distributed import DistInfo
 from gendist.engine.ema import EMA
@@ -64,7 +65,7 @@ def test_a_phase_steps_every_network_of_its_unit_by_its_own_rate_and_leaves_the_
     phases[0].loss(nets, batch, 0)["loss"].backward()
     grads = {name: [p.grad.clone() for p in net.parameters()] for name, net in networks.items() if name != "critic"}
     assert all(p.grad is None for p in networks["critic"].parameters())
-    assert strategy.step(phases[0]).applied
+    assert strategy.step(phases[0]).skipped.item() == 0.0
     for name, lr in (("first", 0.1), ("second", 0.01)):  # plain SGD: p <- p - lr * grad, per group
         for old, new, grad in zip(before[name], networks[name].parameters(), grads[name]):
             torch.testing.assert_close(new.detach(), old - lr * grad, rtol=0, atol=1e-7)
@@ -100,12 +101,16 @@ def test_multi_network_unit_checkpoint_round_trip(tmp_path):
     for phase in phases:
         phase.loss(strategy.phase_nets(phase), batch, 0)["loss"].backward()
         strategy.step(phase)
-    strategy.save(tmp_path, True)
-    assert sorted(p.name for p in (tmp_path / "players").iterdir()) == ["critic.safetensors", "first.safetensors",
-                                                                       "second.safetensors"]
+    writer = CheckpointWriter(tmp_path, 1)
+    writer.begin()
+    strategy.save(writer, True)
+    folder = writer.commit({"step": 1}, keep=1)
+    assert sorted(p.name for p in (folder / "players").iterdir()) == ["critic.safetensors", "first.safetensors",
+                                                                     "second.safetensors"]
+    assert verify(folder) is None
     _, fresh_units, _ = toy()
     fresh = strategy_for(fresh_units, phases)
-    fresh.load(tmp_path)
+    fresh.load(folder)
     for name in networks:
         for a, b in zip(strategy.networks[name].state_dict().values(), fresh.networks[name].state_dict().values()):
             assert torch.equal(a, b)

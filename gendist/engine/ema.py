@@ -13,6 +13,11 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The shard a rank holds (a view: in-place ops change the DTensor), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class EMA:
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
@@ -21,10 +26,12 @@ class EMA:
         self.params = [param.detach().clone() for _, param in named]
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        """ema <- decay * ema + (1 - decay) * param, on local shards."""
+    def update(self, module: nn.Module, skipped: torch.Tensor | None = None) -> None:
+        """ema <- decay * ema + (1 - decay) * param, on local shards. `skipped` (a device flag, 1.0 when the
+        optimizer step was not applied) turns the update into a no-op without reading the flag back."""
+        weight = 1.0 - self.decay if skipped is None else ((1.0 - skipped) * (1.0 - self.decay)).reshape(())
         for average, param in zip(self.params, module.parameters()):
-            average.lerp_(param.detach().to(average.dtype), 1.0 - self.decay)
+            _local(average).lerp_(_local(param).detach().to(average.dtype), weight)
 
     @torch.no_grad()
     def full_state(self) -> dict[str, torch.Tensor]:

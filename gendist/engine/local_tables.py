@@ -100,10 +100,10 @@ class LocalTable:
 
 def load_table_states(folder: Path, name: str) -> list[dict[str, torch.Tensor]]:
     """The table `name` of every rank file in a checkpoint folder (for re-sharding)."""
-    from gendist.checkpoint import load_torch
+    from gendist.checkpoint import load_torch, rank_files
 
     states = []
-    for path in sorted(folder.glob("rank_*.pt")):
+    for path in rank_files(folder):
         tables = load_torch(path).get("tables", {})
         if name in tables:
             states.append(tables[name])

@@ -1,19 +1,41 @@
 """Latent noise as a deterministic function of (seed, step, phase, repeat, call) and the global row.
 
-For one optimizer step the engine draws one block of `grad_accum * world_size * rows` rows and each
-(micro-step, rank) takes its slice, so a run with 2 ranks x batch b, or 2 micro-steps x b, sees exactly the
-noise a single process with batch 2b sees (the data loader's `global` split mode does the same for data).
+Row r of micro-step m on rank k is global row `(m * world_size + k) * rows + r` of the optimizer step's
+block, so a run with 2 ranks x batch b, or 2 micro-steps x b, sees exactly the noise a single process with
+batch 2b sees (the data loader's `global` split mode does the same for data). The block is cut into chunks of
+CHUNK_ROWS global rows, each drawn by torch's own generator seeded from (key, chunk index): a rank draws only
+the chunks its rows fall in, so its cost is its own rows plus at most two partial chunks, whatever the world
+size, and one generator per device is reseeded rather than created per call.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+CHUNK_ROWS = 128
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    """splitmix64's step on a Python int (mod 2^64): a cheap, well-mixed seed derivation."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
+    return value ^ (value >> 31)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, phase, ...); any change of any part changes it."""
+    state = 0
+    for part in parts:
+        state = _splitmix64(state ^ (int(part) & _MASK))
+    return state >> 1
 
 
 class StepNoise:
     def __init__(self, seed: int, device: torch.device, rank: int, world_size: int, grad_accum: int):
         self.seed, self.device = seed, device
         self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+        self.generator = torch.Generator(device=device)
         self.key: tuple[int, ...] = (0, 0, 0)
         self.micro = 0
         self.calls = 0
@@ -24,10 +46,14 @@ class StepNoise:
         return self
 
     def randn(self, rows: int, *tail: int) -> torch.Tensor:
-        state = np.random.SeedSequence([self.seed, *self.key, self.calls]).generate_state(2, dtype=np.uint32)
+        key = derive_seed(self.seed, *self.key, self.calls)
         self.calls += 1
-        generator = torch.Generator(device=self.device).manual_seed(int(state[0]) << 32 | int(state[1]))
-        total = self.grad_accum * self.world_size * rows
-        block = torch.randn(total, *tail, generator=generator, device=self.device)  # (accum * world * rows, ...)
-        start = (self.micro * self.world_size + self.rank) * rows
-        return block[start:start + rows]
+        first = (self.micro * self.world_size + self.rank) * rows  # this rank's first row of the step's block
+        chunks = range(first // CHUNK_ROWS, (first + rows - 1) // CHUNK_ROWS + 1)
+        parts = []
+        for chunk in chunks:
+            self.generator.manual_seed(derive_seed(key, chunk))
+            parts.append(torch.randn(CHUNK_ROWS, *tail, generator=self.generator, device=self.device))
+        block = parts[0] if len(parts) == 1 else torch.cat(parts)  # (chunks * CHUNK_ROWS, *tail)
+        offset = first - chunks[0] * CHUNK_ROWS
+        return block[offset:offset + rows]

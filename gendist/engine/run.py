@@ -46,7 +46,7 @@ class Hooks:
             progress.set_postfix({k.split("/")[0][:4] + "/" + k.split("/")[-1]: f"{v:.3f}"
                                   for k, v in metrics.items() if k.endswith("/loss")}, refresh=False)
         if config.ckpt.every and step % config.ckpt.every == 0:
-            self.save(trainer)
+            self.save(trainer, asynchronous=config.ckpt.async_save)
         if config.log.sample_every and step % config.log.sample_every == 0:
             self.samples(trainer)
         if config.eval.every and step % config.eval.every == 0:
@@ -59,11 +59,13 @@ class Hooks:
         if trainer.dist.is_main and self.config.ckpt.requeue:
             requeue_slurm_job_once()
 
-    def save(self, trainer: Trainer) -> None:
-        if self.last_saved_step == trainer.step:
-            return
-        trainer.save(self.run_dir / "checkpoints", {"wandb_id": self.tracker.wandb_id})
-        self.last_saved_step = trainer.step
+    def save(self, trainer: Trainer, asynchronous: bool = False) -> None:
+        """Checkpoint this step (once); a synchronous save also waits for an asynchronous one in flight."""
+        if self.last_saved_step != trainer.step:
+            trainer.save(self.run_dir / "checkpoints", {"wandb_id": self.tracker.wandb_id}, asynchronous)
+            self.last_saved_step = trainer.step
+        if not asynchronous:
+            trainer.wait_for_save()
 
     def samples(self, trainer: Trainer) -> None:
         """Sample grids: every rank draws the same samples (a forward through sharded units is a

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xxhash
 from tqdm import tqdm
 
-from gendist.checkpoint import CheckpointWriter, load_tensors, load_torch, save_tensors, save_torch
+from gendist.checkpoint import CheckpointWriter, ema_file, load_tensors, load_torch, rank_file
 from gendist.config import RunConfig, lr_scale
 from gendist.data.binarize import binarize
 from gendist.distributed import DistInfo, any_rank, reduce_mean
@@ -24,16 +24,14 @@ from gendist.engine.local_tables import LocalTable, load_table_states
 from gendist.engine.noise import StepNoise
 from gendist.engine.strategies import StepResult, Strategy
 from gendist.errors import UserError
-from gendist.engine.strategies.base import NETWORKS_DIR
 from gendist.recipes.base import Batch, Phase, Recipe, unit_of
 from gendist.tracking import truncate_jsonl
 
 
 LAUNCHER_DIED = -1  # stop_signal value when the launcher process is gone
-
-
-def ema_file(network: str) -> str:
-    return f"ema_{network}.safetensors"
+# Steps between stop-request checks when several processes run: the check is a collective (every rank must
+# stop at the same step), so it is not paid every step; a preemption grace period is many steps long.
+STOP_CHECK_EVERY = 10
 
 
 def build_local_tables(recipe, loader, config: RunConfig, device: torch.device) -> dict[str, LocalTable]:
@@ -70,8 +68,9 @@ class Trainer:
             self.ema = {name: EMA(strategy.networks[name], config.train.ema_decay) for name in recipe.ema_networks}
         unit_of_network = unit_of(recipe.units)
         self.ema_units = {unit_of_network[name] for name in self.ema}
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_counts: dict[str, int] = defaultdict(int)
+        self.pending: dict[str, list[torch.Tensor]] = defaultdict(list)  # logged values since the last log line
+        # (step, phase, fp16 overflow?, skip flag on the device) of each optimizer step since the last settle
+        self.step_flags: list[tuple[int, str, bool, torch.Tensor]] = []
         self.optimizer_steps: dict[str, int] = defaultdict(int)  # since the last log line
         self.stop_signal: int | None = None
         self.nan_steps = set(config.train.inject_nan_steps)
@@ -87,6 +86,7 @@ class Trainer:
         self._data_iter_b = None
         self.tables = build_local_tables(recipe, loader, config, dist_info.device)
         self.schedule_enabled = config.optim.schedule != "constant" or config.optim.warmup_steps > 0
+        self.saving: CheckpointWriter | None = None  # an asynchronous save still being written
 
     # -- one step ----------------------------------------------------------------------------------------
     def next_batch(self, phase: Phase, phase_index: int, repeat: int, micro: int) -> Batch:
@@ -133,31 +133,43 @@ class Trainer:
             self.after_step(phase, self.strategy.step(phase))
 
     def accumulate(self, phase: Phase, outputs: dict[str, torch.Tensor]) -> None:
-        for key, value in outputs.items():
-            name = f"{phase.name}/{key}"
-            value = value.detach().float()
-            self.pending[name] = self.pending[name] + value if name in self.pending else value
-            self.pending_counts[name] += 1
+        for key, value in outputs.items():  # kept on the device; averaged at the next log step
+            self.pending[f"{phase.name}/{key}"].append(value.detach())
 
     def after_step(self, phase: Phase, result: StepResult) -> None:
+        """Record the step's skip flag (read at the next settle) and update the EMA, which a skipped step
+        leaves unchanged on the device."""
         self.optimizer_steps[phase.trains] += 1
-        if result.applied:
-            self.bad_steps_in_a_row[phase.name] = 0
-            if phase.trains in self.ema_units:
-                self.update_ema()
-            return
-        kind = "overflow" if result.overflow else "nonfinite"
-        self.skipped_steps[f"{phase.name}/{kind}"] += 1
-        if result.overflow:  # fp16 overflow is routine: the scaler lowers its scale
-            return
-        self.bad_steps_in_a_row[phase.name] += 1
-        if self.bad_steps_in_a_row[phase.name] > self.config.train.max_bad_steps:
-            raise TrainingDiverged(f"{self.bad_steps_in_a_row[phase.name]} non-finite steps in a row (phase "
-                                   f"'{phase.name}', step {self.step}); raise train.max_bad_steps or lower optim.lr")
+        self.step_flags.append((self.step, phase.name, result.overflow, result.skipped))
+        if result.grad_norm is not None:
+            self.pending[f"{phase.name}/grad_norm"].append(result.grad_norm)
+        if phase.trains in self.ema_units:
+            for name, ema in self.ema.items():
+                ema.update(self.strategy.networks[name], result.skipped)
 
-    def update_ema(self) -> None:
-        for name, ema in self.ema.items():
-            ema.update(self.strategy.networks[name])
+    def settle(self) -> None:
+        """Read the skip flags of the steps since the last call (one host sync, at log steps and saves), count
+        skipped steps and non-finite streaks per phase, and stop a run whose streak passed
+        train.max_bad_steps. Skipped steps never changed the weights, so the state at this point is good."""
+        if not self.step_flags:
+            return
+        records, self.step_flags = self.step_flags, []
+        flags = torch.cat([flag.reshape(1).to(self.dist.device) for *_, flag in records]).tolist()
+        diverged = None
+        for (step, phase, overflow, _), skipped in zip(records, flags):
+            if not skipped:
+                self.bad_steps_in_a_row[phase] = 0
+                continue
+            self.skipped_steps[f"{phase}/{'overflow' if overflow else 'nonfinite'}"] += 1
+            if overflow:  # fp16 overflow is routine: the scaler lowers its scale
+                continue
+            self.bad_steps_in_a_row[phase] += 1
+            if diverged is None and self.bad_steps_in_a_row[phase] > self.config.train.max_bad_steps:
+                diverged = (self.bad_steps_in_a_row[phase], phase, step)
+        if diverged is not None:
+            count, phase, step = diverged
+            raise TrainingDiverged(f"{count} non-finite steps in a row (phase '{phase}', step {step}); raise "
+                                   f"train.max_bad_steps or lower optim.lr")
 
     def train_step(self) -> None:
         if self.schedule_enabled:
@@ -180,6 +192,8 @@ class Trainer:
                 hooks.after_step(self, progress)
                 if self.launcher_pid is not None and os.getppid() != self.launcher_pid:
                     self.stop_signal = self.stop_signal or LAUNCHER_DIED
+                if self.dist.world_size > 1 and self.step % STOP_CHECK_EVERY:
+                    continue
                 if any_rank(self.stop_signal is not None):
                     hooks.on_stop(self)
                     return "stopped"
@@ -189,10 +203,10 @@ class Trainer:
 
     def pop_metrics(self) -> dict[str, float]:
         """Mean of each logged value since the last call, averaged over ranks (one collective, one sync)."""
-        means = {name: value / self.pending_counts[name] for name, value in self.pending.items()}
+        self.settle()
+        means = {name: torch.stack(values).float().mean() for name, values in self.pending.items()}
         reduced = reduce_mean(means)
         self.pending.clear()
-        self.pending_counts.clear()
         reduced.update({f"skipped/{k}": float(v) for k, v in self.skipped_steps.items()})
         syncs = self.strategy.gradient_syncs
         if syncs:  # all-reduce calls per optimizer step of each unit (1 = no redundant sync)
@@ -226,16 +240,20 @@ class Trainer:
             signal.signal(signum, request_stop)
 
     # -- state -------------------------------------------------------------------------------------------
-    def save(self, root: Path, extra_state: dict) -> Path:
+    def save(self, root: Path, extra_state: dict, asynchronous: bool = False) -> Path:
+        """Checkpoint every stateful component (a collective). `asynchronous`: copy the state to host memory
+        and write it in the background (strategies whose files are all staged); `wait_for_save` joins it."""
+        self.settle()  # skip counts and streaks are part of the state
+        self.wait_for_save()  # one save in flight at a time, committed in step order
         if self.keys_file is not None:
             self.keys_file.flush()
-        writer = CheckpointWriter(root, self.step)
-        folder = writer.begin()
-        self.strategy.save(folder, self.dist.is_main)
+        writer = CheckpointWriter(root, self.step, self.dist.rank, self.dist.world_size, self.config.dist.timeout_s)
+        writer.begin()
+        self.strategy.save(writer, self.dist.is_main)
         for name, ema in self.ema.items():
             ema_state = ema.full_state()  # collective under FSDP
             if self.dist.is_main:
-                save_tensors(folder / NETWORKS_DIR / ema_file(name), ema_state)
+                writer.add_tensors(ema_file(name), ema_state)
         rank_state = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
                       "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                       "numpy_rng_pos": int(np.random.get_state()[2]),
@@ -246,25 +264,35 @@ class Trainer:
             rank_state["recipe"] = self.recipe.state_dict()
         if self.tables:  # this rank's rows of each per-datapoint table, with their sample ids
             rank_state["tables"] = {name: table.state_dict() for name, table in self.tables.items()}
-        save_torch(folder / f"rank_{self.dist.rank:05d}.pt", rank_state)
+        writer.add_torch(rank_file(self.dist.rank), rank_state)
         state = {"step": self.step, "bad_steps_in_a_row": dict(self.bad_steps_in_a_row),
                  "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
                  "strategy": self.strategy.name, **extra_state}
+        if asynchronous and self.strategy.supports_async_save:
+            writer.commit_async(state, self.config.ckpt.keep)
+            self.saving = writer
+            return writer.final
         return writer.commit(state, self.config.ckpt.keep)
 
+    def wait_for_save(self) -> None:
+        """Block until the asynchronous save in flight (if any) is written and committed."""
+        if self.saving is not None:
+            writer, self.saving = self.saving, None
+            writer.wait()
+
     def param_digest(self) -> str:
-        """sha256 of this rank's local parameters: equal on every rank for replicated strategies (checked by
-        tests and useful when debugging desynchronized replicas)."""
-        digest = hashlib.sha256()
+        """Checksum (xxh3-128) of this rank's local parameters: equal on every rank for replicated strategies
+        (checked by tests and useful when debugging desynchronized replicas)."""
+        digest = xxhash.xxh3_128()
         for key, local in self.strategy.local_parameters():
             digest.update(key.encode())
-            digest.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+            digest.update(local.detach().float().cpu().contiguous().numpy())  # the buffer itself: no copy
         return digest.hexdigest()
 
     def load(self, folder: Path, trainer_state: dict) -> None:
         self.strategy.load(folder)
         for name in self.ema:
-            ema_path = folder / NETWORKS_DIR / ema_file(name)
+            ema_path = folder / ema_file(name)
             if ema_path.is_file():
                 self.ema[name].load_full_state(load_tensors(ema_path))
             else:  # EMA switched on for a run that had none: start the average at the current weights
@@ -274,9 +302,9 @@ class Trainer:
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
         for name, table in self.tables.items():  # any world size: each rank takes the rows it owns now
             table.load_state_dicts(load_table_states(folder, name))
-        rank_file = folder / f"rank_{self.dist.rank:05d}.pt"
-        if trainer_state.get("world_size") == self.dist.world_size and rank_file.is_file():
-            rank_state = load_torch(rank_file)
+        own_file = folder / rank_file(self.dist.rank)
+        if trainer_state.get("world_size") == self.dist.world_size and own_file.is_file():
+            rank_state = load_torch(own_file)
             torch.set_rng_state(rank_state["torch_rng"])
             random.setstate((3, tuple(rank_state["python_rng"]), None))
             np.random.set_state(("MT19937", rank_state["numpy_rng"].numpy().astype(np.uint32),

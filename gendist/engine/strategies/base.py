@@ -6,7 +6,6 @@ for the modules a phase may call (`phase_nets`), runs the loss, and calls `backw
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gendist.checkpoint import load_tensors, load_torch, save_tensors, save_torch
+from gendist.checkpoint import OPTIMIZER_FILE, CheckpointWriter, load_network, load_torch, network_file
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
 from gendist.errors import UserError
@@ -26,16 +25,25 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class StepResult:
-    """What one optimizer step of a phase did (its gradient norm after synchronization)."""
+    """What one optimizer step of a phase did, as device tensors read only at log steps (no host sync in a
+    step): `skipped` is 1.0 when the gradients held inf/NaN and the step was not applied, `overflow` says such
+    a skip is fp16 loss-scaler routine rather than a fault, `grad_norm` the norm computed for clipping."""
 
-    applied: bool
-    overflow: bool
-    grad_norm: float
+    skipped: torch.Tensor  # (1,) float on the device: 1.0 = not applied
+    overflow: bool = False
+    grad_norm: torch.Tensor | None = None
 
 
-def build_optimizer(config: RunConfig, name: str, unit: Unit) -> torch.optim.Optimizer:
+# Optimizers with a fused kernel take GradScaler's `found_inf` and skip a step on the device (their step
+# counters too), so deciding a skip needs no host sync; RMSprop has none and reads the flag on the host.
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def build_optimizer(config: RunConfig, name: str, unit: Unit, fused: tuple[str, ...] = ()) -> torch.optim.Optimizer:
     """One optimizer for a unit, a parameter group per network (`group["network"]`) with its learning
-    rate: `optim.lr_overrides` may name a network or the unit (the network's entry wins)."""
+    rate: `optim.lr_overrides` may name a network or the unit (the network's entry wins). `fused`: the
+    optimizers to build with torch's fused kernel (one kernel per step instead of several per parameter, and
+    on-device skips)."""
     optim = config.optim
     groups = []
     for member, network in unit.items():
@@ -43,12 +51,14 @@ def build_optimizer(config: RunConfig, name: str, unit: Unit) -> torch.optim.Opt
         if params:
             lr = optim.lr_overrides.get(member, optim.lr_overrides.get(name, optim.lr))
             groups.append({"params": params, "lr": lr, "network": member})
+    kernel = {"fused": True} if optim.name in fused else {}
     if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.betas[0], weight_decay=optim.weight_decay)
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.betas[0], weight_decay=optim.weight_decay,
+                               **kernel)
     if optim.name == "rmsprop":  # betas[1] is RMSprop's smoothing constant alpha (0.99 in torch's default)
         return torch.optim.RMSprop(groups, lr=optim.lr, alpha=optim.betas[1], weight_decay=optim.weight_decay)
     cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    return cls(groups, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, **kernel)
 
 
 def reject_weight_readers(phases: list[Phase], strategy: str, sharded: bool = True) -> None:
@@ -75,6 +85,7 @@ class Strategy:
     """
 
     name = "single"
+    fused_optimizers = FUSED_OPTIMIZERS  # built with torch's fused kernel (DeepSpeed: none, it skips itself)
 
     def __init__(self, config: RunConfig, dist_info: DistInfo):
         self.config = config
@@ -86,6 +97,10 @@ class Strategy:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # one per trained unit
         self.scalers: dict[str, torch.amp.GradScaler] = {}  # one per phase: an overflow skips only that phase
         self.gradient_syncs: Counter[str] = Counter()  # all-reduce calls per unit (DDP comm hook)
+        self.trained_params: dict[str, list[nn.Parameter]] = {}  # per trained unit, listed once
+        self._phase_nets: dict[str, Nets] = {}  # built once per phase
+        self._active_unit: str | None = None  # the unit whose parameters require gradients now
+        self._unit_params: dict[str, list[nn.Parameter]] = {}  # every unit's parameters, listed once
 
     # -- set-up ------------------------------------------------------------------------------------------
     def setup(self, units: dict[str, Unit], phases: list[Phase]) -> None:
@@ -95,7 +110,8 @@ class Strategy:
             self.register(name, unit)
             if name in trained:
                 self.wrapped[name] = self.wrap(name, unit)
-                self.optimizers[name] = build_optimizer(self.config, name, unit)
+                self.optimizers[name] = build_optimizer(self.config, name, unit, self.fused_optimizers)
+                self.trained_params[name] = list(unit.parameters())
         if self.config.precision == "fp16":
             for phase in phases:
                 self.scalers[phase.name] = torch.amp.GradScaler(self.device.type)
@@ -103,6 +119,7 @@ class Strategy:
     def register(self, name: str, unit: Unit) -> None:
         self.units[name] = unit
         self.networks.update(unit.items())
+        self._unit_params[name] = list(unit.parameters())
 
     def wrap(self, name: str, unit: Unit) -> nn.Module:
         return unit
@@ -126,13 +143,23 @@ class Strategy:
 
         Frozen units get no gradient (so no all-reduce, no 'parameter already reduced' under ZeRO) but
         still pass gradients to their inputs, which is what the generator step needs from the discriminator.
+        The handles are built once per phase and `requires_grad` is switched only when the trained unit
+        changes (consecutive phases of one unit, e.g. n_critic repeats or R1, switch nothing).
         """
-        nets = {}
-        for name, unit in self.units.items():
-            unit.requires_grad_(name == phase.trains)
-            call = self.wrapped[name] if name == phase.trains else unit
-            nets.update({member: Member(call, network, member) for member, network in unit.items()})
-        return Nets(nets, unwrapped=Nets(self.networks))
+        if self._active_unit != phase.trains:
+            for name, params in self._unit_params.items():
+                if name == phase.trains or name == self._active_unit or self._active_unit is None:
+                    for param in params:
+                        param.requires_grad = name == phase.trains
+            self._active_unit = phase.trains
+        nets = self._phase_nets.get(phase.name)
+        if nets is None:
+            handles = {}
+            for name, unit in self.units.items():
+                call = self.wrapped[name] if name == phase.trains else unit
+                handles.update({member: Member(call, network, member) for member, network in unit.items()})
+            nets = self._phase_nets[phase.name] = Nets(handles, unwrapped=Nets(self.networks))
+        return nets
 
     def sampling_nets(self) -> Nets:
         """Every network called through its unit as the strategy holds it (an FSDP root or a ZeRO-3 module
@@ -172,22 +199,38 @@ class Strategy:
         (scaler.scale(loss) if scaler else loss).backward()
 
     def step(self, phase: Phase) -> StepResult:
-        """Unscale, clip, check for non-finite gradients, and step the phase's unit (or skip the step)."""
+        """Unscale, clip, and step the phase's unit unless its gradients hold inf/NaN; the skip is decided on
+        the device (the fused optimizer's `found_inf`, GradScaler's pattern), so no value is read back here."""
         scaler = self.scalers.get(phase.name)
         optimizer = self.optimizers[phase.trains]
         if scaler:
             scaler.unscale_(optimizer)
-        total_norm = float(self.clip_gradients(phase.trains))  # the one host sync per optimizer step
-        finite = math.isfinite(total_norm)
-        if scaler:  # GradScaler skips the step when the gradients hold inf/NaN and lowers its scale
+        norm = self.clip_gradients(phase.trains) if self.config.optim.grad_clip else None
+        found_inf = self.nonfinite(phase.trains, norm)
+        if scaler:  # GradScaler skips the step itself and lowers its scale
             scaler.step(optimizer)
             scaler.update()
-        elif finite:
+        elif getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: skips on the device
+            optimizer.found_inf = found_inf.reshape(())  # the fused kernels take a 0-dim flag
+            optimizer.step()
+            del optimizer.found_inf
+        elif not found_inf.item():  # an optimizer without a fused kernel (RMSprop): a host sync
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if phase.clamp_weights and finite:
+        if phase.clamp_weights:  # a skipped step left the (already clamped) weights as they were
             self.clamp_weights(phase.trains, phase.clamp_weights)
-        return StepResult(applied=finite, overflow=bool(scaler) and not finite, grad_norm=total_norm)
+        return StepResult(skipped=found_inf, overflow=bool(scaler), grad_norm=norm)
+
+    def nonfinite(self, name: str, norm: torch.Tensor | None) -> torch.Tensor:
+        """(1,) float on the device: 1.0 iff the unit's (synchronized, identical on every rank) gradients hold
+        inf/NaN; from the clipping norm when there is one, else one fused pass over the gradients."""
+        if norm is not None:
+            return (~torch.isfinite(norm)).float().reshape(1)
+        found_inf = torch.zeros(1, device=self.device)
+        grads = [p.grad for p in self.trained_params[name] if p.grad is not None]
+        if grads:  # GradScaler's own kernel with an inverse scale of 1: it only checks
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
+        return found_inf
 
     @torch.no_grad()
     def clamp_weights(self, name: str, limit: float) -> None:
@@ -199,11 +242,10 @@ class Strategy:
     def clip_gradients(self, name: str) -> torch.Tensor:
         """Clip the unit's gradients (one norm over all its networks) and return the norm. Gradients are
         already synchronized, so every rank gets the same norm and makes the same skip decision."""
-        max_norm = self.config.optim.grad_clip or float("inf")
-        params = [p for p in self.units[name].parameters() if p.grad is not None]
+        params = [p for p in self.trained_params[name] if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
-        return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
+        return torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip).detach().float()
 
     def loss_scales(self) -> dict[str, float]:
         """Current fp16 loss scale of each phase's scaler (empty unless precision=fp16); a host sync, so
@@ -226,12 +268,12 @@ class Strategy:
                 states[member] = {key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)}
         return states
 
-    def save_networks(self, folder: Path, is_main: bool) -> None:
-        """Each network's full weights as `networks/<name>.safetensors` (what sampling and `encode` load)."""
+    def save_networks(self, writer: CheckpointWriter, is_main: bool) -> None:
+        """Each network's full weights (what sampling and `encode` load), written by rank 0."""
         states = self.network_states()
         if is_main:
             for network, state in states.items():
-                save_tensors(folder / NETWORKS_DIR / f"{network}.safetensors", state)
+                writer.add_tensors(network_file(network), state)
 
     def load_unit_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         self.units[name].load_state_dict(state)
@@ -241,16 +283,18 @@ class Strategy:
             self.load_unit_state(name, {f"{member}.{key}": value for member in unit
                                         for key, value in load_network(folder, member).items()})
 
-    def save(self, folder: Path, is_main: bool) -> None:
+    supports_async_save = True  # every file is staged in the writer (DeepSpeed writes its engines itself)
+
+    def save(self, writer: CheckpointWriter, is_main: bool) -> None:
         """Networks as safetensors and optimizer/scaler state; replicated state is written by rank 0 only."""
-        self.save_networks(folder, is_main)
+        self.save_networks(writer, is_main)
         if is_main:
-            save_torch(folder / "optim.pt", {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                                            "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
+            writer.add_torch(OPTIMIZER_FILE, {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                                              "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
 
     def load(self, folder: Path) -> None:
         self.load_networks(folder)
-        state = load_torch(folder / "optim.pt")
+        state = load_torch(folder / OPTIMIZER_FILE)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scaler in self.scalers.items():
@@ -268,13 +312,6 @@ class Strategy:
         tensors += [v for optimizer in self.optimizers.values() for state in optimizer.state.values()
                     for v in state.values() if isinstance(v, torch.Tensor)]
         return unique_bytes(tensors)
-
-
-NETWORKS_DIR = "players"  # checkpoint sub-folder of the per-network weights
-
-
-def load_network(folder: Path, network: str) -> dict[str, torch.Tensor]:
-    return load_tensors(folder / NETWORKS_DIR / f"{network}.safetensors")
 
 
 def unique_bytes(tensors) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.distributed import DistInfo
+from gendist.checkpoint import ENGINES_DIR, CheckpointWriter, engine_dir
 from gendist.engine.strategies.base import StepResult, Strategy, build_optimizer, reject_weight_readers, unique_bytes
 from gendist.errors import UserError
 from gendist.recipes.base import Phase
@@ -75,6 +76,7 @@ def share_zero3_master_partition(zero_optimizer) -> None:
 
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
+    fused_optimizers = ()  # ZeRO steps the torch optimizer on its own flat partitions and skips itself
 
     def __init__(self, config: RunConfig, dist_info: DistInfo, stage: int):
         super().__init__(config, dist_info)
@@ -93,6 +95,8 @@ class DeepSpeedStrategy(Strategy):
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
         from deepspeed.accelerator import get_accelerator
 
+        from gendist.engine.strategies.deepspeed_checkpoint import use_weights_only_loader
+
         if self.config.precision == "fp16" and not get_accelerator().is_fp16_supported():
             raise UserError(f"precision=fp16 with DeepSpeed needs fp16 support on {self.device.type} (on CPU: "
                             "oneDNN fp16, i.e. AVX512-FP16/AMX), which this machine lacks; use precision=bf16, or "
@@ -105,6 +109,7 @@ class DeepSpeedStrategy(Strategy):
                 optimizer = build_optimizer(self.config, name, unit)
                 engine, optimizer, _, _ = deepspeed.initialize(model=unit, optimizer=optimizer,
                                                                config=json.loads(json.dumps(ds_config)))
+                use_weights_only_loader(engine)  # resuming never unpickles code (deepspeed_checkpoint.py)
                 if self.stage == 3:
                     share_zero3_master_partition(engine.optimizer)
                     # A network's own parameters (a Gaussian VAE's log-variance) are fetched by its forward's
@@ -136,8 +141,6 @@ class DeepSpeedStrategy(Strategy):
         name = phase.trains
         engine = self.engines[name]
         engine.step()
-        norm = engine.get_global_grad_norm()  # may be the previous step's value when DeepSpeed skipped the norm
-        norm = float(norm) if norm is not None else 0.0
         loss_finite = bool(self._loss_finite.pop(name, torch.tensor(True)))
         # DeepSpeed skips a step whose gradients hold inf/NaN itself (checked: losses after injected NaN steps
         # match DDP's exactly). Its was_step_applied() flag can lag one step behind in fp32/bf16, so there we
@@ -146,7 +149,11 @@ class DeepSpeedStrategy(Strategy):
         overflow = self.config.precision == "fp16" and not applied
         if phase.clamp_weights and applied:
             self.clamp_weights(name, phase.clamp_weights)
-        return StepResult(applied=applied, overflow=overflow, grad_norm=norm)
+        # DeepSpeed decides on the host itself (its overflow check reads the flag back); its norm may be the
+        # previous step's value when it skipped the norm, so only clipped runs report it
+        norm = engine.get_global_grad_norm() if self.config.optim.grad_clip else None
+        return StepResult(skipped=torch.tensor([0.0 if applied else 1.0]), overflow=overflow,
+                          grad_norm=None if norm is None else torch.as_tensor(float(norm)))
 
     def loss_scales(self) -> dict[str, float]:
         """DeepSpeed's own fp16 loss scaler of each engine (empty unless precision=fp16)."""
@@ -181,15 +188,22 @@ class DeepSpeedStrategy(Strategy):
                 return {k: v.detach().float().cpu().clone() for k, v in unit.state_dict().items()}
         return {k: v.detach().float().cpu() for k, v in unit.state_dict().items()}
 
-    def save(self, folder: Path, is_main: bool) -> None:
+    supports_async_save = False  # DeepSpeed writes its engines' files itself, synchronously
+
+    def save(self, writer: CheckpointWriter, is_main: bool) -> None:
         """Each engine into its own sub-folder (every rank writes its partition), plus full weights."""
         for name, engine in self.engines.items():
-            engine.save_checkpoint(str(folder / "engines" / name), tag=ENGINE_TAG, save_latest=False)
-        self.save_networks(folder, is_main)
+            engine.save_checkpoint(str(engine_dir(writer.folder, name)), tag=ENGINE_TAG, save_latest=False)
+        self.save_networks(writer, is_main)
 
     def load(self, folder: Path) -> None:
+        """Each engine's state, read weights-only: a file holding any other pickled object is a UserError on
+        every rank, and nothing in it runs (deepspeed_checkpoint.py)."""
+        from gendist.engine.strategies.deepspeed_checkpoint import check_engine_files
+
+        check_engine_files(folder / ENGINES_DIR)
         for name, engine in self.engines.items():
-            path, _ = engine.load_checkpoint(str(folder / "engines" / name), tag=ENGINE_TAG,
+            path, _ = engine.load_checkpoint(str(engine_dir(folder, name)), tag=ENGINE_TAG,
                                              load_optimizer_states=True, load_lr_scheduler_states=True)
             if path is None:
                 raise UserError(f"checkpoint {folder}: no DeepSpeed state for '{name}' (was it saved with "

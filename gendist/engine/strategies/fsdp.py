@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from gendist.checkpoint import load_torch, save_torch
+from gendist.checkpoint import OPTIMIZER_FILE, CheckpointWriter, load_torch
 from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy, reject_weight_readers
 from gendist.recipes.base import Phase
 
@@ -35,6 +35,7 @@ def _reshard_after_forward() -> bool:
 
 class FSDPStrategy(Strategy):
     name = "fsdp"
+    fused_optimizers = ("adam", "adamw")  # DTensor has sharding rules for these fused kernels, not for SGD's
 
     def wrap(self, name: str, unit: nn.Module) -> nn.Module:
         return unit  # sharded for every unit in `setup`, trained or not
@@ -90,24 +91,35 @@ class FSDPStrategy(Strategy):
         norm = super().clip_gradients(name)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
+    def nonfinite(self, name: str, norm: torch.Tensor | None) -> torch.Tensor:
+        """From the norm over every rank's shard (an all-reduce, no host sync): each rank checking only its
+        own shard could skip a step that another rank applies."""
+        if norm is None:
+            grads = [p.grad for p in self.trained_params[name] if p.grad is not None]
+            if not grads:
+                return torch.zeros(1, device=self.device)
+            norm = torch.nn.utils.get_total_norm(grads)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return super().nonfinite(name, norm)
+
     def unit_state(self, name: str) -> dict[str, torch.Tensor]:
         return get_model_state_dict(self.units[name], options=FULL)  # collective: every rank calls it
 
     def load_unit_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         set_model_state_dict(self.units[name], state, options=StateDictOptions(full_state_dict=True))
 
-    def save(self, folder: Path, is_main: bool) -> None:
+    def save(self, writer: CheckpointWriter, is_main: bool) -> None:
         # Full (unsharded) state gathered to rank 0: simple and portable across world sizes.
-        self.save_networks(folder, is_main)
+        self.save_networks(writer, is_main)
         optimizers = {name: get_optimizer_state_dict(self.units[name], optimizer, options=FULL)
                       for name, optimizer in self.optimizers.items()}
         if is_main:
-            save_torch(folder / "optim.pt", {"optimizers": optimizers,
-                                            "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
+            writer.add_torch(OPTIMIZER_FILE, {"optimizers": optimizers,
+                                              "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
 
     def load(self, folder: Path) -> None:
         self.load_networks(folder)
-        state = load_torch(folder / "optim.pt")
+        state = load_torch(folder / OPTIMIZER_FILE)
         options = StateDictOptions(full_state_dict=True)
         for name, optimizer in self.optimizers.items():
             set_optimizer_state_dict(self.units[name], optimizer, state["optimizers"][name], options=options)

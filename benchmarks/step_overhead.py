@@ -1,0 +1,161 @@
+"""Step overhead: gendist against a hand-written loop and Lightning, 1 process and 2 processes (DDP, gloo).
+
+Every run is a real process tree started from here, one after another, alternating implementations within
+each repeat; a run's rate is its steady-state steps/s between step --warmup and its last step (read from
+the run itself, so start-up and the final evaluation cancel); the table shows medians over --repeats.
+One thread per process (OMP_NUM_THREADS=1), W&B off, no sample grids, checkpoint only at the end.
+
+    python benchmarks/step_overhead.py [--quick] [--repeats 3] [--rows gan_ring,...] [--procs 1,2]
+
+Writes the "step-overhead" section of benchmarks/RESULTS.md (--no-write: print only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _results import ROOT, command_line, machine, median, write_section
+
+# row name -> (config, overrides, steps); the first row is the setting of the issue that asked for this
+ROWS = {
+    "gan_ring_z64_b512": ("gan_ring", ["model.latent_dim=64", "model.depth=2", "train.batch_size=512"], 1500),
+    "gan_ring": ("gan_ring", [], 2000),
+    "gan_digits": ("gan_digits", [], 500),
+    "vae_digits": ("vae_digits", [], 1000),
+    "bigan_digits": ("bigan_digits", [], 1000),
+}
+WARMUP = 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", WANDB_MODE="disabled",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT / "benchmarks"))
+    return env
+
+
+def launch(procs: int, *script: str) -> list[str]:
+    """A script (or `-m module`) run by one process, or by torchrun with `procs` processes on 127.0.0.1."""
+    if procs == 1:
+        return [sys.executable, *script]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
+            "127.0.0.1", "--master_port", str(free_port()), *script]
+
+
+def run(command: list[str], timeout: float = 900) -> str:
+    result = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def gendist_rate(config: str, overrides: list[str], steps: int, procs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["-m", "gendist", "train", f"configs/{config}.yaml", *overrides, f"run.dir={tmp}/run",
+                f"train.max_steps={steps}", f"log.every={WARMUP}", "ckpt.every=0", "log.sample_every=0",
+                "log.progress=false", "log.wandb=false", "eval.num_samples=500"]
+        if procs > 1:
+            args = ["-m", "accelerate.commands.launch", "--config_file", "launch/cpu-ddp.yaml", "--num_processes",
+                    str(procs), "--main_process_port", str(free_port()), *args]
+        run([sys.executable, *args])
+        lines = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+    elapsed = {line["step"]: line["time/elapsed_s"] for line in lines if "time/elapsed_s" in line}
+    synced = [line for line in lines if any(key.startswith("sync/") for key in line)]
+    syncs = {key.split("/")[1].replace("_allreduce_per_step", ""): value
+             for key, value in (synced[-1] if synced else {}).items() if key.startswith("sync/")}
+    return {"rate": (steps - WARMUP) / (elapsed[steps] - elapsed[WARMUP]), "allreduce_per_step": syncs}
+
+
+def hand_rate(config: str, overrides: list[str], steps: int, procs: int, fused: bool = False) -> dict:
+    extra = ["--fused"] if fused else []
+    out = run(launch(procs, "benchmarks/handwritten.py", "--config", config, "--steps", str(steps), "--warmup",
+                     str(WARMUP), "--log-every", str(WARMUP), *extra, "--set", *overrides))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def lightning_rate(config: str, overrides: list[str], steps: int, procs: int) -> dict:
+    out = run([sys.executable, "benchmarks/lightning_gan.py", "--config", config, "--steps", str(steps), "--warmup",
+               str(WARMUP), "--devices", str(procs), "--set", *overrides])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(rows: list[str], procs_list: list[int], repeats: int, scale: float) -> dict:
+    results: dict = {}
+    for procs in procs_list:
+        for row in rows:
+            config, overrides, steps = ROWS[row]
+            steps = max(2 * WARMUP, int(steps * scale) // WARMUP * WARMUP)
+            runners = {"gendist": lambda: gendist_rate(config, overrides, steps, procs),
+                       "hand": lambda: hand_rate(config, overrides, steps, procs),
+                       "hand_fused": lambda: hand_rate(config, overrides, steps, procs, fused=True)}
+            if config.startswith("gan_"):
+                runners["lightning"] = lambda: lightning_rate(config, overrides, steps, procs)
+            samples: dict[str, list[dict]] = {name: [] for name in runners}
+            for repeat in range(repeats):
+                for name, runner in runners.items():  # alternating: drift hits every implementation alike
+                    samples[name].append(runner())
+                    print(f"{procs} proc {row} repeat {repeat} {name}: {samples[name][-1]['rate']:.1f} it/s",
+                          file=sys.stderr, flush=True)
+            results[(procs, row)] = {name: {"rate": median([s["rate"] for s in runs]),
+                                            "rates": [round(s["rate"], 1) for s in runs],
+                                            "allreduce_per_step": runs[-1].get("allreduce_per_step", {})}
+                                     for name, runs in samples.items()}
+    return results
+
+
+def report(results: dict, repeats: int) -> str:
+    lines = ["## Step overhead: gendist against a hand-written loop and Lightning (issue 14)", "",
+             f"Machine: {machine()}. Command: `{command_line()}`. Steady-state steps/s (median of {repeats} "
+             "alternating runs, each from its step 100 to its last), one thread per process, W&B off. "
+             "`hand`: the hand-written loop of benchmarks/handwritten.py with torch's default Adam; `hand fused`: "
+             "the same loop with `Adam(fused=True)`, the kernel gendist uses; Lightning: benchmarks/lightning_gan.py "
+             "(manual optimization; under DDP it needs find_unused_parameters=True).", "",
+             "| processes | config | gendist it/s | hand it/s | hand fused it/s | Lightning it/s | gendist ÷ hand "
+             "| gendist ÷ hand fused | gendist ÷ Lightning | gradient all-reduces per step (gendist; hand) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (procs, row), found in results.items():
+        rate = {name: value["rate"] for name, value in found.items()}
+        light = rate.get("lightning")
+        syncs = ", ".join(f"{unit} {value:g}" for unit, value in found["gendist"]["allreduce_per_step"].items())
+        hand_syncs = ", ".join(f"{unit} {value:g}" for unit, value in found["hand"]["allreduce_per_step"].items())
+        lines.append(f"| {procs} | {row} | {rate['gendist']:.1f} | {rate['hand']:.1f} | {rate['hand_fused']:.1f} | "
+                     f"{'' if light is None else f'{light:.1f}'} | {rate['gendist'] / rate['hand']:.2f} | "
+                     f"{rate['gendist'] / rate['hand_fused']:.2f} | "
+                     f"{'' if light is None else format(rate['gendist'] / light, '.2f')} | "
+                     f"{syncs or '-'}; {hand_syncs or '-'} |")
+    lines += ["", "Per-run rates (it/s): " + "; ".join(
+        f"{procs}p {row} " + ", ".join(f"{name} {value['rates']}" for name, value in found.items())
+        for (procs, row), found in results.items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--procs", default="1,2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a fifth of the steps, one repeat")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    results = measure(args.rows.split(","), [int(p) for p in args.procs.split(",")], repeats,
+                      0.2 if args.quick else 1.0)
+    text = report(results, repeats)
+    print(text)
+    if not args.no_write:
+        write_section("step-overhead", text)
+
+
+if __name__ == "__main__":
+    main()
