@@ -7,6 +7,9 @@ Layout of `RUN/checkpoints/`:
                      optim.pt           optimizer and loss-scaler state (replicated strategies, FSDP gathered)
                      rank_00000.pt      RNG, data position, per-datapoint rows of each rank
                      engines/UNIT/      DeepSpeed's own files, one engine per trained unit
+                     sharded/           FSDP: torch.distributed.checkpoint, each rank writes its own shards
+                                        of every unit and optimizer (.metadata + __R_0.distcp), nothing is
+                                        gathered; it reshards on load when the world size changed
     latest           name of the newest complete checkpoint
 
 Components hand their state to a `CheckpointWriter` (`add_tensors`, `add_torch`) under the names below; the
@@ -46,6 +49,7 @@ TRAINER_FILE = "trainer.json"
 NETWORKS_DIR = "players"
 OPTIMIZER_FILE = "optim.pt"
 ENGINES_DIR = "engines"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint: each rank's shards of units and optimizers (FSDP)
 CHUNK = 1 << 20
 DIGEST = "xxh3_128"  # 2+ GB/s on one core (sha256: 0.5): checksumming never dominates a save
 
@@ -364,3 +368,54 @@ def read_trainer_state(folder: Path) -> dict:
 
 def load_network(folder: Path, network: str) -> dict[str, torch.Tensor]:
     return load_tensors(folder / network_file(network))
+
+
+# torch.distributed.checkpoint's `.metadata` is a pickle that its FileSystemReader loads with a plain
+# `pickle.load`: a tampered file would run code. These are the only globals it holds (DCP of torch 2.13:
+# dataclasses describing shards, torch.Size, dtypes, the layout helper torch's own weights-only loader
+# allows, and the checkpoint's path).
+_DCP_METADATA_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+def load_dcp_metadata(path: Path):
+    """DCP's metadata read by an unpickler that builds only the allow-listed types; anything else is a
+    one-line UserError naming the file, and nothing in it runs."""
+    import pickle
+
+    from gendist.errors import UserError
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in _DCP_METADATA_GLOBALS or (
+                    module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+                return super().find_class(module, name)
+            raise UserError(f"checkpoint file {path} holds a pickled object gendist refuses to load ({module}."
+                            f"{name}); it may have been tampered with: resume from another checkpoint")
+
+    with open(path, "rb") as handle:
+        return Restricted(handle).load()
+
+
+def sharded_reader(folder: Path):
+    """A torch.distributed.checkpoint reader of `folder` whose metadata goes through `load_dcp_metadata`
+    (its tensors and byte items are read weights-only by DCP itself)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get("rank")
+            metadata = load_dcp_metadata(Path(self._get_metadata_path(rank)))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(folder))

@@ -69,3 +69,92 @@ def test_accumulation_equals_the_double_batch_with_sgd(make_trainer):
     for name in ("generator", "discriminator"):
         a, b = parameters(single, name), parameters(accumulated, name)
         assert float((a - b).norm() / a.norm()) < 1e-6, name
+
+
+class HostRead(AssertionError):
+    """A tensor's value was read back to the host inside a training step."""
+
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    """Make every way of reading a tensor's value on the host raise: `.item()`, `.tolist()`, `bool()`,
+    `float()`, `int()` and NumPy conversion (on a GPU each would stall the device queue)."""
+    def refuse(*args, **kwargs):
+        raise HostRead("host read of a tensor inside a training step")
+
+    def guard():
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+            monkeypatch.setattr(torch.Tensor, name, refuse)
+    return guard
+
+
+@pytest.mark.parametrize("overrides", [[], ["optim.grad_clip=1.0", "train.ema_decay=0.9"], ["precision=fp16"],
+                                       ["train.grad_accum=2", "optim.name=sgd"]],
+                         ids=["adam", "clip-ema", "fp16", "accum-sgd"])
+def test_a_training_step_never_reads_a_tensor_back_to_the_host(make_trainer, no_host_reads, overrides):
+    """Skips are decided on the device (fused optimizers take the non-finite flag; GradScaler the same), losses
+    and skip flags are kept on the device until the log step, noise needs no host work."""
+    trainer = make_trainer(*overrides)
+    trainer.train_step()  # start-up work (data iterator, first batch) outside the guard
+    no_host_reads()
+    for _ in range(3):
+        trainer.train_step()
+    assert len(trainer.step_flags) == 4 * len(trainer.phases)  # read at the next log step
+
+
+def test_skipped_steps_and_streaks_are_counted_at_the_log_step(make_trainer):
+    trainer = make_trainer("train.inject_nan_steps=[1, 2]", "train.inject_nan_phase=generator")
+    for _ in range(4):
+        trainer.train_step()
+    assert not trainer.skipped_steps  # nothing read yet
+    metrics = trainer.pop_metrics()
+    assert metrics["skipped/generator/nonfinite"] == 2.0 and "skipped/discriminator/nonfinite" not in metrics
+    assert trainer.bad_steps_in_a_row["generator"] == 0  # step 3 was applied again
+
+
+def test_noise_rows_are_a_function_of_the_global_row_and_each_rank_draws_only_its_own():
+    from gendist.engine.noise import CHUNK_ROWS, StepNoise
+
+    cpu = torch.device("cpu")
+    whole = StepNoise(0, cpu, 0, 1, 1).start(7, 1, 0, 0).randn(4 * 96, 3)
+    for world, accum in ((2, 2), (4, 1), (1, 4)):
+        for rank in range(world):
+            for micro in range(accum):
+                part = StepNoise(0, cpu, rank, world, accum).start(7, 1, 0, micro).randn(96, 3)
+                first = (micro * world + rank) * 96
+                assert torch.equal(part, whole[first:first + 96]), (world, accum, rank, micro)
+    drawn = []
+    original = torch.randn
+
+    def counting_randn(*args, **kwargs):
+        drawn.append(args[0])
+        return original(*args, **kwargs)
+
+    torch.randn = counting_randn
+    try:
+        StepNoise(0, cpu, 511, 512, 1).start(0, 0, 0, 0).randn(256, 64)  # rank 511 of 512
+    finally:
+        torch.randn = original
+    assert sum(drawn) <= 256 + 2 * CHUNK_ROWS  # its own rows, not the world's 131,072
+    other = StepNoise(0, cpu, 0, 1, 1).start(7, 1, 0, 1).randn(4 * 96, 3)  # another micro-step: other noise
+    assert not torch.equal(other, whole) and abs(float(whole.mean())) < 0.1 and abs(float(whole.std()) - 1) < 0.1
+
+
+def test_threads_fit_the_processes_on_the_machine_unless_the_user_set_them(monkeypatch):
+    import os
+
+    from gendist.distributed import fit_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert fit_threads() == max(1, cores // 2) == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert fit_threads() == cores
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert fit_threads() == 1  # the user's choice stands
+    finally:
+        torch.set_num_threads(before)

@@ -51,12 +51,15 @@ def test_bit_flips_and_truncations_are_always_detected(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["files_written", "manifest_written", "renamed"])
-def test_kill_during_checkpoint_write_resumes_from_previous_good(point, tmp_path):
+@pytest.mark.parametrize("point, asynchronous", [("files_written", False), ("manifest_written", False),
+                                               ("renamed", False), ("manifest_written", True)])
+def test_kill_during_checkpoint_write_resumes_from_previous_good(point, asynchronous, tmp_path):
+    """SIGKILL at each point of a save (in the background thread for an asynchronous one): `latest` still
+    names the previous checkpoint and the relaunch resumes from it."""
     env = make_env(tmp_path / "cache")
     run_dir = tmp_path / "run"
     args = gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", "train.max_steps=60",
-                           "ckpt.every=20", "log.every=10", *QUIET)
+                           "ckpt.every=20", "log.every=10", f"ckpt.async_save={str(asynchronous).lower()}", *QUIET)
     killed = run(args, dict(env, GENDIST_FAULT_SAVE=f"{point}@40"), check=False)
     assert killed.returncode == -signal.SIGKILL
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000020"
@@ -139,6 +142,8 @@ def assert_resumed_from(output: str, run_dir, step: int | None) -> None:
 # launcher config, extra overrides, tolerance on logged values (0: bit-exact)
 RESUME_CASES = {
     "single-fp16-ema": (None, ["precision=fp16", "train.ema_decay=0.95"], 0.0),  # GradScaler state, EMA
+    # asynchronous saves: written by a background thread while training goes on, committed in step order
+    "ddp-async-ema": ("launch/cpu-ddp.yaml", ["ckpt.async_save=true", "train.ema_decay=0.95"], 0.0),
     "fsdp-ema": ("launch/cpu-fsdp.yaml", ["train.ema_decay=0.95"], 1e-6),  # sharded EMA
     "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
     # multi-network units; CycleGAN's per-rank history pools and its second (B) data stream, and EMA of both
@@ -404,3 +409,68 @@ def test_a_preemption_signal_during_start_up_is_honoured_at_the_first_step(tmp_p
     assert code == 75, capsys.readouterr().err[-2000:]
     assert "stop requested (signal 15): checkpointing step 1" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "manifest.json").is_file()
+
+
+def test_checksums_are_of_the_bytes_on_disk_and_an_async_save_is_a_snapshot(tmp_path):
+    """Checksums computed while writing equal the files' own; an asynchronous save writes the state as it
+    was when the save began, although training changes the tensors right after."""
+    import torch
+
+    from gendist.checkpoint import DIGEST, MANIFEST, digest_file, verify
+
+    weights = {"w": torch.randn(1024, 1024), "b": torch.zeros(3)}  # 4 MB: goes through the writer thread
+    writer = CheckpointWriter(tmp_path, 1)
+    writer.begin()
+    writer.add_tensors("players/g.safetensors", weights)
+    writer.add_torch("optim.pt", {"state": {0: {"exp_avg": weights["w"] * 2}}, "step": 3})
+    writer.commit_async({"step": 1}, keep=3)
+    expected = weights["w"].clone()
+    weights["w"].add_(1.0)  # the next training step
+    writer.wait()
+    folder = tmp_path / "step_00000001"
+    assert verify(folder) is None and (tmp_path / "latest").read_text() == "step_00000001"
+    manifest = __import__("json").loads((folder / MANIFEST).read_text())
+    for name, entry in manifest["files"].items():
+        assert entry[DIGEST] == digest_file(folder / name) and entry["bytes"] == (folder / name).stat().st_size
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(folder / "players" / "g.safetensors")["w"], expected)
+    assert torch.equal(torch.load(folder / "optim.pt", weights_only=True)["state"][0]["exp_avg"], expected * 2)
+    assert not list(folder.glob(".done-*"))
+
+
+class _TouchPayload:
+    """Unpickles as `Path.touch(marker)`: code a tampered checkpoint could smuggle in."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_sharded_checkpoint_metadata_is_unpickled_only_into_its_own_types(tmp_path):
+    """torch.distributed.checkpoint's `.metadata` is a pickle its reader loads with `pickle.load`; gendist's
+    reader builds only DCP's metadata types from it. A real metadata file loads; one carrying a payload is a
+    one-line UserError naming the file, and the payload never runs."""
+    import pickle
+
+    import torch
+    from torch.distributed.checkpoint import FileSystemWriter, save
+
+    from gendist.checkpoint import load_dcp_metadata, sharded_reader
+    from gendist.errors import UserError
+
+    folder = tmp_path / "sharded"
+    state = {"unit": {"model": {"w": torch.randn(4, 3)}, "optim": {"step": 3, "lr": [0.1]}}}
+    save(state, storage_writer=FileSystemWriter(str(folder)), no_dist=True)
+    metadata = load_dcp_metadata(folder / ".metadata")
+    assert "unit.model.w" in metadata.state_dict_metadata
+    assert sharded_reader(folder).read_metadata().state_dict_metadata.keys() == metadata.state_dict_metadata.keys()
+    marker = tmp_path / "payload-ran"
+    (folder / ".metadata").write_bytes(pickle.dumps({"metadata": metadata, "extra": _TouchPayload(marker)}))
+    with pytest.raises(UserError) as caught:
+        load_dcp_metadata(folder / ".metadata")
+    message = str(caught.value)
+    assert "\n" not in message and str(folder / ".metadata") in message and "pathlib" in message
+    assert not marker.exists()

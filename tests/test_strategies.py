@@ -204,6 +204,46 @@ def test_resume_on_another_world_size_carries_weights_and_optimizer_state(cache,
                 assert torch.equal(resaved["optimizers"][name]["state"][index][key], value), (name, index, key)
 
 
+def sharded_state(folder) -> dict:
+    """A torch.distributed.checkpoint folder's tensors as full tensors (test data we wrote ourselves)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    target = folder.parent / f"{folder.parent.name}-full.pt"
+    dcp_to_torch_save(folder, target)
+    state = torch.load(target, weights_only=False)
+    target.unlink()
+    return state
+
+
+def flat(state, prefix=""):
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: state} if isinstance(state, torch.Tensor) else {}
+
+
+def test_fsdp_ranks_save_their_own_shards_and_a_resume_reshards_them(cache, tmp_path):
+    """Under FSDP each rank writes its shards of every unit and optimizer (torch.distributed.checkpoint, no
+    gathering of the optimizer state), with the manifest covering them; 1 process resumes the 2-rank
+    checkpoint, resharding it, and re-saves exactly the weights and optimizer state it loaded."""
+    run_dir = tmp_path / "run"
+    args = ["train", *RECIPES["gan"], f"run.dir={run_dir}", f"train.batch_size={BATCH}", *COMMON]
+    run(launch("fsdp", args), make_env(cache))
+    folder = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    shards = sorted(p.name for p in (folder / "sharded").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and not (folder / "optim.pt").exists()
+    manifest = json.loads((folder / "manifest.json").read_text())["files"]
+    assert {f"sharded/{name}" for name in shards} <= set(manifest)
+    sizes = [(folder / "sharded" / name).stat().st_size for name in shards[1:]]
+    before = flat(sharded_state(folder / "sharded"))
+    assert any(".optim.state." in key for key in before) and min(sizes) > 0.3 * max(sizes)
+    result = run(gendist_command(*args, "dist.strategy=fsdp"), make_env(cache))
+    assert f"gendist: resumed from {folder} (step {STEPS})" in result.stdout and "fsdp on 1 process" in result.stdout
+    after = flat(sharded_state(folder / "sharded"))
+    assert sorted(after) == sorted(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
 def memory_and_digests(run_dir):
     memory = [m["memory/state_bytes_this_rank"] for m in read_metrics(run_dir) if "memory/state_bytes_this_rank" in m]
     folder = run_dir / "checkpoints" / "step_00000004"

@@ -75,7 +75,8 @@ def scan_file(path: Path, allowed: list[type]) -> str | None:
     try:
         with torch.serialization.safe_globals(allowed):  # (not nestable: its exit removes the globals)
             refused = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except ValueError:  # not torch's zip format: only a full weights-only load can tell
+    except (ValueError, pickle.UnpicklingError):  # not torch's zip format, or opcodes the scan does not
+        # follow (protocol 4+): only a full weights-only load can tell
         try:
             load_weights_only(str(path), "cpu", allowed)
         except UserError as error:
@@ -109,9 +110,9 @@ def use_weights_only_loader(engine) -> None:
     loading goes around it (another checkpoint writer, universal checkpoints) are refused up front."""
     current = engine.checkpoint_engine
     if type(current) is not TorchCheckpointEngine:
-        raise UserError(f"DeepSpeed checkpoint engine {type(current).__name__} (set by the DeepSpeed config's "
-                        "'checkpoint' or 'datastates' section) is not supported by gendist, which loads "
-                        "checkpoints weights-only; remove that section from the DeepSpeed config")
+        raise UserError(f"DeepSpeed checkpoint engine {type(current).__name__} (chosen by the DeepSpeed config's "
+                        "'checkpoint': {'writer': ...} or 'datastates_ckpt') is not supported by gendist, which "
+                        "loads checkpoints weights-only; remove that setting from the DeepSpeed config")
     if engine.load_universal_checkpoint():
         raise UserError("DeepSpeed universal checkpoints ('checkpoint': {'load_universal': true} in the DeepSpeed "
                         "config) are loaded by DeepSpeed without weights_only; gendist does not support them")

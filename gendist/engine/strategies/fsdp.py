@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from gendist.checkpoint import OPTIMIZER_FILE, CheckpointWriter, load_torch
+from gendist.checkpoint import OPTIMIZER_FILE, SHARDED_DIR, CheckpointWriter, load_torch, sharded_reader
 from gendist.engine.strategies.base import AUTOCAST_DTYPES, Strategy, reject_weight_readers
 from gendist.recipes.base import Phase
 
@@ -108,16 +108,43 @@ class FSDPStrategy(Strategy):
     def load_unit_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         set_model_state_dict(self.units[name], state, options=StateDictOptions(full_state_dict=True))
 
+    supports_async_save = False  # torch.distributed.checkpoint writes each rank's shards itself
+
+    def sharded_state(self) -> dict:
+        """Every unit's weights and every optimizer's state as this rank's DTensor shards (no gathering)."""
+        state = {name: {"model": get_model_state_dict(unit)} for name, unit in self.units.items()}
+        for name, optimizer in self.optimizers.items():
+            state[name]["optim"] = get_optimizer_state_dict(self.units[name], optimizer)
+        return state
+
     def save(self, writer: CheckpointWriter, is_main: bool) -> None:
-        # Full (unsharded) state gathered to rank 0: simple and portable across world sizes.
+        """Each rank writes its own shards of units and optimizers (torch.distributed.checkpoint); the full
+        weights of each network are also written (gathered, weights only) for sampling, `encode`, `eval`."""
+        from torch.distributed.checkpoint import FileSystemWriter, save
+
         self.save_networks(writer, is_main)
-        optimizers = {name: get_optimizer_state_dict(self.units[name], optimizer, options=FULL)
-                      for name, optimizer in self.optimizers.items()}
-        if is_main:
-            writer.add_torch(OPTIMIZER_FILE, {"optimizers": optimizers,
-                                              "scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
+        save(self.sharded_state(), storage_writer=FileSystemWriter(str(writer.folder / SHARDED_DIR)))
+        if is_main and self.scalers:
+            writer.add_torch(OPTIMIZER_FILE, {"scalers": {n: s.state_dict() for n, s in self.scalers.items()}})
 
     def load(self, folder: Path) -> None:
+        if not (folder / SHARDED_DIR).is_dir():  # written by a gendist that gathered FSDP state to rank 0
+            self.load_gathered(folder)
+            return
+        from torch.distributed.checkpoint import load
+
+        state = self.sharded_state()
+        load(state, storage_reader=sharded_reader(folder / SHARDED_DIR))  # reshards to this world size
+        for name, unit in self.units.items():
+            set_model_state_dict(unit, state[name]["model"])
+        for name, optimizer in self.optimizers.items():
+            set_optimizer_state_dict(self.units[name], optimizer, state[name]["optim"])
+        if self.scalers:
+            scalers = load_torch(folder / OPTIMIZER_FILE)["scalers"]
+            for name, scaler in self.scalers.items():
+                scaler.load_state_dict(scalers[name])
+
+    def load_gathered(self, folder: Path) -> None:
         self.load_networks(folder)
         state = load_torch(folder / OPTIMIZER_FILE)
         options = StateDictOptions(full_state_dict=True)

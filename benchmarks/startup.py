@@ -1,0 +1,71 @@
+"""Start-up: `gendist --help`, and `gendist train` from launch to its first logged step (W&B off).
+
+    python benchmarks/startup.py [--repeats 5] [--no-write]
+
+The first logged step is the first line of RUN/metrics.jsonl (log.every=1), polled every 5 ms; the data
+are prepared by an untimed first run, as a user's second run finds them. Writes the "startup" section.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import ROOT, command_line, machine, median, write_section
+
+
+def help_seconds() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gendist", "--help"], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def first_step_seconds(cache: Path, config: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Path(tmp, "run", "metrics.jsonl")
+        env = dict(os.environ, OMP_NUM_THREADS="1", GENDIST_CACHE=str(cache))
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "gendist", "train", f"configs/{config}.yaml",
+                                    f"run.dir={tmp}/run", "train.max_steps=2", "log.every=1", "log.wandb=false",
+                                    "log.progress=false", "log.sample_every=0", "ckpt.every=0",
+                                    "eval.num_samples=200"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while not (metrics.is_file() and metrics.stat().st_size):
+            if process.poll() is not None:
+                raise SystemExit(f"gendist train {config} exited {process.returncode} before logging a step")
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        process.wait()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--configs", default="gan_ring,gan_digits,vae_digits")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    configs = args.configs.split(",")
+    with tempfile.TemporaryDirectory() as cache:
+        for config in configs:
+            first_step_seconds(Path(cache), config)  # prepares the data
+        helps = [help_seconds() for _ in range(args.repeats)]
+        firsts = {config: median([first_step_seconds(Path(cache), config) for _ in range(args.repeats)])
+                  for config in configs}
+    lines = ["## Start-up (issue 14)", "", f"Machine: {machine()}. Command: `{command_line()}`. Medians of "
+             f"{args.repeats}; one thread; data already prepared; W&B off.", "",
+             "| what | seconds | target |", "|---|---|---|", f"| `gendist --help` | {median(helps):.3f} | < 0.3 |"]
+    lines += [f"| `gendist train configs/{config}.yaml` to its first logged step | {seconds:.2f} | < 2 |"
+              for config, seconds in firsts.items()]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("startup", text)
+
+
+if __name__ == "__main__":
+    main()
