@@ -10,6 +10,7 @@ import os
 import pathlib
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,23 +90,55 @@ def test_pickled_code_is_refused_and_never_run(payload, refused_name, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
-def test_engine_folder_scan_refuses_before_any_load(zipfile, tmp_path):
-    """The scan every rank runs before DeepSpeed loads: plain files pass, a payload (in torch's zip format:
-    found from the pickle's opcodes; in the legacy format: by a weights-only load) is refused, never run."""
+SAVE_FORMATS = {"zip": {}, "legacy": {"_use_new_zipfile_serialization": False}, "protocol4": {"pickle_protocol": 4}}
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+@pytest.mark.parametrize("save_format", list(SAVE_FORMATS))
+def test_engine_folder_scan_refuses_before_any_load(save_format, tmp_path):
+    """The scan every rank runs before DeepSpeed loads: a payload is refused and never run, whether the scan
+    finds it from the pickle's opcodes (torch's zip format) or needs a weights-only load (legacy format,
+    pickle protocol 4, whose opcodes the scan does not follow and weights-only loading refuses)."""
     from gendist.engine.strategies.deepspeed_checkpoint import check_engine_files
 
     state = tmp_path / "engines" / "generator" / "state"
     state.mkdir(parents=True)
-    torch.save({"module": {"w": torch.ones(2)}}, state / "mp_rank_00_model_states.pt",
-               _use_new_zipfile_serialization=zipfile)
-    check_engine_files(tmp_path / "engines")
+    if save_format != "protocol4":  # (weights-only loading refuses protocol 4 even without a payload)
+        torch.save({"module": {"w": torch.ones(2)}}, state / "mp_rank_00_model_states.pt", **SAVE_FORMATS[save_format])
+        check_engine_files(tmp_path / "engines")
     marker, path = tmp_path / "payload-ran", state / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    torch.save({"optimizer_state_dict": SystemPayload(marker)}, path, _use_new_zipfile_serialization=zipfile)
+    torch.save({"optimizer_state_dict": SystemPayload(marker)}, path, **SAVE_FORMATS[save_format])
     with pytest.raises(UserError) as refused:
         check_engine_files(tmp_path / "engines")
     assert_refused(refused.value, path)
-    assert "(posix.system)" in str(refused.value) and not marker.exists()
+    assert not marker.exists()
+    if save_format != "protocol4":
+        assert "(posix.system)" in str(refused.value)
+
+
+def test_every_engine_gets_the_weights_only_loader_or_a_one_line_refusal():
+    """Engines built by DeepSpeed's default config get the weights-only checkpoint engine; configs whose
+    loading would go around it (another writer, universal checkpoints) stop at set-up."""
+    from deepspeed.runtime.checkpoint_engine import FastCheckpointEngine, TorchCheckpointEngine
+
+    from gendist.engine.strategies.deepspeed_checkpoint import WeightsOnlyCheckpointEngine, use_weights_only_loader
+
+    class Engine:  # what use_weights_only_loader reads of a DeepSpeedEngine
+        def __init__(self, checkpoint_engine, universal: bool = False):
+            self.checkpoint_engine, self.universal = checkpoint_engine, universal
+            self._config = SimpleNamespace(checkpoint_config={"checkpoint_serialization": True})
+
+        def load_universal_checkpoint(self) -> bool:
+            return self.universal
+
+    engine = Engine(TorchCheckpointEngine())
+    use_weights_only_loader(engine)
+    assert type(engine.checkpoint_engine) is WeightsOnlyCheckpointEngine
+    assert engine.checkpoint_engine.zipfile_serialization is True  # saving as DeepSpeed configured it
+    for refused, expected in ((Engine(object.__new__(FastCheckpointEngine)), "FastCheckpointEngine"),
+                              (Engine(TorchCheckpointEngine(), universal=True), "universal checkpoints")):
+        with pytest.raises(UserError, match=expected):
+            use_weights_only_loader(refused)
 
 
 # -- real 2-process DeepSpeed runs -------------------------------------------------------------------------
@@ -135,6 +168,8 @@ def digest(name: str, data: bytes) -> str:
 @pytest.mark.parametrize("stage, tampered", [(2, "mp_rank_00_model_states.pt"),
                                              (3, "zero_pp_rank_0_mp_rank_00_optim_states.pt")])
 def test_deepspeed_resume_is_weights_only_and_refuses_pickled_code(stage, tampered, tmp_path):
+    """DeepSpeed's real ZeRO-2/3 files resume through the weights-only loader; after one engine file gains a
+    code-running object (its manifest entry rewritten to match), the resume stops on one line, runs nothing."""
     env = make_env(tmp_path / "cache")
     run_dir, marker = tmp_path / "run", tmp_path / "payload-ran"
 
@@ -156,7 +191,7 @@ def test_deepspeed_resume_is_weights_only_and_refuses_pickled_code(stage, tamper
     errors = {line for line in output.splitlines() if line.startswith("gendist: error:")}
     assert len(errors) == 1, output[-3000:]
     assert errors.pop().startswith(f"gendist: error: checkpoint file {path} {REFUSED} (posix.system)")
-    # the worker that read the file exits 2; the launcher then ends the other one and exits 1
+    # every rank stops with that line (exit 2: the root cause the launcher reports), the launcher exits 1
     assert result.returncode == 1
     assert re.search(r"Root Cause \(first observed failure\):.*?exitcode\s+: 2 ", result.stderr, re.S), \
         result.stderr[-3000:]
