@@ -205,6 +205,11 @@ class Trainer:
         """Mean of each logged value since the last call, averaged over ranks (one collective, one sync)."""
         self.settle()
         means = {name: torch.stack(values).float().mean() for name, values in self.pending.items()}
+        # parameter/optimizer (and per-datapoint) bytes each rank holds: averaged over ranks with the rest
+        means["memory/state_bytes_this_rank"] = torch.tensor(float(self.strategy.local_state_bytes()))
+        if self.tables:
+            means["memory/local_table_bytes_this_rank"] = torch.tensor(float(sum(t.nbytes() for t in self.tables.values())))
+            means["memory/local_table_rows_this_rank"] = torch.tensor(float(sum(len(t.ids) for t in self.tables.values())))
         reduced = reduce_mean(means)
         self.pending.clear()
         reduced.update({f"skipped/{k}": float(v) for k, v in self.skipped_steps.items()})
@@ -214,10 +219,6 @@ class Trainer:
                             for name, steps in self.optimizer_steps.items()})
             syncs.clear()
         self.optimizer_steps.clear()
-        reduced["memory/state_bytes_this_rank"] = float(self.strategy.local_state_bytes())
-        if self.tables:  # per-datapoint rows (and their Adam state) held by this rank (mean over ranks)
-            reduced["memory/local_table_bytes_this_rank"] = float(sum(t.nbytes() for t in self.tables.values()))
-            reduced["memory/local_table_rows_this_rank"] = float(sum(len(t.ids) for t in self.tables.values()))
         reduced.update({f"amp/{name}_loss_scale": scale for name, scale in self.strategy.loss_scales().items()})
         if self.loader.skipped:  # bad shards/samples passed over under data.on_error=skip (this rank)
             reduced["data/skipped_this_rank"] = float(self.loader.skipped)
