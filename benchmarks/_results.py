@@ -44,6 +44,22 @@ def command_line() -> str:
                                  else sys.argv[0], *sys.argv[1:]])
 
 
+def steady_rate(metrics: Path, first: int, last: int) -> float:
+    """Steps/s of a gendist run between two of its logged steps (its own clock: start-up excluded)."""
+    import json
+
+    elapsed = {line["step"]: line["time/elapsed_s"] for line in map(json.loads, metrics.read_text().splitlines())
+               if "time/elapsed_s" in line}
+    return (last - first) / (elapsed[last] - elapsed[first])
+
+
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's section and (unless --no-write) put it into RESULTS.md."""
+    print(text)
+    if write:
+        write_section(name, text)
+
+
 def write_section(name: str, text: str) -> None:
     """Replace (or append) the block between `<!-- BEGIN name -->` and `<!-- END name -->` in RESULTS.md,
     so rerunning a benchmark refreshes its own figures and nothing else."""

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, command_line, machine, median, write_section
+from _results import ROOT, command_line, machine, median, publish
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -134,9 +134,7 @@ def main() -> None:
         saves = measure_saves(build(root / "run", args.hidden, args.depth), root / "run", args.repeats)
         resume = measure_resume(root, args.hidden, args.depth, args.repeats)
     text = report(saves, resume, args.hidden, args.depth, args.repeats)
-    print(text)
-    if not args.no_write:
-        write_section("checkpoint-io", text)
+    publish("checkpoint-io", text, not args.no_write)
 
 
 if __name__ == "__main__":

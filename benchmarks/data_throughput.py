@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from _results import ROOT, command_line, machine, median, write_section
+from _results import ROOT, command_line, machine, median, publish, steady_rate
 
 CASES = {"points (ring)": ("ring", "gan_ring"), "images (digits)": ("digits", "gan_digits")}
 
@@ -64,9 +63,7 @@ def trainer_rate(config: str, steps: int = 600, every: int = 100) -> tuple[float
                         f"train.max_steps={steps}", f"log.every={every}", "ckpt.every=0", "log.sample_every=0",
                         "log.progress=false", "log.wandb=false", "eval.num_samples=500"], cwd=ROOT, check=True,
                        capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        lines = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
-    elapsed = {line["step"]: line["time/elapsed_s"] for line in lines if "time/elapsed_s" in line}
-    return (steps - every) / (elapsed[steps] - elapsed[every]) * batch, batch
+        return steady_rate(Path(tmp, "run", "metrics.jsonl"), every, steps) * batch, batch
 
 
 def main() -> None:
@@ -101,9 +98,7 @@ def main() -> None:
         lines.append(f"| {name} | {count:,} | {batch} | {raw:,.0f} | {loaded:,.0f} | {consumed:,.0f} | "
                      f"{loaded / raw:.2f} | {loaded / consumed:.1f} |")
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("data-throughput", text)
+    publish("data-throughput", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import ROOT, command_line, machine, median, write_section
+from _results import ROOT, command_line, machine, median, publish
 
 
 def help_seconds() -> float:
@@ -87,9 +87,7 @@ def main() -> None:
               "`torch._dynamo` (every torch optimizer does, through `torch._disable_dynamo`), take most; the "
               "hand-written row pays the same two."]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("startup", text)
+    publish("startup", text, not args.no_write)
 
 
 if __name__ == "__main__":

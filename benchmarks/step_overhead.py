@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _results import ROOT, command_line, machine, median, write_section
+from _results import ROOT, command_line, machine, median, publish, steady_rate
 
 # row name -> (config, overrides, steps); the first row is the setting of the issue that asked for this
 ROWS = {
@@ -88,11 +88,11 @@ def gendist_rate(config: str, overrides: list[str], steps: int, procs: int) -> d
                 if attempt:
                     raise
         lines = [json.loads(line) for line in metrics.read_text().splitlines()]
-    elapsed = {line["step"]: line["time/elapsed_s"] for line in lines if "time/elapsed_s" in line}
+        rate = steady_rate(metrics, WARMUP, steps)
     synced = [line for line in lines if any(key.startswith("sync/") for key in line)]
     syncs = {key.split("/")[1].replace("_allreduce_per_step", ""): value
              for key, value in (synced[-1] if synced else {}).items() if key.startswith("sync/")}
-    return {"rate": (steps - WARMUP) / (elapsed[steps] - elapsed[WARMUP]), "allreduce_per_step": syncs}
+    return {"rate": rate, "allreduce_per_step": syncs}
 
 
 def hand_rate(config: str, overrides: list[str], steps: int, procs: int, fused: bool = False) -> dict:
@@ -198,9 +198,7 @@ def main() -> None:
         results = measure(args.rows.split(","), [int(p) for p in args.procs.split(",")], repeats,
                           0.2 if args.quick else 1.0)
     text = report(results, repeats)
-    print(text)
-    if not args.no_write:
-        write_section("step-overhead", text)
+    publish("step-overhead", text, not args.no_write)
 
 
 if __name__ == "__main__":

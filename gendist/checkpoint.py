@@ -125,13 +125,11 @@ class HashingFile:
         view = memoryview(data).cast("B")
         if len(view) < CHUNK:  # headers and small records: not worth a thread hop
             self.handle.write(view)
+            self.digest.update(view)
         else:
             pending = self.pool.submit(self.handle.write, view)
             self.digest.update(view)
             pending.result()
-            self.size += len(view)
-            return len(view)
-        self.digest.update(view)
         self.size += len(view)
         return len(view)
 
@@ -192,8 +190,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def host_copy(obj):
     """`obj` with every tensor copied to host memory (a snapshot that later training steps cannot change)."""
     if isinstance(obj, torch.Tensor):
-        copy = obj.detach().to("cpu", copy=True)
-        return copy
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {key: host_copy(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):

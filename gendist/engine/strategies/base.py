@@ -97,10 +97,9 @@ class Strategy:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # one per trained unit
         self.scalers: dict[str, torch.amp.GradScaler] = {}  # one per phase: an overflow skips only that phase
         self.gradient_syncs: Counter[str] = Counter()  # all-reduce calls per unit (DDP comm hook)
-        self.trained_params: dict[str, list[nn.Parameter]] = {}  # per trained unit, listed once
         self._phase_nets: dict[str, Nets] = {}  # built once per phase
         self._active_unit: str | None = None  # the unit whose parameters require gradients now
-        self._unit_params: dict[str, list[nn.Parameter]] = {}  # every unit's parameters, listed once
+        self.unit_params: dict[str, list[nn.Parameter]] = {}  # every unit's parameters, listed once
 
     # -- set-up ------------------------------------------------------------------------------------------
     def setup(self, units: dict[str, Unit], phases: list[Phase]) -> None:
@@ -111,7 +110,6 @@ class Strategy:
             if name in trained:
                 self.wrapped[name] = self.wrap(name, unit)
                 self.optimizers[name] = build_optimizer(self.config, name, unit, self.fused_optimizers)
-                self.trained_params[name] = list(unit.parameters())
         if self.config.precision == "fp16":
             for phase in phases:
                 self.scalers[phase.name] = torch.amp.GradScaler(self.device.type)
@@ -119,7 +117,7 @@ class Strategy:
     def register(self, name: str, unit: Unit) -> None:
         self.units[name] = unit
         self.networks.update(unit.items())
-        self._unit_params[name] = list(unit.parameters())
+        self.unit_params[name] = list(unit.parameters())
 
     def wrap(self, name: str, unit: Unit) -> nn.Module:
         return unit
@@ -147,7 +145,7 @@ class Strategy:
         changes (consecutive phases of one unit, e.g. n_critic repeats or R1, switch nothing).
         """
         if self._active_unit != phase.trains:
-            for name, params in self._unit_params.items():
+            for name, params in self.unit_params.items():
                 if name == phase.trains or name == self._active_unit or self._active_unit is None:
                     for param in params:
                         param.requires_grad = name == phase.trains
@@ -227,7 +225,7 @@ class Strategy:
         if norm is not None:
             return (~torch.isfinite(norm)).float().reshape(1)
         found_inf = torch.zeros(1, device=self.device)
-        grads = [p.grad for p in self.trained_params[name] if p.grad is not None]
+        grads = [p.grad for p in self.unit_params[name] if p.grad is not None]
         if grads:  # GradScaler's own kernel with an inverse scale of 1: it only checks
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
         return found_inf
@@ -242,7 +240,7 @@ class Strategy:
     def clip_gradients(self, name: str) -> torch.Tensor:
         """Clip the unit's gradients (one norm over all its networks) and return the norm. Gradients are
         already synchronized, so every rank gets the same norm and makes the same skip decision."""
-        params = [p for p in self.trained_params[name] if p.grad is not None]
+        params = [p for p in self.unit_params[name] if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
         return torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip).detach().float()

@@ -95,7 +95,7 @@ class FSDPStrategy(Strategy):
         """From the norm over every rank's shard (an all-reduce, no host sync): each rank checking only its
         own shard could skip a step that another rank applies."""
         if norm is None:
-            grads = [p.grad for p in self.trained_params[name] if p.grad is not None]
+            grads = [p.grad for p in self.unit_params[name] if p.grad is not None]
             if not grads:
                 return torch.zeros(1, device=self.device)
             norm = torch.nn.utils.get_total_norm(grads)
