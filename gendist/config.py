@@ -37,6 +37,9 @@ class DataConfig:
     split_mode: Literal["shard", "global", "owner"] = "shard"
     num_workers: int = 0  # loader worker processes per rank
     shuffle_buffer: int = 4096  # samples in the seeded shuffle buffer
+    # decoded shards kept in memory per rank after their first epoch (with num_workers 0); 0 turns it off. Data
+    # that fit are then decoded once per run; the batches are the same either way
+    memory_cache_mb: int = 1024
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shard: stop with its name, or skip and count
     # images in [0, 1] -> {0, 1} with P(1) = x for Bernoulli decoders: fixed (once per sample) | dynamic (a new
     # draw at every read, Burda et al.); held-out data is binarized once per evaluation chunk
@@ -101,6 +104,11 @@ class CycleGANConfig:
     # enough for domains related by a pixel permutation or an intensity change (rotation, inversion), and an
     # affine map cannot trade one digit for another, which deeper generators can (cycle-consistently).
     generator_depth: int = -1
+    # none | dihedral: each generator first applies a learned global mixture of the 8 turns and flips of the image
+    # grid (those that give domain B's shape), softmax-weighted, then its network as a residual correction that
+    # starts at zero. Gradient descent can then choose a turn (which a critic's local gradient never finds from
+    # the identity); for domains whose difference includes a rotation or flip of the whole image
+    align: Literal["none", "dihedral"] = "none"
 
 
 @dataclass
@@ -251,7 +259,7 @@ POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "mod
                  "gan.n_critic", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
 NON_NEGATIVE_INTS = {"gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
-                     "data.num_workers", "model.depth", "cyclegan.pool_size",
+                     "data.num_workers", "data.memory_cache_mb", "model.depth", "cyclegan.pool_size",
                      "vae.kl_warmup_steps", "vae.prior_samples", "vae.gap_steps"}
 
 

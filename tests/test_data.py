@@ -242,6 +242,31 @@ def test_global_split_equals_one_process_with_the_global_batch(points):
     assert [a + b for a, b in zip(*ranks)] == single
 
 
+@pytest.mark.parametrize("split_mode", ["shard", "global", "owner"])
+def test_memory_cache_yields_the_same_batches_and_decodes_each_shard_once(points, split_mode, monkeypatch):
+    from gendist.data import loader as loader_module
+
+    folder, manifest = points
+    urls = shard_urls(folder / "shards", manifest)
+    make = lambda cache: ShardLoader(urls, manifest, batch_size=50, seed=3, rank=1, world_size=2,
+                                     split_mode=split_mode, shuffle_buffer=256, memory_cache_bytes=cache)
+    plain = make(0)
+    epochs = 3 * plain.num_batches(0)
+    expected = [{k: v.tolist() for k, v in batch.items()} for batch, _ in zip(plain, range(epochs))]
+    reads = []
+    real_read_blocks = loader_module.read_blocks
+    monkeypatch.setattr(loader_module, "read_blocks", lambda tasks, *rest: reads.extend(t.url for t in tasks)
+                        or real_read_blocks(tasks, *rest))
+    cached = make(1 << 30)
+    assert [{k: v.tolist() for k, v in batch.items()} for batch, _ in zip(cached, range(epochs))] == expected
+    assert len(reads) == len(set(reads)) and cached.cache.used > 0  # every shard decoded once, then from memory
+    # a budget smaller than one shard caches nothing and changes nothing
+    reads.clear()
+    tiny = make(64)
+    assert [{k: v.tolist() for k, v in batch.items()} for batch, _ in zip(tiny, range(epochs))] == expected
+    assert tiny.cache.used == 0 and len(reads) > len(set(reads))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_is_exact_within_and_across_epochs(points, num_workers):
     folder, manifest = points

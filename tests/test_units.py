@@ -128,3 +128,58 @@ def test_ema_over_a_set_of_networks_follows_each_one():
         ema.update(networks[name])
         for key, value in ema.full_state().items():
             torch.testing.assert_close(value, networks[name].state_dict()[key] - 1.0)
+
+
+# ---------------------------------------------------------------- CycleGAN's dihedral alignment
+
+def test_dihedral_alignment_candidates_fit_the_output_shape_and_a_settled_choice_is_exact():
+    from gendist.recipes.cyclegan import DihedralAlign, Translator, apply_dihedral, dihedral_transforms
+
+    assert len(dihedral_transforms((1, 8, 8), (1, 8, 8))) == 8
+    assert dihedral_transforms((3, 4, 6), (3, 4, 6)) == [(0, False), (2, False), (0, True), (2, True)]
+    assert dihedral_transforms((3, 4, 6), (3, 6, 4)) == [(1, False), (3, False), (1, True), (3, True)]
+    with pytest.raises(UserError, match=r"turned or flipped \(A \(1, 4, 6\), B \(1, 5, 6\)\)"):
+        DihedralAlign((1, 4, 6), (1, 5, 6))
+    with pytest.raises(UserError, match="not images"):
+        DihedralAlign((2,), (2,))
+    x = torch.rand(5, 1, 8, 8)
+    translator = Translator((1, 8, 8), (1, 8, 8), hidden=16, depth=2, conv=False, images=True, align=True)
+    out, aligned = translator(x, return_aligned=True)
+    mean = torch.stack([apply_dihedral(x, turns, flip) for turns, flip in dihedral_transforms((1, 8, 8), (1, 8, 8))])
+    assert torch.allclose(aligned, mean.mean(0), atol=1e-6)  # equal weights at the start
+    assert torch.allclose(out, aligned.clamp(1e-3, 1 - 1e-3), atol=1e-5)  # the correction starts at zero
+    with torch.no_grad():
+        translator.align.logits.copy_(torch.tensor([0.0, 50, 0, 0, 0, 0, 0, 0]))  # a settled choice: one turn
+    torch.testing.assert_close(translator.align(x), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-6, rtol=0)
+
+
+def test_dihedral_alignment_finds_the_quarter_turn_by_gradient_descent():
+    """The softmax weights move by how much each whole candidate lowers the loss: fitting turned images
+    picks the quarter turn from equal weights (a rotation angle would get no such gradient)."""
+    from gendist.recipes.cyclegan import DihedralAlign
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    align = DihedralAlign((1, 8, 8), (1, 8, 8))
+    optimizer = torch.optim.Adam(align.parameters(), lr=0.5)
+    for _ in range(50):
+        optimizer.zero_grad()
+        (align(x) - torch.rot90(x, 1, dims=(-2, -1))).pow(2).mean().backward()
+        optimizer.step()
+    assert align.transforms[int(align.weights().argmax())] == (1, False) and align.weights().max() > 0.99
+
+
+def test_a_sub_module_lr_multiplier_gets_its_own_group_of_its_network():
+    from gendist.config import RunConfig
+    from gendist.engine.strategies.base import build_optimizer
+    from gendist.recipes.cyclegan import Translator
+
+    config = RunConfig()
+    config.optim.lr = 0.002
+    translator = Translator((1, 8, 8), (1, 8, 8), hidden=16, depth=1, conv=False, images=True, align=True)
+    unit = build_units({"g_ab": translator}, {"generators": ("g_ab",)})["generators"]
+    groups = build_optimizer(config, "generators", unit).param_groups
+    assert [(g["network"], g["lr"], g.get("lr_multiplier")) for g in groups] == [("g_ab", 0.002, None),
+                                                                                 ("g_ab", 0.02, 10.0)]
+    assert groups[1]["params"] == [translator.align.logits]
+    assert sum(len(g["params"]) for g in groups) == len(list(translator.parameters()))

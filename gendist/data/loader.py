@@ -16,6 +16,10 @@ Everything a rank reads in an epoch is a pure function of (seed, epoch, rank, wo
 
 Resume is replay-and-discard: `load_state_dict` makes the next epoch restart and drop the batches already
 consumed. That costs reading them again, which is cheap because small samples are packed into blocks.
+
+With `memory_cache_bytes > 0` (and no worker processes), a shard's decoded blocks are kept in memory once it has
+been read whole without errors, up to that many bytes: later epochs then skip tar reading and decoding. The
+cache holds blocks, not batches, so the shuffle and therefore every batch are the same with and without it.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gendist.data.batching import count_batches, shuffle_batches, take_rows
 from gendist.data.manifest import shard_block_sizes
-from gendist.data.reading import ShardError, ShardTask, SkipCounter, read_blocks
+from gendist.data.reading import Block, ShardError, ShardTask, SkipCounter, read_blocks
 from gendist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,36 @@ def batches_per_epoch(plan: LoaderPlan, epoch: int) -> int:
                for rank in ranks)
 
 
+class BlockCache:
+    """Decoded blocks of whole shards, keyed by (url, blocks kept), up to `budget` bytes (first come first kept).
+
+    A shard enters only when it was read to its end with no bad member skipped, so a cached epoch yields the
+    same blocks, and the same skip count (zero), as reading the shard again would."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.shards: dict[tuple[str, frozenset[int] | None], list[Block]] = {}
+
+    def blocks(self, tasks: list[ShardTask], image_mode: str | None, on_error: str,
+               skipped: SkipCounter) -> Iterator[Block]:
+        for task in tasks:
+            key = (task.url, task.keep)
+            if key in self.shards:
+                yield from self.shards[key]
+                continue
+            before, kept, size = skipped.count, [], 0
+            for block in read_blocks([task], image_mode, on_error, skipped):
+                if kept is not None:
+                    size += sum(a.nbytes for a in block if a is not None)
+                    if self.used + size <= self.budget:
+                        kept.append(block)
+                    else:
+                        kept = None  # over the budget: this shard stays on disk
+                yield block
+            if kept is not None and skipped.count == before:
+                self.shards[key], self.used = kept, self.used + size
+
+
 def owned_rows(blocks, rank: int, world_size: int):
     """Owner mode: each block cut down to the samples this rank owns (id % world_size == rank)."""
     for block in blocks:
@@ -113,15 +147,17 @@ def owned_rows(blocks, rank: int, world_size: int):
             yield take_rows(block, rows)
 
 
-def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: str, world_size: int, rank: int):
+def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: str, world_size: int, rank: int,
+                cache: BlockCache | None = None):
     """([rank][url][block] -> samples of that block the rank owns, this rank's sample ids), from one scan.
-    (The scan decodes every block once: the shards hold no separate id index.)"""
+    (The scan decodes every block once: the shards hold no separate id index; with a cache, it fills it.)"""
     counts = [[[0] * len(sizes) for sizes in block_sizes] for _ in range(world_size)]
     owned_ids = []
     try:
         for url_index, (url, sizes) in enumerate(zip(urls, block_sizes)):
-            for block_index, block in enumerate(read_blocks([ShardTask(url, tuple(sizes))], image_mode, on_error,
-                                                            SkipCounter())):
+            task = ShardTask(url, tuple(sizes))
+            blocks = (cache.blocks if cache is not None else read_blocks)([task], image_mode, on_error, SkipCounter())
+            for block_index, block in enumerate(blocks):
                 owners = np.bincount(block.idx % world_size, minlength=world_size)
                 for owner in range(world_size):
                     counts[owner][url_index][block_index] = int(owners[owner])
@@ -132,13 +168,15 @@ def count_owned(urls: list[str], block_sizes, image_mode: str | None, on_error: 
     return tuple(tuple(tuple(per_url) for per_url in per_rank) for per_rank in counts), ids
 
 
-def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
+def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter,
+                 cache: BlockCache | None = None) -> Iterator[dict[str, Any]]:
     """Torch batches of this rank's `worker` in `epoch`; ShardError under on_error="raise"."""
     global_mode = plan.split_mode == "global"
     shuffle_rank = 0 if global_mode else plan.rank  # global mode: one stream shared by all ranks
     rng = np.random.default_rng([plan.seed, epoch, shuffle_rank, worker])
-    blocks = read_blocks(build_slot_tasks(plan, epoch, plan.slot(plan.rank, worker)), plan.image_mode,
-                         plan.on_error, skipped)
+    tasks = build_slot_tasks(plan, epoch, plan.slot(plan.rank, worker))
+    blocks = (cache.blocks(tasks, plan.image_mode, plan.on_error, skipped) if cache is not None
+              else read_blocks(tasks, plan.image_mode, plan.on_error, skipped))
     if plan.split_mode == "owner":
         blocks = owned_rows(blocks, plan.rank, plan.world_size)
     keep = slice(plan.rank * plan.batch_size, (plan.rank + 1) * plan.batch_size) if global_mode else slice(None)
@@ -177,11 +215,13 @@ class ShardLoader:
     epoch with fewer batches than the others (there is no data to fill them).
     With `drop_last=False` in global mode the last global batch may leave a high rank fewer (or zero) rows.
     With `num_workers > 0`, workers are started per epoch (an epoch is one DataLoader pass).
+    `memory_cache_bytes`: decoded shards kept in memory between epochs (see the module's docstring); used only
+    with `num_workers == 0`, where the blocks are decoded in this process.
     """
 
     def __init__(self, shard_urls: list[str], manifest: dict | None, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, split_mode: str = "shard", num_workers: int = 0, drop_last: bool = True,
-                 shuffle_buffer: int = 4096, on_error: str = "raise") -> None:
+                 shuffle_buffer: int = 4096, on_error: str = "raise", memory_cache_bytes: int = 0) -> None:
         check_loader_arguments(shard_urls, batch_size, rank, world_size, split_mode, num_workers, on_error)
         sizes, self.skipped = shard_block_sizes(list(shard_urls), manifest, on_error)
         self.plan = LoaderPlan(
@@ -189,10 +229,11 @@ class ShardLoader:
             rank=rank, world_size=world_size, split_mode=split_mode, num_workers=num_workers, drop_last=drop_last,
             shuffle_buffer=shuffle_buffer, on_error=on_error,
             image_mode=(manifest or {}).get("image_mode"))
+        self.cache = BlockCache(memory_cache_bytes) if memory_cache_bytes > 0 and num_workers == 0 else None
         self.owned_ids: np.ndarray | None = None  # owner mode: the sample ids this rank reads
         if split_mode == "owner":
             owned, self.owned_ids = count_owned(list(shard_urls), sizes, self.plan.image_mode, on_error, world_size,
-                                                rank)
+                                                rank, self.cache)
             self.plan = dataclasses.replace(self.plan, owned_block_sizes=owned)
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of `epoch` already handed to the caller
@@ -264,7 +305,7 @@ class ShardLoader:
         if self.plan.num_workers == 0:
             counter = SkipCounter(self.skipped)
             try:
-                for batch in iterate_slot(self.plan, epoch, 0, counter):
+                for batch in iterate_slot(self.plan, epoch, 0, counter, self.cache):
                     self.skipped = counter.count
                     yield batch
             except ShardError as error:

@@ -27,6 +27,47 @@ from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import bce_discriminator
 
 
+def dihedral_transforms(shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> list[tuple[int, bool]]:
+    """(quarter turns, flip first) of the 8 symmetries of the image grid that map shape_in to shape_out."""
+    channels, height, width = shape_in
+    turned = (channels, width, height)
+    return [(turns, flip) for flip in (False, True) for turns in range(4)
+            if (shape_in if turns % 2 == 0 else turned) == tuple(shape_out)]
+
+
+def apply_dihedral(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """x (B, C, H, W) flipped left-right (if `flip`), then turned by `turns` quarter turns."""
+    return torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
+
+
+class DihedralAlign(nn.Module):
+    """A learned global mixture sum_k softmax(logits)_k T_k(x) over the turns/flips T_k of the image grid that
+    give the output shape; all weights start equal. The weight of T_k moves by how much T_k(x) as a whole helps
+    the loss, not by an infinitesimal deformation, so a quarter turn is reachable by gradient descent.
+    The logits learn at `LR_MULTIPLIER` times their network's rate (their own parameter group), so the choice
+    settles before the correction network has learned to redraw the blend of candidates."""
+
+    LR_MULTIPLIER = 10.0
+
+    def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...]):
+        super().__init__()
+        if len(shape_in) != 3 or len(shape_out) != 3:
+            raise UserError("cyclegan.align=dihedral turns and flips images; these domains are not images — set "
+                            "cyclegan.align=none")
+        self.transforms = dihedral_transforms(shape_in, shape_out)
+        if not self.transforms:
+            raise UserError(f"cyclegan.align=dihedral needs domain B's images to be domain A's grid turned or "
+                            f"flipped (A {tuple(shape_in)}, B {tuple(shape_out)}); set cyclegan.align=none")
+        self.logits = nn.Parameter(torch.zeros(len(self.transforms)))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits.float(), 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        candidates = torch.stack([apply_dihedral(x, turns, flip) for turns, flip in self.transforms])  # (K, B, ...)
+        return torch.einsum("k,k...->...", self.weights().to(x.dtype), candidates)
+
+
 class Translator(nn.Module):
     """x in domain A -> x in domain B.
 
@@ -35,14 +76,31 @@ class Translator(nn.Module):
     which can rotate, flip or invert an image but cannot trade one digit for another, and the MLP adds what
     an affine map cannot draw. conv: a conv encoder to a bottleneck code and a conv decoder back (any
     H x W >= 8; the bottleneck lets content move across the image, as a rotation needs). Images come out in
-    [0, 1] like the data (the sum is taken in logit space)."""
+    [0, 1] like the data (the sum is taken in logit space).
+
+    align=True (cyclegan.align=dihedral): a `DihedralAlign` first, then the network (the MLP, or the conv pair)
+    as a correction added in logit space whose last layer starts at zero, so training starts from the
+    alignment's mixture itself."""
 
     def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, depth: int,
-                 conv: bool, images: bool):
+                 conv: bool, images: bool, align: bool = False):
         super().__init__()
         self.shape_out = shape_out
         self.affine: nn.Module | None = None
-        if conv:
+        self.align: DihedralAlign | None = None
+        if align:
+            self.align = DihedralAlign(shape_in, shape_out)
+            if conv:
+                code = 4 * hidden
+                self.net = nn.Sequential(ConvEncoder(shape_out[0], shape_out[1:], code, hidden), nn.LeakyReLU(0.2),
+                                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+            else:
+                self.net = MLP(math.prod(shape_out), math.prod(shape_out), hidden, depth) if depth else None
+            if self.net is not None:
+                last = [m for m in self.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+        elif conv:
             code = 4 * hidden
             self.net: nn.Module = nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
                                                 ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
@@ -55,7 +113,23 @@ class Translator(nn.Module):
                 nn.init.zeros_(last.bias)
         self.images = images
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_aligned: bool = False):
+        """The translation; with `return_aligned` (align=True only) also the aligned input it corrects."""
+        if self.align is not None:
+            aligned = self.align(x)
+            # in float32: under bf16 autocast 1 - 1e-3 rounds to 1 and its logit is inf
+            base = torch.logit(aligned.float(), eps=1e-3) if self.images else aligned
+            if self.net is None:
+                correction = 0
+            elif isinstance(self.net, MLP):
+                correction = self.net(aligned.flatten(1)).reshape(aligned.shape)
+            else:
+                correction = self.net(aligned)
+            out = base + correction
+            out = torch.sigmoid(out) if self.images else out
+            return (out, aligned) if return_aligned else out
+        if return_aligned:
+            raise ValueError("return_aligned needs cyclegan.align=dihedral")
         if self.affine is None:
             out = self.net(x)
         else:
@@ -118,15 +192,22 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def generators_loss(nets: Nets, batch: Batch, step: int, *, adversarial: str, cycle_weight: float,
-                    identity_weight: float) -> dict[str, torch.Tensor]:
+                    identity_weight: float, aligned: bool = False) -> dict[str, torch.Tensor]:
     a, b = batch.x, batch.x_b
     _, generator_objective = ADVERSARIAL[adversarial]
-    fake_b, fake_a = nets.g_ab(a), nets.g_ba(b)
+    if aligned:  # the identity term then compares each translation with its aligned input
+        (fake_b, aligned_a), (fake_a, aligned_b) = nets.g_ab(a, return_aligned=True), nets.g_ba(b, return_aligned=True)
+    else:
+        fake_b, fake_a = nets.g_ab(a), nets.g_ba(b)
     adversarial_loss = generator_objective(nets.d_b(fake_b)) + generator_objective(nets.d_a(fake_a))
     cycle = l1(nets.g_ba(fake_b), a) + l1(nets.g_ab(fake_a), b)
     loss = adversarial_loss + cycle_weight * cycle
     logs = {"adversarial": adversarial_loss.detach(), "cycle_l1": cycle.detach()}
-    if identity_weight:
+    if identity_weight and aligned:
+        identity = l1(fake_b, aligned_a.detach()) + l1(fake_a, aligned_b.detach())
+        loss = loss + cycle_weight * identity_weight * identity
+        logs["identity_l1"] = identity.detach()
+    elif identity_weight:
         identity = l1(nets.g_ab(b), b) + l1(nets.g_ba(a), a)
         loss = loss + cycle_weight * identity_weight * identity
         logs["identity_l1"] = identity.detach()
@@ -159,7 +240,8 @@ class CycleGANRecipe:
             raise UserError("model.recipe=cyclegan needs two domains: set data.source_b, or prepare data with "
                             "`gendist data prepare --source A --source-b B`")
         self.info_b = data_info.domain_b
-        if config.cyclegan.identity_weight and data_info.sample_shape != self.info_b.sample_shape:
+        if (config.cyclegan.identity_weight and config.cyclegan.align == "none"
+                and data_info.sample_shape != self.info_b.sample_shape):
             raise UserError(f"cyclegan.identity_weight needs domains of one shape (A {data_info.sample_shape}, "
                             f"B {self.info_b.sample_shape}); set cyclegan.identity_weight=0")
         self.pools = {"a": HistoryPool(config.cyclegan.pool_size), "b": HistoryPool(config.cyclegan.pool_size)}
@@ -176,8 +258,9 @@ class CycleGANRecipe:
             return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=nn.LeakyReLU)
 
         depth = model.depth if self.config.cyclegan.generator_depth < 0 else self.config.cyclegan.generator_depth
-        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images),
-                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images),
+        align = self.config.cyclegan.align == "dihedral"
+        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images, align),
+                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images, align),
                 "d_a": discriminator(shape_a), "d_b": discriminator(shape_b)}
 
     def phases(self) -> list[Phase]:
@@ -185,7 +268,8 @@ class CycleGANRecipe:
         # the reference order: the generators step, then the discriminators see this step's translations
         return [Phase("generators", "generators", partial(generators_loss, adversarial=cyclegan.loss,
                                                           cycle_weight=cyclegan.cycle_weight,
-                                                          identity_weight=cyclegan.identity_weight)),
+                                                          identity_weight=cyclegan.identity_weight,
+                                                          aligned=cyclegan.align == "dihedral")),
                 Phase("discriminators", "discriminators", partial(discriminators_loss, adversarial=cyclegan.loss,
                                                                   pools=self.pools))]
 

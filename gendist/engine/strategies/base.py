@@ -47,10 +47,16 @@ def build_optimizer(config: RunConfig, name: str, unit: Unit, fused: tuple[str, 
     optim = config.optim
     groups = []
     for member, network in unit.items():
+        lr = optim.lr_overrides.get(member, optim.lr_overrides.get(name, optim.lr))
+        # a sub-module may ask for a multiple of its network's rate (`LR_MULTIPLIER`): its own group
+        multipliers = {id(p): float(module.LR_MULTIPLIER) for module in network.modules()
+                       if hasattr(module, "LR_MULTIPLIER") for p in module.parameters(recurse=False)}
         params = [p for p in network.parameters() if p.requires_grad]
-        if params:
-            lr = optim.lr_overrides.get(member, optim.lr_overrides.get(name, optim.lr))
-            groups.append({"params": params, "lr": lr, "network": member})
+        for multiplier in [1.0, *sorted(set(multipliers.values()) - {1.0})]:
+            chosen = [p for p in params if multipliers.get(id(p), 1.0) == multiplier]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr * multiplier, "network": member,
+                               **({"lr_multiplier": multiplier} if multiplier != 1.0 else {})})
     kernel = {"fused": True} if optim.name in fused else {}
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.betas[0], weight_decay=optim.weight_decay,
@@ -130,9 +136,9 @@ class Strategy:
                 group["lr"] = group["base_lr"] * scale
 
     def learning_rates(self) -> dict[str, float]:
-        """Current learning rate of each network (its parameter group)."""
+        """Current learning rate of each network (its parameter group; not the groups of LR_MULTIPLIER)."""
         return {group.get("network", name): float(group["lr"]) for name, optimizer in self.optimizers.items()
-                for group in optimizer.param_groups}
+                for group in optimizer.param_groups if "lr_multiplier" not in group}
 
     # -- one phase ---------------------------------------------------------------------------------------
     def phase_nets(self, phase: Phase) -> Nets:
