@@ -1,6 +1,6 @@
 """CycleGAN digits <-> digits rotated by 90 degrees: do A -> B translations keep the digit?
 
-    python benchmarks/cyclegan_digits.py [--run-dir DIR | --steps 3000] [--seed 0] [--min-accuracy 0.95]
+    python benchmarks/cyclegan_digits.py [--run-dir DIR | --steps 3000] [--seed 0] [--min-accuracy 0.95] [--json F]
 
 Trains `configs/cyclegan_digits_rot90.yaml` (unless --run-dir names a finished run; A and B are disjoint
 halves of the digits, so the data are unpaired), then:
@@ -67,6 +67,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-accuracy", type=float, default=0.95)
     parser.add_argument("--extra", nargs="*", default=[], help="more config overrides")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     from sklearn.svm import SVC
 
@@ -113,6 +114,8 @@ def main() -> int:
     if eval_file.is_file():
         result["eval"] = json.loads(eval_file.read_text())
     print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result))
     ok = result["a2b_label_kept_test"] >= args.min_accuracy
     print("PASS" if ok else "FAIL", f"A->B translations of held-out digits keep their label: "
           f"{result['a2b_label_kept_test']:.3f} (>= {args.min_accuracy})")
