@@ -3,6 +3,7 @@ Real files in tmp folders, no mocks; small data so the whole module runs in seco
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -360,3 +361,22 @@ def test_standard_member_groups_decode_with_ids_from_keys_and_labels_from_cls_or
     assert sample_id({"__key__": "a/b"}) != sample_id({"__key__": "a/c"})
     with pytest.raises(ValueError, match="no sample"):
         decode_group({"__key__": "x", "txt": b"hello"}, None)
+
+
+def test_npy_members_decode_like_numpy_with_cached_headers_and_refuse_objects_and_short_data():
+    from gendist.data.reading import load_npy
+
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+              np.arange(5, dtype=np.int64), np.zeros((0, 2), np.uint8), np.array(3.5)]
+    for array in arrays * 2:  # the second pass reads cached headers
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        loaded = load_npy({"x.npy": buffer.getvalue()}, "x.npy")
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape and np.array_equal(loaded, array)
+        if array.size:  # a member cut short is an error (read_shard names the shard and member)
+            with pytest.raises(ValueError):
+                load_npy({"x.npy": buffer.getvalue()[:-1]}, "x.npy")
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Python objects"):
+        load_npy({"x.npy": buffer.getvalue()}, "x.npy")

@@ -84,12 +84,38 @@ def check_tar_end(url: str) -> None:
 def count_rows(group: dict) -> int:
     """Samples in a member group without decoding x: rows of `idx.npy`, or 1 for a single image."""
     if "idx.npy" in group:
-        return int(np.load(io.BytesIO(group["idx.npy"]), allow_pickle=False).shape[0])
+        return int(load_npy(group, "idx.npy").shape[0])
     return 1
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}  # header bytes -> (dtype, shape, fortran)
+
+
 def load_npy(group: dict, extension: str) -> np.ndarray:
-    return np.load(io.BytesIO(group[extension]), allow_pickle=False)
+    """A `.npy` member as a read-only array over its bytes. The header is parsed by numpy's own reader the
+    first time its exact bytes are seen and looked up afterwards: every block of a shard has one of a few
+    headers, and parsing it (numpy evaluates the header's Python literal) cost more than the data's copy."""
+    data = group[extension]
+    version = data[6] if len(data) > 10 and data[:6] == b"\x93NUMPY" else None
+    if version not in (1, 2, 3):
+        return np.load(io.BytesIO(data), allow_pickle=False)  # numpy's own error for anything unexpected
+    start = 10 if version == 1 else 12
+    end = start + int.from_bytes(data[8:start], "little")
+    header = bytes(data[:end])
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        stream = io.BytesIO(header)
+        major, minor = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+        if dtype.hasobject:
+            raise ValueError(f"{extension} holds Python objects, which gendist does not unpickle")
+        parsed = (dtype, shape, fortran)
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[header] = parsed
+    dtype, shape, fortran = parsed
+    array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=end)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def decode_image(data: bytes, image_mode: str | None) -> np.ndarray:
@@ -131,8 +157,8 @@ def decode_group(group: dict, image_mode: str | None) -> Block:
     """A packed block of gendist's own shards (`x.npy`, `y.npy`, `idx.npy`) or one sample of a standard
     webdataset shard (`png`/`jpg`/`webp`/... or `npy`, with `cls`/`json` labels, id from `idx` or `__key__`)."""
     if "x.npy" in group:
-        x, idx = load_npy(group, "x.npy"), load_npy(group, "idx.npy").astype(np.int64)
-        y = load_npy(group, "y.npy").astype(np.int64) if "y.npy" in group else None
+        x, idx = load_npy(group, "x.npy"), load_npy(group, "idx.npy").astype(np.int64, copy=False)
+        y = load_npy(group, "y.npy").astype(np.int64, copy=False) if "y.npy" in group else None
         if len(x) != len(idx) or (y is not None and len(y) != len(idx)):
             raise ValueError(f"x/y/idx lengths differ ({len(x)}, {None if y is None else len(y)}, {len(idx)})")
         return Block(x.astype(np.float32, copy=False), y, idx)
