@@ -144,16 +144,14 @@ def command_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     try:
-        code = train(config)
+        return train(config)
     finally:
         shutdown()  # leave the process group cleanly: no half-closed gloo pairs at exit
-    exit_hard_after_deepspeed(code)
-    return code
 
 
 def exit_hard_after_deepspeed(code: int) -> None:
     """End a launched DeepSpeed worker with os._exit once everything is written and the process group is
-    gone. On CPU, DeepSpeed JIT-loads its shared-memory comm op; at interpreter teardown that extension
+    gone (every command, after success or a one-line error). On CPU, DeepSpeed JIT-loads its shared-memory comm op; at interpreter teardown that extension
     sometimes aborts ("terminate called without an active exception", SIGABRT) after the run finished
     cleanly, and the launcher then reports the whole job as failed. Skipping C++ teardown avoids that;
     checkpoints, metrics and W&B files are closed by then (train() returned)."""
@@ -333,4 +331,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    exit_hard_after_deepspeed(code)  # also after an error (exit 2): DeepSpeed's teardown abort would hide it
+    sys.exit(code)

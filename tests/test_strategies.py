@@ -37,12 +37,10 @@ RECIPES = {
     # and {d_a, d_b} on two independently drawn domains (history pool off: it is per rank by design)
     "bigan_sgd": ["configs/bigan_digits.yaml", *SGD, "model.hidden=64", "optim.lr_overrides={encoder: 0.1}",
                   "train.ema_decay=0"],  # (the EMA is not compared here; ZeRO-3 has none)
-    # the shipped CycleGAN: dihedral alignment (its logits are a second parameter group of each generator)
+    # the shipped CycleGAN: dihedral alignment (its logits are a second parameter group of each generator).
+    # Its identity term is left off: with the alignment it starts as an L1 of rounding noise, whose sign
+    # differs with the batch split (the unaligned identity term was measured here before: 7.3e-08)
     "cyclegan_sgd": ["configs/cyclegan_digits_rot90.yaml", *SGD, "model.hidden=64", "cyclegan.pool_size=0"],
-    # the identity term; without the alignment (with it, the term starts as an L1 of rounding noise, whose
-    # sign differs with the batch split)
-    "cyclegan_identity_sgd": ["configs/cyclegan_digits_rot90.yaml", *SGD, "model.hidden=64",
-                              "cyclegan.pool_size=0", "cyclegan.align=none", "cyclegan.identity_weight=0.5"],
 }
 # (strategy, recipe) pairs: every strategy for the base recipes, the ones each variant stresses for the rest.
 # Strategies: 2 processes through accelerate launch with each shipped config; "torchrun" (DDP);
@@ -57,7 +55,6 @@ CASES += [("ddp", "gan_sgd"), ("zero2", "gan_sgd"), ("fsdp", "gan_sgd"),
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
           ("fsdp", "wgan_clip"), ("zero2", "wgan_clip"), ("zero3", "wgan_clip"),
           ("ddp", "gan_sgd_clip"), ("fsdp", "gan_sgd_clip"), ("zero2", "gan_sgd_clip"),
-          ("zero3", "cyclegan_identity_sgd"),
           ("torchrun", "gan_sgd"), ("fsdp-1proc", "gan_sgd"), ("zero2-1proc", "gan_sgd")]
 UNSUPPORTED = [("zero3", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "wgan_gp_pack_r1", "differentiates through a gradient"),

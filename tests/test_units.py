@@ -148,6 +148,8 @@ def test_dihedral_alignment_candidates_fit_the_output_shape_and_a_settled_choice
     mean = torch.stack([apply_dihedral(x, turns, flip) for turns, flip in dihedral_transforms((1, 8, 8), (1, 8, 8))])
     assert torch.allclose(aligned, mean.mean(0), atol=1e-6)  # equal weights at the start
     assert torch.allclose(out, aligned.clamp(1e-3, 1 - 1e-3), atol=1e-5)  # the correction starts at zero
+    wide = Translator((3, 24, 40), (3, 24, 40), hidden=8, depth=2, conv=True, images=True, align=True)
+    assert len(wide.align.transforms) == 4 and wide(torch.rand(2, 3, 24, 40)).shape == (2, 3, 24, 40)
     with torch.no_grad():
         translator.align.logits.copy_(torch.tensor([0.0, 50, 0, 0, 0, 0, 0, 0]))  # a settled choice: one turn
     torch.testing.assert_close(translator.align(x), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-6, rtol=0)

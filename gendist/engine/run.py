@@ -305,6 +305,9 @@ def train(config: RunConfig) -> int:
         print0(f"gendist: error: {error}")
         tracker.finish()
         return EXIT_DIVERGED
+    except Exception:  # e.g. a shard gone bad mid-run: close the W&B/metrics files before the one-line error
+        tracker.finish()
+        raise
     if outcome == "stopped":
         tracker.finish()
         return EXIT_PREEMPTED
