@@ -151,7 +151,8 @@ RESUME_CASES = {
     "cyclegan-ddp-bf16-pool-ema": ("launch/cpu-ddp.yaml", ["model.hidden=32", "cyclegan.pool_size=16",
                                                            "train.ema_decay=0.9", "precision=bf16"], 1e-6),
     "cyclegan-zero2-pool": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32", "cyclegan.pool_size=16"], 1e-6),
-    "bigan-zero2": ("launch/cpu-deepspeed-zero2.yaml", ["model.hidden=32"], 1e-6),
+    # (bigan-zero2 and bigan-ddp passed here and were dropped from the suite for time: BiGAN's units resume
+    # through the same code as CycleGAN's, which has more state: pools, a second stream, EMA of two networks)
     # non-amortized VAE: each rank's rows of the per-datapoint table (and their Adam state) are in its own
     # checkpoint file; the loader's owner mode keeps every sample on one rank
     "vae-zero2-per-datapoint": ("launch/cpu-deepspeed-zero2.yaml", [
