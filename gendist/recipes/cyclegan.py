@@ -68,6 +68,20 @@ class DihedralAlign(nn.Module):
         return torch.einsum("k,k...->...", self.weights().to(x.dtype), candidates)
 
 
+def conv_pair(shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int) -> nn.Module:
+    """A conv encoder to a bottleneck code of 4 x hidden and a conv decoder back (any H x W >= 8)."""
+    code = 4 * hidden
+    return nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
+                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+
+
+def zero_last_layer(net: nn.Module) -> None:
+    """Start a residual correction at exactly zero: its last linear/conv layer's weight and bias."""
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+
+
 class Translator(nn.Module):
     """x in domain A -> x in domain B.
 
@@ -91,42 +105,34 @@ class Translator(nn.Module):
         if align:
             self.align = DihedralAlign(shape_in, shape_out)
             if conv:
-                code = 4 * hidden
-                self.net = nn.Sequential(ConvEncoder(shape_out[0], shape_out[1:], code, hidden), nn.LeakyReLU(0.2),
-                                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+                self.net = conv_pair(shape_out, shape_out, hidden)
             else:
                 self.net = MLP(math.prod(shape_out), math.prod(shape_out), hidden, depth) if depth else None
             if self.net is not None:
-                last = [m for m in self.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
+                zero_last_layer(self.net)
         elif conv:
-            code = 4 * hidden
-            self.net: nn.Module = nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
-                                                ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+            self.net = conv_pair(shape_in, shape_out, hidden)
         else:
             self.affine = nn.Linear(math.prod(shape_in), math.prod(shape_out))
             self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth) if depth else None
             if self.net is not None:
-                last = self.net.layers[-1]
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
+                zero_last_layer(self.net)
         self.images = images
 
     def forward(self, x: torch.Tensor, return_aligned: bool = False):
         """The translation; with `return_aligned` (align=True only) also the aligned input it corrects."""
         if self.align is not None:
             aligned = self.align(x)
-            # in float32: under bf16 autocast 1 - 1e-3 rounds to 1 and its logit is inf
-            base = torch.logit(aligned.float(), eps=1e-3) if self.images else aligned
+            # (aligned inputs are images: DihedralAlign refuses anything else.) In float32: under bf16 autocast
+            # 1 - 1e-3 rounds to 1 and its logit is inf
+            base = torch.logit(aligned.float(), eps=1e-3)
             if self.net is None:
                 correction = 0
             elif isinstance(self.net, MLP):
                 correction = self.net(aligned.flatten(1)).reshape(aligned.shape)
             else:
                 correction = self.net(aligned)
-            out = base + correction
-            out = torch.sigmoid(out) if self.images else out
+            out = torch.sigmoid(base + correction)
             return (out, aligned) if return_aligned else out
         if return_aligned:
             raise ValueError("return_aligned needs cyclegan.align=dihedral")
