@@ -65,8 +65,9 @@ class GANConfig:
     """The GAN family's objective and its regularizers (model.recipe=gan)."""
 
     # nonsaturating | minimax (saturating) | fgan (gan.divergence) | wgan (weight clipping, gan.clip_value) |
-    # wgan_gp (gradient penalty, gan.gp_weight) | hinge
-    loss: Literal["nonsaturating", "minimax", "fgan", "wgan", "wgan_gp", "hinge"] = "nonsaturating"
+    # wgan_gp (gradient penalty, gan.gp_weight) | hinge | relativistic (RpGAN: real and generated samples
+    # judged in pairs, the loss of R3GAN; with gan.r1_gamma and gan.r2_gamma)
+    loss: Literal["nonsaturating", "minimax", "fgan", "wgan", "wgan_gp", "hinge", "relativistic"] = "nonsaturating"
     divergence: str = "jensen_shannon"  # f-GAN divergence (Nowozin et al. 2016, gendist/divergences.py)
     alpha: float = 1.5  # the α of divergence=alpha
     pi: float = 0.5  # the π of divergence=jensen_shannon_weighted, in (0, 1)
@@ -78,7 +79,8 @@ class GANConfig:
     clip_value: float = 0.01  # wgan: critic weights are clamped to [-clip_value, clip_value] after every step
     gp_weight: float = 10.0  # wgan_gp: lambda of E(||grad D(x_hat)|| - 1)^2 on real/fake interpolates
     r1_gamma: float = 0.0  # R1 penalty (gamma/2) E||grad D(x)||^2 on real data, as a lazy phase; 0 disables
-    r1_every: int = 16  # the lazy R1 phase runs every r1_every steps (its loss is scaled by r1_every)
+    r2_gamma: float = 0.0  # R2 penalty (gamma/2) E||grad D(G(z))||^2 on generated samples, a lazy phase; 0 disables
+    r1_every: int = 16  # the lazy R1 and R2 phases run every r1_every steps (their losses are scaled by r1_every)
     unroll_steps: int = 0  # unrolled GAN (Metz et al. 2017): the generator sees D after k SGD steps; 0 disables
     unroll_lr: float = 0.0  # step size of the unrolled discriminator steps; 0 uses the discriminator's lr
     pack: int = 1  # PacGAN (Lin et al. 2018): the discriminator judges `pack` samples at once; 1 disables
@@ -245,8 +247,8 @@ RECIPE_UNITS = {"gan": {"generator": ("generator",), "discriminator": ("discrimi
                 "vae": {"vae": ("vae",)},
                 "bigan": {"generator": ("generator", "encoder"), "discriminator": ("discriminator",)},
                 "cyclegan": {"generators": ("g_ab", "g_ba"), "discriminators": ("d_a", "d_b")}}
-# Phases of each recipe (train.inject_nan_phase); the R1 phase exists only with gan.r1_gamma > 0.
-RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "generator"), "vae": ("elbo",),
+# Phases of each recipe (train.inject_nan_phase); the R1/R2 phases exist only with gan.r1_gamma/r2_gamma > 0.
+RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "discriminator_r2", "generator"), "vae": ("elbo",),
                  "bigan": ("discriminator", "generator"), "cyclegan": ("discriminators", "generators")}
 # Keys that moved out of the flat `model` section: an old key is an error naming its new place.
 MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
@@ -503,7 +505,7 @@ def validate(config: RunConfig) -> None:
 
 def validate_model(config: RunConfig) -> None:
     model, gan = config.model, config.gan
-    for key in ("clip_value", "gp_weight", "r1_gamma", "unroll_lr"):
+    for key in ("clip_value", "gp_weight", "r1_gamma", "r2_gamma", "unroll_lr"):
         value = getattr(gan, key)
         if value < 0 or value != value:
             raise UserError(f"config: gan.{key} must be >= 0, got {value}")

@@ -70,13 +70,14 @@ def test_parse_override_scientific_notation():
 @pytest.mark.parametrize("recipe", ["gan", "vae", "bigan", "cyclegan"])
 def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     """config.RECIPE_PLAYERS / RECIPE_PHASES (what per-player and per-phase settings may name) are the
-    recipes' own players and phases (the R1 phase appears with gan.r1_gamma > 0)."""
+    recipes' own players and phases (the R1 and R2 phases appear with gan.r1_gamma, gan.r2_gamma > 0)."""
     from gendist.config import RECIPE_PHASES, RECIPE_UNITS
     from gendist.data.info import DataInfo
     from gendist.recipes import build_recipe
 
     two_domains = ["data.source=digits", "data.source_b=digits_rot90"] if recipe == "cyclegan" else []
-    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "gan.r1_gamma=1.0", *two_domains])
+    config = load_config(ROOT / "configs" / "gan_ring.yaml",
+                         [f"model.recipe={recipe}", "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", *two_domains])
     built = build_recipe(config, DataInfo("points", (2,), domain_b=DataInfo("points", (2,))))
     assert built.units == RECIPE_UNITS[recipe]
     assert sorted(built.build_networks()) == sorted(n for networks in built.units.values() for n in networks)

@@ -23,6 +23,7 @@ VARIANTS = {
     "wgan": ["gan.loss=wgan", "optim.name=rmsprop", "gan.n_critic=2"],
     "wgan_gp": ["gan.loss=wgan_gp", "gan.n_critic=2"],
     "hinge_r1": ["gan.loss=hinge", "gan.r1_gamma=1.0", "gan.r1_every=4"],
+    "relativistic_r1_r2": ["gan.loss=relativistic", "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", "gan.r1_every=4"],
     "unrolled": ["gan.unroll_steps=3"],
     "pacgan": ["gan.pack=4"],
     "fgan_pearson": ["gan.loss=fgan", "gan.divergence=pearson"],
@@ -48,6 +49,10 @@ def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
         assert max(float(w.abs().max()) for w in weights.values()) <= 0.01 + 1e-7
     if variant == "hinge_r1":  # the lazy phase ran every 4 steps and logged its penalty
         assert any("discriminator_r1/r1_penalty" in line for line in lines)
+    if variant == "relativistic_r1_r2":  # both lazy phases ran and logged their penalties
+        logged = read_metrics(run_dir)
+        assert any("discriminator_r1/r1_penalty" in line for line in logged)
+        assert any("discriminator_r2/r2_penalty" in line for line in logged)
     if variant == "wgan_gp":  # the penalty is at work: it pulls the critic's gradient norm towards 1
         penalties = [line["discriminator/gradient_penalty"] for line in lines]
         assert all(math.isfinite(p) and p > 0 for p in penalties), penalties

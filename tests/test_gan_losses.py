@@ -11,8 +11,9 @@ from torch import nn
 
 from gendist.config import OptimConfig, lr_scale
 from gendist.recipes.base import Batch, Nets
-from gendist.recipes.gan import (DISCRIMINATOR_OBJECTIVES, GENERATOR_OBJECTIVES, bce_discriminator,
-                                 discriminator_loss, hinge_discriminator, wasserstein_critic)
+from gendist.recipes.gan import (DISCRIMINATOR_OBJECTIVES, GENERATOR_OBJECTIVES, PAIRED_GENERATOR_OBJECTIVES,
+                                 bce_discriminator, discriminator_loss, generator_loss, hinge_discriminator,
+                                 r2_loss, relativistic_discriminator, relativistic_generator, wasserstein_critic)
 from gendist.recipes.gan_regularizers import gradient_penalty, pack_samples, r1_penalty, unrolled_discriminator
 
 LOG_4 = math.log(4.0)
@@ -114,7 +115,55 @@ def test_objective_table_values():
     assert float(wasserstein_critic(real, fake)) == pytest.approx(-0.25 - 1.25)
     assert float(bce_discriminator(real, fake)) == pytest.approx(
         float(nn.functional.softplus(-real).mean() + nn.functional.softplus(fake).mean()))
-    assert set(DISCRIMINATOR_OBJECTIVES) == set(GENERATOR_OBJECTIVES)
+    assert set(DISCRIMINATOR_OBJECTIVES) == set(GENERATOR_OBJECTIVES) | set(PAIRED_GENERATOR_OBJECTIVES)
+    assert not set(GENERATOR_OBJECTIVES) & set(PAIRED_GENERATOR_OBJECTIVES)
+
+
+def test_relativistic_pair_loss_reads_only_score_differences():
+    """RpGAN: D minimizes E softplus(l_fake - l_real), G minimizes E softplus(l_real - l_fake), pair by pair;
+    a constant added to every score changes neither loss (what the plain loss lacks)."""
+    real, fake = torch.tensor([[2.0], [0.5], [-1.0]]), torch.tensor([[-1.0], [0.5], [3.0]])
+    softplus = nn.functional.softplus
+    assert float(relativistic_discriminator(real, fake)) == pytest.approx(float(softplus(fake - real).mean()))
+    assert float(relativistic_generator(fake, real)) == pytest.approx(float(softplus(real - fake).mean()))
+    for shift in (-5.0, 7.0):
+        assert float(relativistic_discriminator(real + shift, fake + shift)) == pytest.approx(
+            float(relativistic_discriminator(real, fake)), rel=1e-6)
+    assert float(bce_discriminator(real + 7, fake + 7)) != pytest.approx(float(bce_discriminator(real, fake)))
+
+
+def test_relativistic_generator_step_gets_no_gradient_into_the_real_scores():
+    """The paired generator loss reads D on the real batch as constants: only the generated side is
+    differentiated, and its value is the pair formula on this batch."""
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(3, 2), nn.Linear(2, 1)
+    nets = Nets(generator=generator, discriminator=discriminator)
+    x = torch.randn(8, 2, requires_grad=True)
+    batch = Batch(8, x, None, Noise(0))
+    out = generator_loss(nets, batch, 0, latent_dim=3, objective=relativistic_generator, paired=True)
+    z = Noise(0).randn(8, 3)
+    expected = relativistic_generator(discriminator(generator(z)), discriminator(x))
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    out["loss"].backward()
+    assert x.grad is None and generator.weight.grad is not None
+
+
+def test_r2_penalty_is_r1_on_generated_samples_scaled_for_its_interval():
+    """D(x) = ||x||^2 / 2 and G(z) = z + 1: R2 = E||G(z)||^2; the lazy phase's loss is (gamma / 2) * every
+    times that, and only the discriminator is differentiated."""
+    class Quadratic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x):
+            return self.scale * x.pow(2).sum(dim=1, keepdim=True)
+
+    nets = Nets(generator=Shift(1.0), discriminator=Quadratic())
+    out = r2_loss(nets, Batch(512, None, None, Noise(3)), 0, gamma=2.0, every=4, latent_dim=2)
+    fake = Noise(3).randn(512, 2) + 1.0
+    assert float(out["r2_penalty"]) == pytest.approx(float(fake.pow(2).sum(1).mean()), rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(out["r2_penalty"]) * 2.0 / 2 * 4, rel=1e-5)
 
 
 def test_gradient_penalty_of_a_linear_critic():

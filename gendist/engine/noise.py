@@ -49,11 +49,11 @@ class StepNoise:
         key = derive_seed(self.seed, *self.key, self.calls)
         self.calls += 1
         first = (self.micro * self.world_size + self.rank) * rows  # this rank's first row of the step's block
-        chunks = range(first // CHUNK_ROWS, (first + rows - 1) // CHUNK_ROWS + 1)
-        parts = []
-        for chunk in chunks:
+        start, stop = first // CHUNK_ROWS, (first + rows - 1) // CHUNK_ROWS + 1
+        block = torch.empty((stop - start) * CHUNK_ROWS, *tail, device=self.device)  # drawn in place: no cat
+        for index, chunk in enumerate(range(start, stop)):
             self.generator.manual_seed(derive_seed(key, chunk))
-            parts.append(torch.randn(CHUNK_ROWS, *tail, generator=self.generator, device=self.device))
-        block = parts[0] if len(parts) == 1 else torch.cat(parts)  # (chunks * CHUNK_ROWS, *tail)
-        offset = first - chunks[0] * CHUNK_ROWS
+            torch.randn(CHUNK_ROWS, *tail, generator=self.generator, device=self.device,
+                        out=block[index * CHUNK_ROWS:(index + 1) * CHUNK_ROWS])
+        offset = first - start * CHUNK_ROWS
         return block[offset:offset + rows]

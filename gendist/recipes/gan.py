@@ -6,7 +6,11 @@
 - fgan (Nowozin et al. 2016): the variational f-divergence bound of gendist.divergences.
 - wgan (Arjovsky et al. 2017): critic maximizes E D(x) - E D(G(z)) with clamped weights; wgan_gp
   (Gulrajani et al. 2017) replaces the clamp by a gradient penalty; hinge (Lim & Ye 2017, Miyato et al.).
-- R1 (a lazy phase), PacGAN packing and unrolled discriminators: gendist.recipes.gan_regularizers.
+- relativistic (RpGAN, Jolicoeur-Martineau 2019; the loss of R3GAN, Huang et al. 2024): D minimizes
+  softplus(l_fake - l_real) over pairs of a real and a generated sample, G minimizes softplus(l_real - l_fake);
+  each generated sample is judged against a real one, which removes the mode-dropping optima of the plain
+  loss (R3GAN's analysis; with R1 and R2 it covers every mode of stacked MNIST).
+- R1 and R2 (lazy phases), PacGAN packing and unrolled discriminators: gendist.recipes.gan_regularizers.
 """
 from __future__ import annotations
 
@@ -50,6 +54,15 @@ def hinge_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 
+def relativistic_discriminator(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """RpGAN: E softplus(D(G(z_i)) - D(x_i)), real and generated samples paired by batch row."""
+    return F.softplus(fake - real).mean()
+
+
+def relativistic_generator(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    return F.softplus(real - fake).mean()
+
+
 def wasserstein_critic(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """-(E D(x) - E D(G(z))): the critic maximizes the Kantorovich-Rubinstein dual."""
     return fake.mean() - real.mean()
@@ -69,7 +82,11 @@ GENERATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 DISCRIMINATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "minimax": bce_discriminator, "nonsaturating": bce_discriminator, "hinge": hinge_discriminator,
-    "wgan": wasserstein_critic, "wgan_gp": wasserstein_critic,
+    "wgan": wasserstein_critic, "wgan_gp": wasserstein_critic, "relativistic": relativistic_discriminator,
+}
+# objectives of the generator that also read the discriminator's scores on the real batch (paired losses)
+PAIRED_GENERATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "relativistic": relativistic_generator,
 }
 
 
@@ -93,14 +110,24 @@ def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, 
 
 
 def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, objective, pack: int = 1,
-                   unroll: tuple[int, float, Callable] | None = None) -> dict[str, torch.Tensor]:
+                   unroll: tuple[int, float, Callable] | None = None, paired: bool = False) -> dict[str, torch.Tensor]:
+    """`paired`: the objective is (fake scores, real scores), the real batch's scores taken as constants."""
     fake = nets.generator(batch.randn(latent_dim))
     if unroll is None:
-        return {"loss": objective(nets.discriminator(pack_samples(fake, pack)))}
+        fake_scores = nets.discriminator(pack_samples(fake, pack))
+        if not paired:
+            return {"loss": objective(fake_scores)}
+        with torch.no_grad():
+            real_scores = nets.discriminator(pack_samples(batch.x, pack))
+        return {"loss": objective(fake_scores, real_scores)}
     steps, lr, d_objective = unroll
     discriminator = nets.unwrapped.discriminator  # read as weights (torch.func), not through a wrapper
     state = unrolled_discriminator(discriminator, d_objective, batch.x, fake, steps, lr, pack)
-    return {"loss": objective(call_with(discriminator, state, pack_samples(fake, pack)))}
+    fake_scores = call_with(discriminator, state, pack_samples(fake, pack))
+    if not paired:
+        return {"loss": objective(fake_scores)}
+    real_scores = call_with(discriminator, state, pack_samples(batch.x, pack)).detach()
+    return {"loss": objective(fake_scores, real_scores)}
 
 
 def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
@@ -112,6 +139,17 @@ def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pa
     # synchronization runs (StyleGAN2-ADA adds `real_logits * 0` for the same reason).
     anchor = nets.discriminator(pack_samples(batch.x, pack)).float().sum() * 0
     return {"loss": penalty * (gamma / 2) * every + anchor, "r1_penalty": penalty.detach()}
+
+
+def r2_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, latent_dim: int,
+            pack: int = 1) -> dict[str, torch.Tensor]:
+    """Lazy R2 (Mescheder et al. 2018; R3GAN pairs it with R1): (gamma / 2) E||grad D(G(z))||^2 on generated
+    samples, which are constants here (the generator is not trained in this phase)."""
+    with torch.no_grad():
+        fake = nets.generator(batch.randn(latent_dim))
+    penalty = r1_penalty(nets.unwrapped.discriminator, fake, pack)  # the same zero-centred penalty, on fakes
+    anchor = nets.discriminator(pack_samples(fake, pack)).float().sum() * 0  # see r1_loss
+    return {"loss": penalty * (gamma / 2) * every + anchor, "r2_penalty": penalty.detach()}
 
 
 class GANRecipe:
@@ -147,7 +185,8 @@ class GANRecipe:
             generator_fn = generator_objective if gan.fgan_generator == "saturating" else \
                 generator_objective_nonsaturating
             return partial(fgan_critic, divergence), partial(generator_fn, divergence)
-        return DISCRIMINATOR_OBJECTIVES[gan.loss], GENERATOR_OBJECTIVES[gan.loss]
+        generator = PAIRED_GENERATOR_OBJECTIVES.get(gan.loss) or GENERATOR_OBJECTIVES[gan.loss]
+        return DISCRIMINATOR_OBJECTIVES[gan.loss], generator
 
     def phases(self) -> list[Phase]:
         model, gan = self.config.model, self.config.gan
@@ -161,8 +200,9 @@ class GANRecipe:
         if gan.unroll_steps:
             lr = gan.unroll_lr or self.config.optim.lr_overrides.get("discriminator", self.config.optim.lr)
             unroll = (gan.unroll_steps, lr, d_objective)
+        paired = gan.loss in PAIRED_GENERATOR_OBJECTIVES
         g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=gan.pack,
-                         unroll=unroll)
+                         unroll=unroll, paired=paired)
         clamp = gan.clip_value if gan.loss == "wgan" else 0.0
         phases = [Phase("discriminator", "discriminator", d_loss, repeat=gan.n_critic, clamp_weights=clamp,
                         double_backward=bool(gp_weight))]
@@ -170,7 +210,11 @@ class GANRecipe:
             r1 = partial(r1_loss, gamma=gan.r1_gamma, every=gan.r1_every, pack=gan.pack)
             phases.append(Phase("discriminator_r1", "discriminator", r1, every=gan.r1_every,
                                 clamp_weights=clamp, double_backward=True))
-        phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None,
+        if gan.r2_gamma:
+            r2 = partial(r2_loss, gamma=gan.r2_gamma, every=gan.r1_every, latent_dim=model.latent_dim, pack=gan.pack)
+            phases.append(Phase("discriminator_r2", "discriminator", r2, every=gan.r1_every, uses_data=False,
+                                clamp_weights=clamp, double_backward=True))
+        phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None or paired,
                             reads_weights_of=("discriminator",) if unroll else ()))
         return phases
 
