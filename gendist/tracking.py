@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 
 from gendist.config import RunConfig, to_dict
 from gendist.data.info import DataInfo
@@ -253,6 +252,8 @@ def _image_grid_rows(images: torch.Tensor, columns: int, path: Path) -> None:
     grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
     pixels = (grid.numpy() * 255).round().astype(np.uint8)
     scale = max(1, 256 // max(pixels.shape[:2]))  # small images (8x8 digits) are enlarged to be seen
+    from PIL import Image  # here, not at the top: it is off the path to the first training step
+
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
