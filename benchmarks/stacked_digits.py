@@ -1,7 +1,7 @@
 """Stacked digits (stacked-MNIST protocol on the bundled 8x8 digits): modes covered and KL(mode histogram ||
 uniform) of 26,000 samples, per seed, with the noise floor of real stacked samples.
 
-    python benchmarks/stacked_digits.py [--seeds 0 1 2] [--steps 6000] [--samples 26000] [--extra k=v ...]
+    python benchmarks/stacked_digits.py [--seeds 0 1 2] [--steps N] [--samples 26000] [--extra k=v ...]
 
 Trains a digit classifier once (`gendist classifier train --data digits`), then per seed trains
 configs/gan_stacked_digits.yaml, draws --samples samples with `gendist sample` and counts modes with
@@ -30,7 +30,7 @@ from _gendist import gendist  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: the config's)")
     parser.add_argument("--samples", type=int, default=26_000)
     parser.add_argument("--max-kl", type=float, default=0.05)
     parser.add_argument("--work", type=Path, default=None)
@@ -55,8 +55,9 @@ def main() -> int:
     for seed in args.seeds:
         run_dir = work / f"seed{seed}"
         started = time.perf_counter()
-        gendist("train", "configs/gan_stacked_digits.yaml", f"run.dir={run_dir}", f"train.max_steps={args.steps}",
-                f"train.seed={seed}", "log.wandb=false", "log.progress=false", *args.extra, env=env)
+        steps = [f"train.max_steps={args.steps}"] if args.steps else []
+        gendist("train", "configs/gan_stacked_digits.yaml", f"run.dir={run_dir}", *steps, f"train.seed={seed}",
+                "log.wandb=false", "log.progress=false", *args.extra, env=env)
         seconds = time.perf_counter() - started
         gendist("sample", str(run_dir), "--n", str(args.samples), "--seed", str(seed), "--out",
                 str(run_dir / "samples.npy"), env=env)
