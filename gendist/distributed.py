@@ -40,6 +40,7 @@ def init_distributed(timeout_s: int) -> DistInfo:
     if _INFO is not None:
         return _INFO
     fit_threads()
+    keep_freed_memory()
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("true", "1") or not torch.cuda.is_available()
     if _launched_distributed():
         from accelerate import PartialState
@@ -66,6 +67,35 @@ def fit_threads() -> int:
     threads = max(1, cores // max(1, per_machine))
     torch.set_num_threads(threads)
     return threads
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks for reuse instead of handing them back to the kernel each step.
+
+    By default glibc serves blocks of >= 128 KB (a 512 x 64 float tensor) with fresh mmaps at first and trims
+    free memory at the top of its heap; a training step frees and re-allocates its activations, so they keep
+    coming back as new zero-filled pages. Measured here on the ring at batch 512: 53 page faults per step
+    against 5 for a hand-written loop, and 0.3 ms of a 4.6 ms step. Fixed thresholds (what the
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ variables set, and what jemalloc or tcmalloc do anyway)
+    remove that; the cost is that a process keeps up to 1 GiB of freed heap. Nothing is changed when the user
+    set either variable, or off glibc. Returns whether the thresholds were set."""
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt  # glibc only (musl has no mallopt)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def info() -> DistInfo:
