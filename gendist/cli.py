@@ -151,10 +151,11 @@ def command_train(args: argparse.Namespace) -> int:
 
 def exit_hard_after_deepspeed(code: int) -> None:
     """End a launched DeepSpeed worker with os._exit once everything is written and the process group is
-    gone (every command, after success or a one-line error). On CPU, DeepSpeed JIT-loads its shared-memory comm op; at interpreter teardown that extension
-    sometimes aborts ("terminate called without an active exception", SIGABRT) after the run finished
-    cleanly, and the launcher then reports the whole job as failed. Skipping C++ teardown avoids that;
-    checkpoints, metrics and W&B files are closed by then (train() returned)."""
+    gone (every command, after success or a one-line error). On CPU, DeepSpeed JIT-loads its shared-memory
+    comm op; at interpreter teardown that extension sometimes aborts ("terminate called without an active
+    exception", SIGABRT) after the run finished cleanly, and the launcher then reports the whole job as
+    failed. Skipping C++ teardown avoids that; checkpoints, metrics and W&B files are closed by then (train()
+    returned)."""
     if "deepspeed" not in sys.modules or "LOCAL_RANK" not in os.environ:
         return
     sys.stdout.flush()

@@ -114,31 +114,40 @@ def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, obje
     """`paired`: the objective is (fake scores, real scores), the real batch's scores taken as constants."""
     fake = nets.generator(batch.randn(latent_dim))
     if unroll is None:
-        fake_scores = nets.discriminator(pack_samples(fake, pack))
-        if not paired:
-            return {"loss": objective(fake_scores)}
-        with torch.no_grad():
-            real_scores = nets.discriminator(pack_samples(batch.x, pack))
-        return {"loss": objective(fake_scores, real_scores)}
-    steps, lr, d_objective = unroll
-    discriminator = nets.unwrapped.discriminator  # read as weights (torch.func), not through a wrapper
-    state = unrolled_discriminator(discriminator, d_objective, batch.x, fake, steps, lr, pack)
-    fake_scores = call_with(discriminator, state, pack_samples(fake, pack))
+        def score(x: torch.Tensor) -> torch.Tensor:
+            return nets.discriminator(pack_samples(x, pack))
+    else:
+        steps, lr, d_objective = unroll
+        discriminator = nets.unwrapped.discriminator  # read as weights (torch.func), not through a wrapper
+        state = unrolled_discriminator(discriminator, d_objective, batch.x, fake, steps, lr, pack)
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            return call_with(discriminator, state, pack_samples(x, pack))
+    fake_scores = score(fake)
     if not paired:
         return {"loss": objective(fake_scores)}
-    real_scores = call_with(discriminator, state, pack_samples(batch.x, pack)).detach()
+    with torch.no_grad():
+        real_scores = score(batch.x)
     return {"loss": objective(fake_scores, real_scores)}
 
 
-def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
-    """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2, scaled by the interval so its average pull matches
-    a penalty applied at every step."""
-    penalty = r1_penalty(nets.unwrapped.discriminator, batch.x, pack)
+def _lazy_gradient_penalty(nets: Nets, x: torch.Tensor, gamma: float, every: int,
+                           pack: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, penalty) of a lazy zero-centred penalty E||grad_x D(x)||^2 on samples x (R1 on real data, R2 on
+    generated ones): (gamma / 2) times the penalty, scaled by the interval so its average pull matches a
+    penalty applied at every step."""
+    penalty = r1_penalty(nets.unwrapped.discriminator, x, pack)
     # The penalty's double backward goes around the distributed wrapper (see Nets.unwrapped); a zero-weight
     # term through the wrapped player lets the strategy see this phase's forward, so its gradient
     # synchronization runs (StyleGAN2-ADA adds `real_logits * 0` for the same reason).
-    anchor = nets.discriminator(pack_samples(batch.x, pack)).float().sum() * 0
-    return {"loss": penalty * (gamma / 2) * every + anchor, "r1_penalty": penalty.detach()}
+    anchor = nets.discriminator(pack_samples(x, pack)).float().sum() * 0
+    return penalty * (gamma / 2) * every + anchor, penalty.detach()
+
+
+def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
+    """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2 on real data."""
+    loss, penalty = _lazy_gradient_penalty(nets, batch.x, gamma, every, pack)
+    return {"loss": loss, "r1_penalty": penalty}
 
 
 def r2_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, latent_dim: int,
@@ -147,9 +156,8 @@ def r2_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, la
     samples, which are constants here (the generator is not trained in this phase)."""
     with torch.no_grad():
         fake = nets.generator(batch.randn(latent_dim))
-    penalty = r1_penalty(nets.unwrapped.discriminator, fake, pack)  # the same zero-centred penalty, on fakes
-    anchor = nets.discriminator(pack_samples(fake, pack)).float().sum() * 0  # see r1_loss
-    return {"loss": penalty * (gamma / 2) * every + anchor, "r2_penalty": penalty.detach()}
+    loss, penalty = _lazy_gradient_penalty(nets, fake, gamma, every, pack)
+    return {"loss": loss, "r2_penalty": penalty}
 
 
 class GANRecipe:
