@@ -149,18 +149,27 @@ def command_train(args: argparse.Namespace) -> int:
         shutdown()  # leave the process group cleanly: no half-closed gloo pairs at exit
 
 
-def exit_hard_after_deepspeed(code: int) -> None:
-    """End a launched DeepSpeed worker with os._exit once everything is written and the process group is
-    gone (every command, after success or a one-line error). On CPU, DeepSpeed JIT-loads its shared-memory
-    comm op; at interpreter teardown that extension sometimes aborts ("terminate called without an active
-    exception", SIGABRT) after the run finished cleanly, and the launcher then reports the whole job as
-    failed. Skipping C++ teardown avoids that; checkpoints, metrics and W&B files are closed by then (train()
-    returned)."""
-    if "deepspeed" not in sys.modules or "LOCAL_RANK" not in os.environ:
+def exit_without_native_teardown(code: int) -> None:
+    """End a launched worker (torchrun, accelerate launch, DeepSpeed, srun: LOCAL_RANK is set) with os._exit
+    once its command returned and the process group is gone, after success or a one-line error.
+
+    Distributed C++ state (gloo's pairs and the rendezvous store's threads, and DeepSpeed's JIT-loaded
+    shared-memory comm op on CPU) sometimes aborts at interpreter teardown ("terminate called without an
+    active exception", SIGABRT) after the run finished cleanly, even with the process group destroyed; the
+    launcher then reports the whole job as failed (seen in DDP, FSDP, DeepSpeed runs and in eval, about one
+    launch in a hundred on a loaded machine). Python's own exit work runs first: atexit handlers (logging,
+    W&B), then the flushes; only native static destruction is skipped. Checkpoints, metrics and W&B files
+    are closed by then (train() waits for an asynchronous save before it returns)."""
+    if "LOCAL_RANK" not in os.environ:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()  # what a normal exit would run, in the same order
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def command_sample(args: argparse.Namespace) -> int:
@@ -333,5 +342,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry_point() -> None:
     code = main()
-    exit_hard_after_deepspeed(code)  # also after an error (exit 2): DeepSpeed's teardown abort would hide it
+    exit_without_native_teardown(code)  # also after an error (exit 2): a teardown abort would hide it
     sys.exit(code)

@@ -70,3 +70,29 @@ def test_slurm_scripts_pass_awkward_overrides_through_unchanged(nodes, capsys, t
     script.write_text(capsys.readouterr().out)
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     assert shlex.quote(awkward) in script.read_text()
+
+
+@pytest.mark.parametrize("launched, code", [(True, 0), (True, 2), (False, 0)])
+def test_a_launched_worker_exits_after_python_exit_work_without_native_teardown(launched, code):
+    """A launched worker (LOCAL_RANK set) leaves with os._exit after its atexit handlers and flushes ran, so
+    a native teardown abort cannot turn a finished run into a failed job; a plain process exits normally."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('atexit handler ran', flush=True))\n"
+              "print('unflushed output', end='')\n"
+              "from gendist.cli import exit_without_native_teardown\n"
+              f"exit_without_native_teardown({code})\n"
+              "print('after: a plain process goes on', end='')\n")
+    env = {key: value for key, value in os.environ.items() if key != "LOCAL_RANK"}
+    if launched:
+        env["LOCAL_RANK"] = "0"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == (code if launched else 0), result.stderr
+    if launched:
+        assert result.stdout == "unflushed outputatexit handler ran\n"
+    else:
+        assert result.stdout == "unflushed outputafter: a plain process goes onatexit handler ran\n"
