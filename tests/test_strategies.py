@@ -20,6 +20,10 @@ RECIPES = {
     # ranks, or a missing division by the accumulation micro-steps, moves the parameters 2x as far.
     "gan_sgd": ["configs/gan_ring.yaml", *SGD],
     "gan_sgd_clip": ["configs/gan_ring.yaml", *SGD, "optim.grad_clip=0.01"],  # clipping after the sync
+    # the relativistic pair loss (the generator phase reads the data: real and generated rows paired by global
+    # row) with lazy R1 and R2 phases, as configs/gan_stacked_digits.yaml trains
+    "relativistic_r1_r2_sgd": ["configs/gan_ring.yaml", *SGD, "gan.loss=relativistic", "gan.n_critic=2",
+                               "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", "gan.r1_every=2"],
     "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2", "vae.eval_samples=16"],
     # double backward (gradient penalty, lazy R1 phase), PacGAN packing, a learning-rate schedule
     "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "gan.loss=wgan_gp", "gan.pack=2", "gan.r1_gamma=1.0",
@@ -49,7 +53,7 @@ RECIPES = {
 # ranks moves the parameters 2x as far); the one-network GAN and VAE on the strategies their variants stress.
 CASES = [(strategy, recipe) for recipe in ("bigan_sgd", "cyclegan_sgd")
          for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
-CASES += [("ddp", "gan_sgd"), ("zero2", "gan_sgd"), ("fsdp", "gan_sgd"),
+CASES += [("ddp", "relativistic_r1_r2_sgd"), ("zero2", "gan_sgd"), ("fsdp", "gan_sgd"),  # (DDP gan_sgd: torchrun)
           ("ddp", "vae"), ("zero3", "vae"), ("fsdp", "vae"),  # one network that owns a parameter (the Gaussian decoder's log-variance)
           ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
