@@ -45,7 +45,7 @@ MUTATIONS = [
              "gendist/engine/strategies/ddp.py", "return default_hooks.allreduce_hook(state, bucket)",
              "import torch.distributed as dist\n"
              "        return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])",
-             ("tests/test_strategies.py::test_two_ranks_match_one_rank_with_double_batch[ddp-gan_sgd]",)),
+             ("tests/test_strategies.py::test_two_ranks_match_one_rank_with_double_batch[torchrun-gan_sgd]",)),
     Mutation("ema_not_restored", "the EMA generator is not loaded on resume (it restarts at the current weights)",
              "gendist/engine/trainer.py", "self.ema[name].load_full_state(load_tensors(ema_path))", "pass",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[single-fp16-ema]",)),

@@ -53,7 +53,8 @@ RECIPES = {
 # ranks moves the parameters 2x as far); the one-network GAN and VAE on the strategies their variants stress.
 CASES = [(strategy, recipe) for recipe in ("bigan_sgd", "cyclegan_sgd")
          for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
-CASES += [("ddp", "relativistic_r1_r2_sgd"), ("zero2", "gan_sgd"), ("fsdp", "gan_sgd"),  # (DDP gan_sgd: torchrun)
+# (gan_sgd under DDP: the torchrun case; under ZeRO-2: zero2-1proc, and gan_sgd_clip/wgan_clip on 2 processes)
+CASES += [("ddp", "relativistic_r1_r2_sgd"), ("fsdp", "gan_sgd"),
           ("ddp", "vae"), ("zero3", "vae"), ("fsdp", "vae"),  # one network that owns a parameter (the Gaussian decoder's log-variance)
           ("zero2", "gan"),  # Adam, the default optimizer (DeepSpeed wraps it)
           ("ddp", "wgan_gp_pack_r1"), ("zero2", "wgan_gp_pack_r1"),
