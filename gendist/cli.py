@@ -156,8 +156,8 @@ def exit_without_native_teardown(code: int) -> None:
     Distributed C++ state (gloo's pairs and the rendezvous store's threads, and DeepSpeed's JIT-loaded
     shared-memory comm op on CPU) sometimes aborts at interpreter teardown ("terminate called without an
     active exception", SIGABRT) after the run finished cleanly, even with the process group destroyed; the
-    launcher then reports the whole job as failed (seen in DDP, FSDP, DeepSpeed runs and in eval, about one
-    launch in a hundred on a loaded machine). Python's own exit work runs first: atexit handlers (logging,
+    launcher then reports the whole job as failed (seen now and then in DDP, FSDP, DeepSpeed runs and in
+    eval on a loaded machine). Python's own exit work runs first: atexit handlers (logging,
     W&B), then the flushes; only native static destruction is skipped. Checkpoints, metrics and W&B files
     are closed by then (train() waits for an asynchronous save before it returns)."""
     if "LOCAL_RANK" not in os.environ:

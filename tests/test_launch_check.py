@@ -1,5 +1,9 @@
 """What a launcher asked for, read from its command line or GENDIST_EXPECTED_WORLD_SIZE, against the world
 a process joined (a multi-machine launch that split into separate worlds stops with one line)."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from gendist.errors import UserError
@@ -60,7 +64,6 @@ def test_slurm_submit_bad_input_is_one_line(args, fragment, capsys):
 def test_slurm_scripts_pass_awkward_overrides_through_unchanged(nodes, capsys, tmp_path):
     """Quotes and $ in an override reach gendist as written (bash parses the script; nothing is expanded)."""
     import shlex
-    import subprocess
 
     from gendist.cli import main
 
@@ -76,10 +79,6 @@ def test_slurm_scripts_pass_awkward_overrides_through_unchanged(nodes, capsys, t
 def test_a_launched_worker_exits_after_python_exit_work_without_native_teardown(launched, code):
     """A launched worker (LOCAL_RANK set) leaves with os._exit after its atexit handlers and flushes ran, so
     a native teardown abort cannot turn a finished run into a failed job; a plain process exits normally."""
-    import os
-    import subprocess
-    import sys
-
     script = ("import atexit, sys\n"
               "atexit.register(lambda: print('atexit handler ran', flush=True))\n"
               "print('unflushed output', end='')\n"
