@@ -5,7 +5,8 @@ in benchmarks/RESULTS.md ("Tests that fail when a feature breaks").
     python benchmarks/mutations.py                 # all mutations
     python benchmarks/mutations.py --only ema_not_restored missing_grad_accum_division
 
-Files are restored even when interrupted (try/finally); run it on a clean work tree (it refuses otherwise).
+Files are restored even when interrupted (try/finally); the files it mutates must have no uncommitted changes
+(it refuses otherwise).
 """
 from __future__ import annotations
 
@@ -69,7 +70,11 @@ MUTATIONS = [
     Mutation("iw_estimate_is_the_elbo", "the importance-weighted estimate averages log-weights (the ELBO)",
              "gendist/recipes/vae.py", "return {\"objective\": importance_weighted_bound(log_weights),",
              "return {\"objective\": log_weights.mean(0),",
-             ("tests/test_vae.py", "tests/test_cli.py::test_vae_digits_trains_and_reports_elbo")),
+             # the mutated line is the training objective's k > 1 branch (VAE.forward), which tests/test_vae.py
+             # (scores through vae_eval) and tests/test_cli.py (trains k = 1) never run: the mutation survived
+             # them. (test_vae_toolbox's bound-rises-with-k test runs it too, but fails under it only by 0.015
+             # nats of Monte Carlo noise: not named.)
+             ("tests/test_vae_toolbox.py::test_iwae_training_loss_is_the_k_sample_importance_weighted_bound",)),
     Mutation("deepspeed_clipping_dropped", "DeepSpeed engines are built without gradient clipping",
              "gendist/engine/strategies/deepspeed.py", "\"gradient_clipping\": config.optim.grad_clip,",
              "\"gradient_clipping\": 0.0,",
@@ -77,7 +82,8 @@ MUTATIONS = [
     Mutation("lr_override_ignored", "optim.lr_overrides is ignored (every player gets optim.lr)",
              "gendist/engine/strategies/base.py", "lr = optim.lr_overrides.get(member, optim.lr_overrides.get(name, optim.lr))",
              "lr = optim.lr",
-             ("tests/test_engine.py",)),
+             ("tests/test_engine.py::test_warmup_schedule_and_per_player_learning_rates_reach_the_optimizers",
+              "tests/test_engine.py::test_sgd_step_moves_each_player_by_lr_times_its_gradient")),
     Mutation("checkpoint_not_verified", "checkpoints are used without checking their manifest",
              "gendist/checkpoint.py", "        problem = verify(folder)\n", "        problem = None\n",
              ("tests/test_fault_tolerance.py::test_a_damaged_file_in_a_written_checkpoint_falls_back_loudly",)),
@@ -85,6 +91,43 @@ MUTATIONS = [
              "gendist/engine/trainer.py", "                writer.add_tensors(ema_file(name), ema_state)",
              "                pass",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[fsdp-ema]",)),
+    Mutation("evaluation_chunks_share_one_seed", "every evaluation chunk draws the same samples (and scoring noise)",
+             "gendist/evaluation.py", "(seed * 1_000_003 + stream * 7_919 + chunk) % (2 ** 63)",
+             "(seed * 1_000_003 + stream * 7_919) % (2 ** 63)",
+             ("tests/test_evaluation_units.py::test_every_evaluation_chunk_draws_its_own_samples_and_scoring_noise",)),
+    Mutation("precision_recall_swapped_in_evaluation", "training's evaluation reports precision as recall and back",
+             "gendist/evaluation.py", "pr = precision_recall(reference, generated[:count])",
+             "pr = precision_recall(generated[:count], reference)",
+             ("tests/test_evaluation_units.py::"
+              "test_precision_and_recall_are_reported_under_their_own_names_by_both_call_sites",)),
+    Mutation("precision_recall_swapped_in_compare", "`gendist compare` reports precision as recall and back",
+             "gendist/evaluation.py", "out.update(precision_recall(subset(real_features), subset(fake_features)))",
+             "out.update(precision_recall(subset(fake_features), subset(real_features)))",
+             ("tests/test_evaluation_units.py::"
+              "test_precision_and_recall_are_reported_under_their_own_names_by_both_call_sites",)),
+    Mutation("bigan_loss_signs_swapped", "BiGAN's encoder/generator loss has its signs swapped (E and G help D)",
+             "gendist/recipes/bigan.py", "loss = F.softplus(real_scores).mean() + F.softplus(-fake_scores).mean()",
+             "loss = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()",
+             ("tests/test_gan_family.py::test_bigan_learns_the_ring_in_process",)),
+    Mutation("iwae_trains_on_one_sample", "IWAE training (vae.k > 1) draws one latent sample per datapoint",
+             "gendist/recipes/vae.py",
+             "samples = settings.k if settings.latent == \"gaussian\" or settings.estimator != \"enumerate\" else 1",
+             "samples = 1",
+             ("tests/test_vae_toolbox.py::test_iwae_training_loss_is_the_k_sample_importance_weighted_bound",)),
+    Mutation("importance_blocks_sized_by_chunk_rows",
+             "importance-sampling blocks are sized by a chunk's rows (a short last chunk makes fewer decoder calls)",
+             "gendist/recipes/vae_eval.py", "per_block = max(1, min(samples, budget // BLOCK_ROWS))",
+             "per_block = max(1, min(samples, budget // rows))",
+             ("tests/test_vae_toolbox.py::test_held_out_scoring_makes_the_same_decoder_calls_for_a_short_last_chunk",)),
+    Mutation("enumeration_blocks_sized_by_chunk_rows",
+             "exact-likelihood enumeration blocks are sized by a chunk's rows (fewer decoder calls on a short chunk)",
+             "gendist/recipes/vae_eval.py", "vae.reconstruction_all(x, z_all, max(1, budget // BLOCK_ROWS))",
+             "vae.reconstruction_all(x, z_all, max(1, budget // x.shape[0]))",
+             ("tests/test_vae_toolbox.py::"
+              "test_held_out_scoring_makes_the_same_decoder_calls_for_a_short_last_chunk[bernoulli]",)),
+    Mutation("gradient_coverage_not_checked", "training start-up skips the gradient-coverage check",
+             "gendist/engine/run.py", "check_gradient_coverage(units, phases, probe, recipe)", "pass",
+             ("tests/test_engine.py::test_start_up_refuses_a_parameter_no_phase_reaches",)),
 ]
 
 
@@ -103,10 +146,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="mutation names")
     args = parser.parse_args()
-    if subprocess.run(["git", "diff", "--quiet"], cwd=ROOT).returncode != 0:
-        print("mutations: the work tree has uncommitted changes; commit or stash them first", file=sys.stderr)
-        return 2
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.only and len(chosen) != len(set(args.only)):
+        unknown = sorted(set(args.only) - {m.name for m in chosen})
+        print(f"mutations: --only: no mutation named {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    mutated = sorted({m.path for m in chosen})
+    # only the files a mutation rewrites must be clean: they are restored from memory afterwards
+    if subprocess.run(["git", "diff", "--quiet", "--", *mutated], cwd=ROOT).returncode != 0:
+        print(f"mutations: uncommitted changes in {', '.join(mutated)}; commit or stash them first", file=sys.stderr)
+        return 2
     rows, survived = [], []
     for mutation in chosen:
         path = ROOT / mutation.path

@@ -57,6 +57,10 @@ class ModelConfig:
     latent_dim: int = 2  # size of z
     hidden: int = 128  # MLP width, or base channels of conv nets
     depth: int = 3  # hidden layers of each MLP
+    # hidden-layer activation of the mlp and conv networks: auto keeps each network's own (ReLU in generators
+    # and decoders, LeakyReLU in discriminators and encoders); a name applies it everywhere (smooth ones have no
+    # kink: gendist/nets/activations.py)
+    activation: Literal["auto", "relu", "leaky_relu", "silu", "gelu", "elu", "softplus", "tanh"] = "auto"
     gaussian_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # arch=gaussian: initial [mean, std]
 
 

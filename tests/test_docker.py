@@ -49,3 +49,51 @@ def test_the_dockerfile_passes_hadolint():
         pytest.fail("hadolint is not installed: it comes with the test extras (pip install -e '.[test]')")
     result = subprocess.run([hadolint, str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+
+def pins_outside_bounds(requirements: list[str], versions: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{package: (pinned version, its pyproject specifier)} for every pin that pyproject.toml's requirement
+    refuses (below a `>=` lower bound, or outside any other bound it states); versions compare as versions."""
+    from packaging.requirements import Requirement
+
+    refused = {}
+    for text in requirements:
+        requirement = Requirement(text)
+        pin = versions.get(requirement.name.lower())
+        if pin is not None and not requirement.specifier.contains(pin, prereleases=True):
+            refused[requirement.name.lower()] = (pin, str(requirement.specifier))
+    return refused
+
+
+def test_every_pin_meets_pyprojects_lower_bound():
+    """Each version docker/constraints.txt pins satisfies pyproject.toml's `>=` bound for that package (main
+    dependencies and extras), and the image's Python satisfies requires-python. Catches a bound raised in
+    pyproject.toml without the pin (or a pin lowered below the bound): the image would install a version the
+    package says it does not work with."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    versions = pinned()
+    wanted = [*project["dependencies"], *[item for extra in project["optional-dependencies"].values() for item in extra]]
+    bounds = {Requirement(req).name.lower(): [spec.version for spec in Requirement(req).specifier if spec.operator == ">="]
+              for req in wanted}
+    assert all(bounds.values()), f"requirements without a lower bound: {[n for n, b in bounds.items() if not b]}"
+    below = {name: (versions[name], bound) for name, found in bounds.items() for bound in found
+             if Version(versions[name]) < Version(bound)}
+    assert not below, f"pinned below pyproject.toml's lower bound (pin, bound): {below}"
+    assert not pins_outside_bounds(wanted, versions)
+    python = re.search(r"python(3\.\d+)", DOCKERFILE).group(1)
+    assert Version(python) in SpecifierSet(project["requires-python"]), (python, project["requires-python"])
+
+
+def test_the_pin_check_compares_versions_not_strings():
+    """The check itself: a pin below the bound is reported, numerically ("0.9" is below "0.17", "1.10" is not
+    below "1.9"), and pins that meet their bounds are not."""
+    requirements = ["deepspeed>=0.17", "accelerate>=1.9", "torch>=2.6", "pytest-timeout>=2.3"]
+    assert pins_outside_bounds(requirements, {"deepspeed": "0.9.0", "accelerate": "1.10.0", "torch": "2.13.0",
+                                              "pytest-timeout": "2.2.9"}) == {
+        "deepspeed": ("0.9.0", ">=0.17"), "pytest-timeout": ("2.2.9", ">=2.3")}
+    assert pins_outside_bounds(requirements, {"deepspeed": "0.17", "accelerate": "1.9", "torch": "2.6.0"}) == {}

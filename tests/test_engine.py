@@ -74,6 +74,35 @@ def test_accumulation_equals_the_double_batch_with_sgd(make_trainer):
         assert float((a - b).norm() / a.norm()) < 1e-6, name
 
 
+def test_start_up_refuses_a_parameter_no_phase_reaches(make_trainer, monkeypatch):
+    """Bug caught: `build_trainer` no longer calling the start-up gradient-coverage check (only the check
+    itself is tested elsewhere): a generator parameter that no loss uses would make DDP/ZeRO ranks wait for
+    its reduction forever. Start-up must refuse with the check's one-line error instead."""
+    import gendist.engine.run as engine_run
+    from gendist.errors import UserError
+
+    real_build_recipe = engine_run.build_recipe
+
+    def with_an_unused_parameter(config, info):
+        recipe = real_build_recipe(config, info)
+        build_networks = recipe.build_networks
+
+        def networks():
+            built = build_networks()
+            built["generator"].register_parameter("unused", torch.nn.Parameter(torch.zeros(3)))
+            return built
+        recipe.build_networks = networks
+        return recipe
+
+    monkeypatch.setattr(engine_run, "build_recipe", with_an_unused_parameter)
+    with pytest.raises(UserError) as refused:
+        make_trainer()
+    message = str(refused.value)
+    assert "phase 'generator' trains unit 'generator' but its parameter 'generator.unused' gets no gradient" \
+        in message, message
+    assert "\n" not in message
+
+
 class HostRead(AssertionError):
     """A tensor's value was read back to the host inside a training step."""
 

@@ -1,51 +1,26 @@
-"""Strategies over gloo with real processes: 2 ranks x batch b == 1 rank x batch 2b, for every strategy."""
+"""Strategies over gloo with real processes: 2 ranks x batch b == 1 rank x batch 2b, for every strategy.
+
+Every case of one launcher trains in one launch (tests/train_many.py: the runs one after another in one process
+group), since most of a short case is start-up; the 1-process references train in one process too. The
+tests then read each run's folder."""
 import json
 import re
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import ROOT, accelerate_command, free_port, gendist_command, read_metrics, run, make_env
+from equivalence_cases import BATCH, RECIPES, STEPS, final_players, relative_difference
+from helpers import ROOT, accelerate_command, free_port, gendist_command, make_env, read_metrics, run
 
 pytestmark = pytest.mark.slow
-STEPS = 20
-BATCH = 32
-TOLERANCE = 1e-6  # measured: <= 2e-7 relative for every case below
-SGD = ["optim.name=sgd", "optim.lr=0.05", "optim.betas=[0.0, 0.999]"]  # plain SGD: a 2x gradient is a 2x step
-RECIPES = {
-    "gan": ["configs/gan_ring.yaml"],
-    # Adam cancels a constant factor on the gradient; plain SGD does not, so a sum instead of a mean over
-    # ranks, or a missing division by the accumulation micro-steps, moves the parameters 2x as far.
-    "gan_sgd": ["configs/gan_ring.yaml", *SGD],
-    "gan_sgd_clip": ["configs/gan_ring.yaml", *SGD, "optim.grad_clip=0.01"],  # clipping after the sync
-    # the relativistic pair loss (the generator phase reads the data: real and generated rows paired by global
-    # row) with lazy R1 and R2 phases, as configs/gan_stacked_digits.yaml trains
-    "relativistic_r1_r2_sgd": ["configs/gan_ring.yaml", *SGD, "gan.loss=relativistic", "gan.n_critic=2",
-                               "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", "gan.r1_every=2"],
-    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2", "vae.eval_samples=16"],
-    # double backward (gradient penalty, lazy R1 phase), PacGAN packing, a learning-rate schedule
-    "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "gan.loss=wgan_gp", "gan.pack=2", "gan.r1_gamma=1.0",
-                        "gan.r1_every=2", "optim.schedule=linear"],
-    # weight clipping after each step (under DeepSpeed: of the fp32 master partitions too)
-    # (SGD: RMSprop's and Adam's first steps are ~lr * sign(g), which turns float noise in the near-zero
-    # gradients of a clamped critic into +-lr differences; SGD keeps the comparison meaningful)
-    "wgan_clip": ["configs/gan_ring.yaml", "gan.loss=wgan", "optim.name=sgd", "optim.lr=0.05",
-                  "gan.n_critic=2"],
-    # the generator differentiates through 2 unrolled discriminator steps (torch.func); each rank unrolls
-    # on its own batch (a loss never talks to other ranks), so 2 x b differs from 1 x 2b by design: the
-    # strategies are compared with each other instead
-    "unrolled_hinge": ["configs/gan_ring.yaml", "gan.loss=hinge", "gan.unroll_steps=2"],
-    # multi-network units: BiGAN's {generator, encoder} against a joint discriminator; CycleGAN's {g_ab, g_ba}
-    # and {d_a, d_b} on two independently drawn domains (history pool off: it is per rank by design)
-    "bigan_sgd": ["configs/bigan_digits.yaml", *SGD, "model.hidden=64", "optim.lr_overrides={encoder: 0.1}",
-                  "train.ema_decay=0"],  # (the EMA is not compared here; ZeRO-3 has none)
-    # the shipped CycleGAN: dihedral alignment (its logits are a second parameter group of each generator).
-    # Its identity term is left off: with the alignment it starts as an L1 of rounding noise, whose sign
-    # differs with the batch split (the unaligned identity term was measured here before: 7.3e-08)
-    "cyclegan_sgd": ["configs/cyclegan_digits_rot90.yaml", *SGD, "model.hidden=64", "cyclegan.pool_size=0"],
-}
+# 2 ranks x b against 1 rank x 2b after STEPS steps, max relative parameter difference (float32). Measured by
+# benchmarks/equivalence_bounds.py over 5 seeds (RESULTS.md, "Equivalence bounds"): the round-off floor
+# (other summation orders: DDP, 2 and 4 accumulated micro-steps) is <= 1e-6 for every case below, the
+# smallest bug each catches moves the parameters by >= 1e-2 (a rank's gradients missing; 2x gradient with
+# SGD: >= 0.5; clip skipped: see gan_sgd_clip). The bound sits >= 100x from each, so another CPU's kernels
+# (AVX2 / AVX-512, Intel / AMD: 2e-6 measured on an AMD EPYC) stay far below it.
+TOLERANCE = 1e-4
 # (strategy, recipe) pairs: every strategy for the base recipes, the ones each variant stresses for the rest.
 # Strategies: 2 processes through accelerate launch with each shipped config; "torchrun" (DDP);
 # "fsdp-1proc"/"zero2-1proc": dist.strategy=fsdp|deepspeed in a single process.
@@ -64,42 +39,70 @@ CASES += [("ddp", "relativistic_r1_r2_sgd"), ("fsdp", "gan_sgd"),
 UNSUPPORTED = [("zero3", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "unrolled_hinge", "reads the full weights of discriminator")]
-COMMON = [f"train.max_steps={STEPS}", "data.split_mode=global", "ckpt.every=0", "log.every=10",
-          "log.sample_every=0", "log.wandb=false", "log.progress=false", "eval.num_samples=200"]
+QUIET = ["log.sample_every=0", "log.wandb=false", "log.progress=false"]
+COMMON = [f"train.max_steps={STEPS}", "data.split_mode=global", "ckpt.every=0", "log.every=10", *QUIET,
+          "eval.num_samples=200"]
 LAUNCH_CONFIGS = {"ddp": "launch/cpu-ddp.yaml", "fsdp": "launch/cpu-fsdp.yaml",
                   "zero1": "launch/cpu-deepspeed-zero1.yaml", "zero2": "launch/cpu-deepspeed-zero2.yaml",
                   "zero3": "launch/cpu-deepspeed-zero3.yaml"}
 
 
-def final_players(run_dir, step=STEPS):
-    folder = run_dir / "checkpoints" / f"step_{step:08d}"
-    return {path.stem: load_file(path) for path in sorted((folder / "players").glob("*.safetensors"))}
-
-
-def relative_difference(a: dict, b: dict) -> float:
-    worst = 0.0
-    for player in a:
-        for key, value in a[player].items():
-            other = b[player][key].float()
-            worst = max(worst, float((value.float() - other).norm() / value.float().norm().clamp_min(1e-12)))
-    return worst
-
-
-def launch(strategy: str, args: list[str], port: int | None = None) -> list[str]:
-    """The command that trains `args` with `strategy` (see CASES)."""
+def launcher(strategy: str, port: int | None = None) -> list[str]:
+    """The command (without the program) that runs a script or module with `strategy` (see CASES)."""
     if strategy == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(port or free_port()), "-m", "gendist", *args]
-    if strategy.endswith("-1proc"):
-        single = {"fsdp-1proc": ["dist.strategy=fsdp"], "zero2-1proc": ["dist.strategy=deepspeed",
-                                                                        "dist.zero_stage=2"]}[strategy]
-        return gendist_command(*args, *single)
-    return accelerate_command(port or free_port(), *args, config=LAUNCH_CONFIGS[strategy])
+                "127.0.0.1", "--master_port", str(port or free_port())]
+    if strategy == "single":
+        return [sys.executable]
+    return accelerate_command(port or free_port(), config=LAUNCH_CONFIGS[strategy])[:-2]
+
+
+def launch(strategy: str, args: list[str]) -> list[str]:
+    """The command that trains `args` alone with `strategy` (a launch of its own)."""
+    return [*launcher(strategy), "-m", "gendist", *args]
 
 
 STRATEGY_NAMES = {"torchrun": "ddp on 2", "fsdp-1proc": "fsdp on 1", "zero2-1proc": "deepspeed on 1",
                   "zero1": "deepspeed on 2", "zero2": "deepspeed on 2", "zero3": "deepspeed on 2",
-                  "ddp": "ddp on 2", "fsdp": "fsdp on 2"}
+                  "ddp": "ddp on 2", "fsdp": "fsdp on 2", "single": "single on 1"}
+ONE_PROCESS = {"fsdp-1proc": ["dist.strategy=fsdp"], "zero2-1proc": ["dist.strategy=deepspeed", "dist.zero_stage=2"]}
+MIXED_PRECISION = [("ddp", "fp16"), ("zero2", "bf16"), ("zero2", "fp16")]
+ACCUMULATION = ["ddp", "fsdp", "zero2"]
+MEMORY = ["ddp", "fsdp", "zero3"]
+
+
+def fp16_unsupported(strategy: str, precision: str) -> bool:
+    """DeepSpeed refuses fp16 on a CPU without oneDNN fp16 (AVX512-FP16/AMX); gendist says so in one line."""
+    return strategy == "zero2" and precision == "fp16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+
+
+def group_runs(strategy: str) -> dict[str, list[str]]:
+    """name -> `gendist train` arguments (without run.dir) of every run one launch of `strategy` trains."""
+    group = "single" if strategy.endswith("-1proc") else strategy
+    runs: dict[str, list[str]] = {}
+    if group == "single":  # the 1-process x 2b references first
+        for recipe in RECIPES:
+            if recipe == "gan_sgd" or any(recipe == case_recipe for _, case_recipe in CASES):
+                runs[recipe] = [*RECIPES[recipe], f"train.batch_size={2 * BATCH}", *COMMON]
+    for case_strategy, recipe in CASES:
+        if case_strategy == strategy or (group == "single" and case_strategy.endswith("-1proc")):
+            batch = 2 * BATCH if group == "single" else BATCH
+            runs[f"{case_strategy}-{recipe}"] = [*RECIPES[recipe], f"train.batch_size={batch}", *COMMON,
+                                                 *ONE_PROCESS.get(case_strategy, [])]
+    if strategy in ACCUMULATION:
+        runs["accumulation"] = [*RECIPES["gan_sgd"], f"train.batch_size={BATCH // 2}", "train.grad_accum=2", *COMMON]
+    if strategy in ("ddp", "zero2"):
+        runs["unrolled_hinge"] = [*RECIPES["unrolled_hinge"], f"train.batch_size={BATCH}", *COMMON]
+    if strategy in ("ddp", "fsdp"):  # resumed by one process in the tests below
+        runs["gan"] = [*RECIPES["gan"], f"train.batch_size={BATCH}", *COMMON]
+    if strategy in MEMORY:
+        runs["memory"] = [*RECIPES["gan"], "train.max_steps=4", "log.every=2", "ckpt.every=0", *QUIET,
+                          "eval.num_samples=200"]
+    for case_strategy, precision in MIXED_PRECISION:
+        if case_strategy == strategy and not fp16_unsupported(strategy, precision):
+            runs[f"mixed-{precision}"] = [*RECIPES["gan"], "train.max_steps=300", f"precision={precision}",
+                                          "log.every=50", "ckpt.every=0", *QUIET, "eval.num_samples=500"]
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -108,53 +111,69 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory, cache):
-    """One process with batch 2b, per recipe (computed on first use)."""
+def launched(tmp_path_factory, cache):
+    """launched(strategy) -> (stdout, {run name: run folder}): every run of `strategy` trained in one launch
+    (on first use)."""
     out = {}
 
-    def get(recipe):
-        if recipe not in out:
-            run_dir = tmp_path_factory.mktemp(f"ref-{recipe}")
-            run(gendist_command("train", *RECIPES[recipe], f"run.dir={run_dir}", f"train.batch_size={2 * BATCH}",
-                                *COMMON), make_env(cache))
-            out[recipe] = final_players(run_dir)
-        return out[recipe]
+    def get(strategy):
+        group = "single" if strategy.endswith("-1proc") else strategy
+        if group not in out:
+            folder = tmp_path_factory.mktemp(f"launch-{group}")
+            runs = group_runs(group)
+            folders = {name: folder / name for name in runs}
+            cases = folder / "cases.json"
+            cases.write_text(json.dumps([[*args, f"run.dir={folders[name]}"] for name, args in runs.items()]))
+            result = run([*launcher(group), str(ROOT / "tests" / "train_many.py"), str(cases)], make_env(cache),
+                         timeout=1200)
+            out[group] = (result.stdout, folders)
+        return out[group]
     return get
 
 
+def reference(launched, recipe: str) -> dict:
+    return final_players(launched("single")[1][recipe])
+
+
+def trained(launched, strategy: str, name: str):
+    """The folder of run `name` of the launch of `strategy`, after checking the run used that strategy."""
+    stdout, folders = launched(strategy)
+    run_dir = folders[name]
+    lines = [line for line in stdout.splitlines() if line.endswith(f"run dir {run_dir}")]
+    assert lines and f"strategy {STRATEGY_NAMES[strategy]} process(es)" in lines[0], (lines, stdout[-2000:])
+    return run_dir
+
+
+def replicas_identical(run_dir, step: int = STEPS) -> bool:
+    folder = run_dir / "checkpoints" / f"step_{step:08d}"
+    return len({torch.load(p, weights_only=True)["param_digest"] for p in folder.glob("rank_*.pt")}) == 1
+
+
 @pytest.mark.parametrize("strategy,recipe", CASES)
-def test_two_ranks_match_one_rank_with_double_batch(strategy, recipe, references, cache, tmp_path):
-    run_dir = tmp_path / "run"
-    batch = 2 * BATCH if strategy.endswith("-1proc") else BATCH
-    result = run(launch(strategy, ["train", *RECIPES[recipe], f"run.dir={run_dir}", f"train.batch_size={batch}",
-                                   *COMMON]), make_env(cache))
-    assert f"strategy {STRATEGY_NAMES[strategy]} process(es)" in result.stdout
-    difference = relative_difference(references(recipe), final_players(run_dir))
+def test_two_ranks_match_one_rank_with_double_batch(strategy, recipe, launched):
+    """Catches: gradients summed instead of averaged over ranks (2x step with SGD), a rank's gradients
+    missing, the sync skipped for a unit, clipping or WGAN clamping skipped or done before the sync."""
+    run_dir = trained(launched, strategy, f"{strategy}-{recipe}")
+    difference = relative_difference(reference(launched, recipe), final_players(run_dir))
     print(f"{strategy}/{recipe}: max relative parameter difference vs 1 process x 2b: {difference:.2e}")
     assert difference < TOLERANCE, f"{strategy}/{recipe}: relative parameter difference {difference:.3g}"
     if recipe == "gan_sgd_clip":  # the clip acts: the result is far from the unclipped run
-        assert relative_difference(references("gan_sgd"), final_players(run_dir)) > 1e-3
+        assert relative_difference(reference(launched, "gan_sgd"), final_players(run_dir)) > 100 * TOLERANCE
     if recipe == "wgan_clip":
         limit = max(float(w.abs().max()) for w in final_players(run_dir)["discriminator"].values())
         assert limit <= 0.01 + 1e-7, f"{strategy}: discriminator weight {limit} outside the clamp"
     if strategy in ("ddp", "zero1", "zero2", "torchrun"):  # replicated parameters: both ranks hold the same bytes
-        folder = run_dir / "checkpoints" / f"step_{STEPS:08d}"
-        digests = {torch.load(p, weights_only=True)["param_digest"] for p in folder.glob("rank_*.pt")}
-        assert len(digests) == 1
+        assert replicas_identical(run_dir)
 
 
-def test_unrolled_gan_agrees_across_strategies(cache, tmp_path):
+def test_unrolled_gan_agrees_across_strategies(launched):
     """Unrolling runs per rank, so there is no 1-process reference; DDP and ZeRO-2 must still agree with
-    each other, and each keeps its replicas identical."""
+    each other, and each keeps its replicas identical. Catches a strategy that unrolls on other weights."""
     players = {}
     for strategy in ("ddp", "zero2"):
-        run_dir = tmp_path / strategy
-        run(launch(strategy, ["train", *RECIPES["unrolled_hinge"], f"run.dir={run_dir}", f"train.batch_size={BATCH}",
-                              *COMMON]), make_env(cache))
+        run_dir = trained(launched, strategy, "unrolled_hinge")
         players[strategy] = final_players(run_dir)
-        digests = {torch.load(p, weights_only=True)["param_digest"]
-                   for p in (run_dir / "checkpoints" / f"step_{STEPS:08d}").glob("rank_*.pt")}
-        assert len(digests) == 1, strategy
+        assert replicas_identical(run_dir), strategy
     difference = relative_difference(players["ddp"], players["zero2"])
     print(f"unrolled_hinge: ddp vs zero2 max relative parameter difference {difference:.2e}")
     assert difference < TOLERANCE
@@ -175,13 +194,12 @@ def test_unsupported_combinations_exit_2_with_one_line(strategy, recipe, message
     assert str(ROOT / "gendist") not in result.stderr, result.stderr[-3000:]  # no traceback through gendist
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "zero2"])
-def test_accumulation_matches_double_batch_and_syncs_once_per_step(strategy, references, cache, tmp_path):
-    """2 ranks x 2 micro-steps x b/2 == 1 rank x 2b with plain SGD; DDP all-reduces once per optimizer step."""
-    run_dir = tmp_path / "accum"
-    run(launch(strategy, ["train", *RECIPES["gan_sgd"], f"run.dir={run_dir}", f"train.batch_size={BATCH // 2}",
-                          "train.grad_accum=2", *COMMON]), make_env(cache))
-    difference = relative_difference(references("gan_sgd"), final_players(run_dir))
+@pytest.mark.parametrize("strategy", ACCUMULATION)
+def test_accumulation_matches_double_batch_and_syncs_once_per_step(strategy, launched):
+    """2 ranks x 2 micro-steps x b/2 == 1 rank x 2b with plain SGD (catches a micro-step not divided: 2x
+    step); DDP all-reduces once per optimizer step (catches a sync on every micro-step)."""
+    run_dir = trained(launched, strategy, "accumulation")
+    difference = relative_difference(reference(launched, "gan_sgd"), final_players(run_dir))
     print(f"{strategy}/accumulation: max relative parameter difference vs 1 process x 2b: {difference:.2e}")
     assert difference < TOLERANCE
     if strategy == "ddp":
@@ -190,21 +208,21 @@ def test_accumulation_matches_double_batch_and_syncs_once_per_step(strategy, ref
                              line["sync/generator_allreduce_per_step"] == 1.0 for line in lines)
 
 
-def test_resume_on_another_world_size_carries_weights_and_optimizer_state(cache, tmp_path):
+def test_resume_on_another_world_size_carries_weights_and_optimizer_state(launched, cache):
     """A checkpoint of 2 DDP ranks resumed by 1 process: a warning that the data position restarts, and the
     weights and optimizer state carried over exactly (the 1-process run re-saves the step it resumed)."""
-    run_dir = tmp_path / "run"
-    args = ["train", *RECIPES["gan"], f"run.dir={run_dir}", f"train.batch_size={BATCH}", *COMMON]
-    run(launch("ddp", args), make_env(cache))
+    run_dir = trained(launched, "ddp", "gan")
     folder = run_dir / "checkpoints" / f"step_{STEPS:08d}"
     players = final_players(run_dir)
     optim = torch.load(folder / "optim.pt", weights_only=True)
+    args = ["train", *group_runs("ddp")["gan"], f"run.dir={run_dir}"]
     result = run(gendist_command(*args), make_env(cache))
     assert "checkpoint was written by 2 processes, this run has 1: data position and RNG restart" in result.stdout
     assert f"gendist: resumed from {folder} (step {STEPS})" in result.stdout
     assert "strategy single on 1 process(es)" in result.stdout
     assert relative_difference(players, final_players(run_dir)) == 0.0
     resaved = torch.load(folder / "optim.pt", weights_only=True)
+    assert any(state["state"] for state in optim["optimizers"].values())  # Adam's moments: not an empty compare
     for name, state in optim["optimizers"].items():
         for index, moments in state["state"].items():
             for key, value in moments.items():
@@ -228,13 +246,12 @@ def flat(state, prefix=""):
     return {prefix[:-1]: state} if isinstance(state, torch.Tensor) else {}
 
 
-def test_fsdp_ranks_save_their_own_shards_and_a_resume_reshards_them(cache, tmp_path):
+def test_fsdp_ranks_save_their_own_shards_and_a_resume_reshards_them(launched, cache):
     """Under FSDP each rank writes its shards of every unit and optimizer (torch.distributed.checkpoint, no
     gathering of the optimizer state), with the manifest covering them; 1 process resumes the 2-rank
     checkpoint, resharding it, and re-saves exactly the weights and optimizer state it loaded."""
-    run_dir = tmp_path / "run"
-    args = ["train", *RECIPES["gan"], f"run.dir={run_dir}", f"train.batch_size={BATCH}", *COMMON]
-    run(launch("fsdp", args), make_env(cache))
+    run_dir = trained(launched, "fsdp", "gan")
+    args = ["train", *group_runs("fsdp")["gan"], f"run.dir={run_dir}"]
     folder = run_dir / "checkpoints" / f"step_{STEPS:08d}"
     shards = sorted(p.name for p in (folder / "sharded").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and not (folder / "optim.pt").exists()
@@ -258,16 +275,10 @@ def memory_and_digests(run_dir):
     return memory[-1], digests
 
 
-def test_sharded_strategies_hold_less_state_per_rank(cache, tmp_path):
-    """Per-rank bytes of parameters + optimizer state, as each rank measures them, against DDP's."""
-    measured = {}
-    for strategy in ("ddp", "fsdp", "zero3"):
-        run_dir = tmp_path / strategy
-        run(accelerate_command(free_port(), "train", *RECIPES["gan"], f"run.dir={run_dir}", "train.max_steps=4",
-                               "log.every=2", "ckpt.every=0", "log.sample_every=0", "log.wandb=false",
-                               "log.progress=false", "eval.num_samples=200", config=LAUNCH_CONFIGS[strategy]),
-            make_env(cache))
-        measured[strategy] = memory_and_digests(run_dir)
+def test_sharded_strategies_hold_less_state_per_rank(launched):
+    """Per-rank bytes of parameters + optimizer state, as each rank measures them, against DDP's (catches a
+    sharded strategy that keeps full copies)."""
+    measured = {strategy: memory_and_digests(trained(launched, strategy, "memory")) for strategy in MEMORY}
     ddp_bytes, ddp_digests = measured["ddp"]
     assert len(ddp_digests) == 1  # replicated
     for strategy in ("fsdp", "zero3"):
@@ -281,22 +292,18 @@ def test_sharded_strategies_hold_less_state_per_rank(cache, tmp_path):
 
 
 # (DDP bf16 trains and resumes in tests/test_fault_tolerance.py::test_resume_after_sigkill...[cyclegan-ddp-bf16-pool-ema])
-@pytest.mark.parametrize("strategy, precision", [("ddp", "fp16"), ("zero2", "bf16"), ("zero2", "fp16")])
-def test_mixed_precision_trains_without_nonfinite_steps(strategy, precision, cache, tmp_path):
+@pytest.mark.parametrize("strategy, precision", MIXED_PRECISION)
+def test_mixed_precision_trains_without_nonfinite_steps(strategy, precision, launched, cache, tmp_path):
     """Short version of benchmarks/gan_ring.py (3,000 steps, >= 7 modes recorded in RESULTS.md): 300 steps,
     finite losses, no non-finite step; fp16 overflows are allowed (the loss scalers skip those). Mode
     coverage after 300 steps depends on the seed, so it is checked in the benchmark, not here."""
-    run_dir = tmp_path / "run"
-    # DeepSpeed refuses fp16 on a CPU without oneDNN fp16 (AVX512-FP16/AMX); gendist says so in one line
-    unsupported = strategy == "zero2" and precision == "fp16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    result = run(accelerate_command(free_port(), "train", *RECIPES["gan"], f"run.dir={run_dir}", "train.max_steps=300",
-                                    f"precision={precision}", "log.every=50", "ckpt.every=0", "log.sample_every=0",
-                                    "log.wandb=false", "log.progress=false", "eval.num_samples=500",
-                                    config=LAUNCH_CONFIGS[strategy]), make_env(cache), check=not unsupported)
-    if unsupported:
+    if fp16_unsupported(strategy, precision):
+        args = ["train", *RECIPES["gan"], f"run.dir={tmp_path / 'run'}", f"precision={precision}", *COMMON]
+        result = run(launch(strategy, args), make_env(cache), check=False)
         assert result.returncode != 0
         assert "gendist: error: precision=fp16 with DeepSpeed needs fp16 support" in result.stderr
         pytest.skip("this CPU has no oneDNN fp16: DeepSpeed fp16 cannot run here (the one-line error was checked)")
+    run_dir = trained(launched, strategy, f"mixed-{precision}")
     lines = [m for m in read_metrics(run_dir) if "generator/loss" in m]
     assert [m["step"] for m in lines] == [50, 100, 150, 200, 250, 300]
     for line in lines:

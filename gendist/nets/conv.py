@@ -10,6 +10,8 @@ batch, which breaks the world-size independence of per-sample losses and needs i
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -33,18 +35,21 @@ def feature_sizes(image_shape: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """(B, C, H, W) -> (B, out_dim): strided 4x4 convolutions with LeakyReLU, then a linear head."""
+    """(B, C, H, W) -> (B, out_dim): strided 4x4 convolutions with LeakyReLU(0.2) (or `activation`), then a
+    linear head."""
 
-    def __init__(self, channels: int, image_shape: tuple[int, int], out_dim: int, base_channels: int = 64):
+    def __init__(self, channels: int, image_shape: tuple[int, int], out_dim: int, base_channels: int = 64,
+                 activation: Callable[[], nn.Module] | None = None):
         super().__init__()
+        activation = activation or (lambda: nn.LeakyReLU(0.2))
         sizes = feature_sizes(image_shape)
         layers: list[nn.Module] = []
         width = channels
         for level in range(len(sizes) - 1):
             out = base_channels * 2 ** level
-            layers += [nn.Conv2d(width, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(width, out, 4, stride=2, padding=1), activation()]
             width = out
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2)]
+        layers += [nn.Conv2d(width, width, 3, padding=1), activation()]
         self.features = nn.Sequential(*layers)
         bottom_h, bottom_w = sizes[-1]
         self.head = nn.Linear(width * bottom_h * bottom_w, out_dim)
@@ -57,20 +62,22 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """(B, in_dim) -> (B, C, H, W) logits: linear to the encoder's bottleneck, then transposed convolutions."""
 
-    def __init__(self, in_dim: int, channels: int, image_shape: tuple[int, int], base_channels: int = 64):
+    def __init__(self, in_dim: int, channels: int, image_shape: tuple[int, int], base_channels: int = 64,
+                 activation: Callable[[], nn.Module] | None = None):
         super().__init__()
+        activation = activation or nn.ReLU
         sizes = feature_sizes(image_shape)
         doublings = len(sizes) - 1
         self.width = base_channels * 2 ** max(doublings - 1, 0)
         self.bottom = sizes[-1]
-        self.project = nn.Sequential(nn.Linear(in_dim, self.width * self.bottom[0] * self.bottom[1]), nn.ReLU())
+        self.project = nn.Sequential(nn.Linear(in_dim, self.width * self.bottom[0] * self.bottom[1]), activation())
         layers: list[nn.Module] = []
         width = self.width
         for level in reversed(range(doublings)):
             out = base_channels * 2 ** max(level - 1, 0)
             (target_h, target_w), (source_h, source_w) = sizes[level], sizes[level + 1]
             extra = (target_h - 2 * source_h, target_w - 2 * source_w)  # 1 where the side was odd
-            layers += [nn.ConvTranspose2d(width, out, 4, stride=2, padding=1, output_padding=extra), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(width, out, 4, stride=2, padding=1, output_padding=extra), activation()]
             width = out
         layers.append(nn.Conv2d(width, channels, 3, padding=1))
         self.layers = nn.Sequential(*layers)

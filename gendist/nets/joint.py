@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -12,14 +13,17 @@ from gendist.nets.mlp import MLP
 
 
 class JointDiscriminator(nn.Module):
-    def __init__(self, sample_shape: tuple[int, ...], latent_dim: int, hidden: int, depth: int, conv: bool):
+    def __init__(self, sample_shape: tuple[int, ...], latent_dim: int, hidden: int, depth: int, conv: bool,
+                 activation: Callable[[], nn.Module] | None = None):
         super().__init__()
         if conv:
-            self.x_branch: nn.Module = ConvEncoder(sample_shape[0], sample_shape[1:], hidden, hidden)
+            self.x_branch: nn.Module = ConvEncoder(sample_shape[0], sample_shape[1:], hidden, hidden, activation)
         else:
-            self.x_branch = MLP(math.prod(sample_shape), hidden, hidden, max(depth - 1, 0), activation=nn.LeakyReLU)
-        self.z_branch = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2))
-        self.joint = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(2 * hidden, hidden), nn.LeakyReLU(0.2))
+            self.x_branch = MLP(math.prod(sample_shape), hidden, hidden, max(depth - 1, 0),
+                                activation=activation or nn.LeakyReLU)
+        activation = activation or (lambda: nn.LeakyReLU(0.2))
+        self.z_branch = nn.Sequential(nn.Linear(latent_dim, hidden), activation())
+        self.joint = nn.Sequential(activation(), nn.Linear(2 * hidden, hidden), activation())
         self.head = nn.Linear(hidden, 1)
 
     def features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from typing import Callable
+
 from torch import nn
 
 
 class MLP(nn.Module):
-    """in_dim -> [hidden, activation] * depth -> out_dim. Inputs of any shape (B, ...) are flattened."""
+    """in_dim -> [hidden, activation] * depth -> out_dim (activation: a factory, default ReLU). Inputs of any shape
+    (B, ...) are flattened."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, depth: int = 3,
-                 activation: type[nn.Module] = nn.ReLU, out_shape: tuple[int, ...] | None = None):
+                 activation: Callable[[], nn.Module] | None = None, out_shape: tuple[int, ...] | None = None):
         super().__init__()
+        activation = activation or nn.ReLU
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(depth):

@@ -18,7 +18,7 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
-from gendist.nets import MLP, ConvEncoder
+from gendist.nets import MLP, ConvEncoder, hidden_activation
 from gendist.nets.joint import JointDiscriminator
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import ImageGenerator, bce_discriminator
@@ -27,9 +27,10 @@ from gendist.recipes.gan import ImageGenerator, bce_discriminator
 class PointGenerator(nn.Module):
     """z -> x with an MLP; images (flattened MLP arch) are squashed into [0, 1], the data's range."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, ...], hidden: int, depth: int, images: bool):
+    def __init__(self, latent_dim: int, shape: tuple[int, ...], hidden: int, depth: int, images: bool,
+                 activation=None):
         super().__init__()
-        self.mlp = MLP(latent_dim, math.prod(shape), hidden, depth, out_shape=shape)
+        self.mlp = MLP(latent_dim, math.prod(shape), hidden, depth, activation, out_shape=shape)
         self.images = images
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -72,13 +73,15 @@ class BiGANRecipe:
         model, shape = self.config.model, self.info.sample_shape
         images = self.info.kind == "images"
         conv = model.arch == "conv"
+        activation = hidden_activation(model.activation)
         if conv:
-            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
-            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], model.latent_dim, model.hidden)
+            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden, activation)
+            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], model.latent_dim, model.hidden, activation)
         else:
-            generator = PointGenerator(model.latent_dim, shape, model.hidden, model.depth, images)
-            encoder = MLP(math.prod(shape), model.latent_dim, model.hidden, model.depth, activation=nn.LeakyReLU)
-        discriminator = JointDiscriminator(shape, model.latent_dim, model.hidden, model.depth, conv)
+            generator = PointGenerator(model.latent_dim, shape, model.hidden, model.depth, images, activation)
+            encoder = MLP(math.prod(shape), model.latent_dim, model.hidden, model.depth,
+                          activation=activation or nn.LeakyReLU)
+        discriminator = JointDiscriminator(shape, model.latent_dim, model.hidden, model.depth, conv, activation)
         return {"generator": generator, "encoder": encoder, "discriminator": discriminator}
 
     def phases(self) -> list[Phase]:

@@ -22,7 +22,7 @@ from torch import nn
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
 from gendist.errors import UserError
-from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.nets import MLP, ConvDecoder, ConvEncoder, hidden_activation
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import bce_discriminator
 
@@ -68,11 +68,12 @@ class DihedralAlign(nn.Module):
         return torch.einsum("k,k...->...", self.weights().to(x.dtype), candidates)
 
 
-def conv_pair(shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int) -> nn.Module:
+def conv_pair(shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, activation=None) -> nn.Module:
     """A conv encoder to a bottleneck code of 4 x hidden and a conv decoder back (any H x W >= 8)."""
     code = 4 * hidden
-    return nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden), nn.LeakyReLU(0.2),
-                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden))
+    return nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden, activation),
+                         (activation or (lambda: nn.LeakyReLU(0.2)))(),
+                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden, activation))
 
 
 def zero_last_layer(net: nn.Module) -> None:
@@ -97,7 +98,7 @@ class Translator(nn.Module):
     alignment's mixture itself."""
 
     def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, depth: int,
-                 conv: bool, images: bool, align: bool = False):
+                 conv: bool, images: bool, align: bool = False, activation=None):
         super().__init__()
         self.shape_out = shape_out
         self.affine: nn.Module | None = None
@@ -105,16 +106,16 @@ class Translator(nn.Module):
         if align:
             self.align = DihedralAlign(shape_in, shape_out)
             if conv:
-                self.net = conv_pair(shape_out, shape_out, hidden)
+                self.net = conv_pair(shape_out, shape_out, hidden, activation)
             else:
-                self.net = MLP(math.prod(shape_out), math.prod(shape_out), hidden, depth) if depth else None
+                self.net = MLP(math.prod(shape_out), math.prod(shape_out), hidden, depth, activation) if depth else None
             if self.net is not None:
                 zero_last_layer(self.net)
         elif conv:
-            self.net = conv_pair(shape_in, shape_out, hidden)
+            self.net = conv_pair(shape_in, shape_out, hidden, activation)
         else:
             self.affine = nn.Linear(math.prod(shape_in), math.prod(shape_out))
-            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth) if depth else None
+            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth, activation) if depth else None
             if self.net is not None:
                 zero_last_layer(self.net)
         self.images = images
@@ -258,15 +259,17 @@ class CycleGANRecipe:
         shape_a, shape_b = self.info.sample_shape, self.info_b.sample_shape
         images = self.info.kind == "images"
 
+        activation = hidden_activation(model.activation)
+
         def discriminator(shape):
             if conv:
-                return ConvEncoder(shape[0], shape[1:], 1, model.hidden)
-            return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=nn.LeakyReLU)
+                return ConvEncoder(shape[0], shape[1:], 1, model.hidden, activation)
+            return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=activation or nn.LeakyReLU)
 
         depth = model.depth if self.config.cyclegan.generator_depth < 0 else self.config.cyclegan.generator_depth
         align = self.config.cyclegan.align == "dihedral"
-        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images, align),
-                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images, align),
+        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images, align, activation),
+                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images, align, activation),
                 "d_a": discriminator(shape_a), "d_b": discriminator(shape_b)}
 
     def phases(self) -> list[Phase]:

@@ -26,7 +26,7 @@ from gendist.config import RunConfig
 from gendist.divergences import (Divergence, critic_objective, generator_objective,
                                  generator_objective_nonsaturating, get_divergence,
                                  with_exponential_negative_tail)
-from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator
+from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator, hidden_activation
 from gendist.data.info import DataInfo
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_samples, r1_penalty,
@@ -36,9 +36,9 @@ from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_
 class ImageGenerator(nn.Module):
     """z -> image in [0, 1] (the data's range)."""
 
-    def __init__(self, latent_dim: int, shape: tuple[int, ...], base_channels: int):
+    def __init__(self, latent_dim: int, shape: tuple[int, ...], base_channels: int, activation=None):
         super().__init__()
-        self.decoder = ConvDecoder(latent_dim, shape[0], shape[1:], base_channels)
+        self.decoder = ConvDecoder(latent_dim, shape[0], shape[1:], base_channels, activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z))
@@ -171,16 +171,17 @@ class GANRecipe:
     def build_networks(self) -> dict[str, nn.Module]:
         model, shape = self.config.model, self.info.sample_shape
         pack = self.config.gan.pack
+        activation = hidden_activation(model.activation)
         if model.arch == "conv":
-            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden)
-            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[1:], 1, model.hidden)
+            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden, activation)
+            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[1:], 1, model.hidden, activation)
             return {"generator": generator, "discriminator": discriminator}
         dim = math.prod(shape)
         if model.arch == "gaussian":
             generator = GaussianGenerator(shape, *model.gaussian_init)
         else:
-            generator = MLP(model.latent_dim, dim, model.hidden, model.depth, out_shape=shape)
-        discriminator = MLP(dim * pack, 1, model.hidden, model.depth, activation=nn.LeakyReLU)
+            generator = MLP(model.latent_dim, dim, model.hidden, model.depth, activation, out_shape=shape)
+        discriminator = MLP(dim * pack, 1, model.hidden, model.depth, activation=activation or nn.LeakyReLU)
         return {"generator": generator, "discriminator": discriminator}
 
     def objectives(self) -> tuple[Callable, Callable]:

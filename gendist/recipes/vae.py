@@ -26,7 +26,7 @@ from gendist.data.binarize import binarize_held_out
 from gendist.data.info import DataInfo
 from gendist.errors import UserError
 from gendist.metrics import importance_weighted_bound
-from gendist.nets import MLP, ConvDecoder, ConvEncoder
+from gendist.nets import MLP, ConvDecoder, ConvEncoder, hidden_activation
 from gendist.recipes import vae_parts as parts
 from gendist.recipes.base import Batch, Nets, Phase
 
@@ -282,15 +282,16 @@ class VAERecipe:
     def build_networks(self) -> dict[str, nn.Module]:
         model, shape, s = self.config.model, self.info.sample_shape, self.settings
         out_channels = parts.decoder_channels(s.decoder, shape[0], s.levels)
+        activation = hidden_activation(model.activation)
         if model.arch == "conv":
-            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], s.encoder_out, model.hidden)
-            decoder: nn.Module = ConvDecoder(s.decoder_in, out_channels, shape[1:], model.hidden)
+            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], s.encoder_out, model.hidden, activation)
+            decoder: nn.Module = ConvDecoder(s.decoder_in, out_channels, shape[1:], model.hidden, activation)
         else:
             dim = math.prod(shape)
-            encoder = MLP(dim, s.encoder_out, model.hidden, model.depth)
-            decoder = MLP(s.decoder_in, out_channels * math.prod(shape[1:]), model.hidden, model.depth,
+            encoder = MLP(dim, s.encoder_out, model.hidden, model.depth, activation)
+            decoder = MLP(s.decoder_in, out_channels * math.prod(shape[1:]), model.hidden, model.depth, activation,
                           out_shape=(out_channels, *shape[1:]))
-        baseline = MLP(math.prod(shape), 1, model.hidden, 1) if s.baseline == "learned" else None
+        baseline = MLP(math.prod(shape), 1, model.hidden, 1, activation) if s.baseline == "learned" else None
         if s.inference == "per_datapoint":
             encoder = None  # q(z|x_i) is a row of the per-datapoint table, not a network's output
         return {"vae": VAE(encoder, decoder, s, baseline)}

@@ -1,0 +1,55 @@
+"""The equivalence cases of the integration tests (2 ranks x b against 1 rank x 2b), shared by
+tests/test_strategies.py and benchmarks/equivalence_bounds.py, which measures each case's round-off floor
+and the effect of the smallest bug it exists to catch (benchmarks/RESULTS.md, "Equivalence bounds")."""
+from __future__ import annotations
+
+from safetensors.torch import load_file
+
+STEPS = 20
+BATCH = 32
+SGD = ["optim.name=sgd", "optim.lr=0.05", "optim.betas=[0.0, 0.999]"]  # plain SGD: a 2x gradient is a 2x step
+RECIPES = {
+    "gan": ["configs/gan_ring.yaml"],
+    # Adam cancels a constant factor on the gradient; plain SGD does not, so a sum instead of a mean over
+    # ranks, or a missing division by the accumulation micro-steps, moves the parameters 2x as far.
+    "gan_sgd": ["configs/gan_ring.yaml", *SGD],
+    "gan_sgd_clip": ["configs/gan_ring.yaml", *SGD, "optim.grad_clip=0.01"],  # clipping after the sync
+    # the relativistic pair loss (the generator phase reads the data: real and generated rows paired by global
+    # row) with lazy R1 and R2 phases, as configs/gan_stacked_digits.yaml trains
+    "relativistic_r1_r2_sgd": ["configs/gan_ring.yaml", *SGD, "gan.loss=relativistic", "gan.n_critic=2",
+                               "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", "gan.r1_every=2"],
+    "vae": ["configs/gan_ring.yaml", "model.recipe=vae", "vae.decoder=gaussian", "model.latent_dim=2", "vae.eval_samples=16"],
+    # double backward (gradient penalty, lazy R1 phase), PacGAN packing, a learning-rate schedule
+    "wgan_gp_pack_r1": ["configs/gan_ring.yaml", "gan.loss=wgan_gp", "gan.pack=2", "gan.r1_gamma=1.0",
+                        "gan.r1_every=2", "optim.schedule=linear"],
+    # weight clipping after each step (under DeepSpeed: of the fp32 master partitions too)
+    # (SGD: RMSprop's and Adam's first steps are ~lr * sign(g), which turns float noise in the near-zero
+    # gradients of a clamped critic into +-lr differences; SGD keeps the comparison meaningful)
+    "wgan_clip": ["configs/gan_ring.yaml", "gan.loss=wgan", "optim.name=sgd", "optim.lr=0.05",
+                  "gan.n_critic=2"],
+    # the generator differentiates through 2 unrolled discriminator steps (torch.func); each rank unrolls
+    # on its own batch (a loss never talks to other ranks), so 2 x b differs from 1 x 2b by design: the
+    # strategies are compared with each other instead
+    "unrolled_hinge": ["configs/gan_ring.yaml", "gan.loss=hinge", "gan.unroll_steps=2"],
+    # multi-network units: BiGAN's {generator, encoder} against a joint discriminator; CycleGAN's {g_ab, g_ba}
+    # and {d_a, d_b} on two independently drawn domains (history pool off: it is per rank by design)
+    "bigan_sgd": ["configs/bigan_digits.yaml", *SGD, "model.hidden=64", "optim.lr_overrides={encoder: 0.1}",
+                  "train.ema_decay=0"],  # (the EMA is not compared here; ZeRO-3 has none)
+    # the shipped CycleGAN: dihedral alignment (its logits are a second parameter group of each generator).
+    # Its identity term is left off: with the alignment it starts as an L1 of rounding noise, whose sign
+    # differs with the batch split (the unaligned identity term was measured here before: 7.3e-08)
+    "cyclegan_sgd": ["configs/cyclegan_digits_rot90.yaml", *SGD, "model.hidden=64", "cyclegan.pool_size=0"],
+}
+
+def final_players(run_dir, step=STEPS):
+    folder = run_dir / "checkpoints" / f"step_{step:08d}"
+    return {path.stem: load_file(path) for path in sorted((folder / "players").glob("*.safetensors"))}
+
+
+def relative_difference(a: dict, b: dict) -> float:
+    worst = 0.0
+    for player in a:
+        for key, value in a[player].items():
+            other = b[player][key].float()
+            worst = max(worst, float((value.float() - other).norm() / value.float().norm().clamp_min(1e-12)))
+    return worst
