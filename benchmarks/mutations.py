@@ -128,6 +128,14 @@ MUTATIONS = [
     Mutation("gradient_coverage_not_checked", "training start-up skips the gradient-coverage check",
              "gendist/engine/run.py", "check_gradient_coverage(units, phases, probe, recipe)", "pass",
              ("tests/test_engine.py::test_start_up_refuses_a_parameter_no_phase_reaches",)),
+    Mutation("global_batch_ignores_accumulation",
+             "the global split cuts its stream in micro-batches, not the optimizer step's batch (epoch ends differ)",
+             "gendist/data/loader.py", "return self.batch_size * self.world_size * self.micro_batches",
+             "return self.batch_size * self.world_size",
+             ("tests/test_data.py::test_global_split_with_accumulation_equals_the_global_batch_across_epochs",)),
+    Mutation("loader_not_told_of_accumulation", "training builds its loader without train.grad_accum",
+             "gendist/engine/data_setup.py", "micro_batches=config.train.grad_accum)", "micro_batches=1)",
+             ("tests/test_engine.py::test_accumulation_equals_the_double_batch_across_an_epoch_end",)),
 ]
 
 

@@ -30,9 +30,24 @@ def gendist_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "gendist", *args]
 
 
-def accelerate_command(port: int, *args: str, config: str = "launch/cpu-ddp.yaml", extra: tuple = ()) -> list[str]:
+def accelerate_launcher(port: int, config: str = "launch/cpu-ddp.yaml", extra: tuple = ()) -> list[str]:
+    """`accelerate launch` with `config`, up to the program to launch."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
-            "--main_process_port", str(port), *extra, "-m", "gendist", *args]
+            "--main_process_port", str(port), *extra]
+
+
+def accelerate_command(port: int, *args: str, config: str = "launch/cpu-ddp.yaml", extra: tuple = ()) -> list[str]:
+    return [*accelerate_launcher(port, config, extra), "-m", "gendist", *args]
+
+
+def run_many(launcher: list[str], commands: list[dict], folder: Path, env: dict,
+             timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Run `commands` ({"argv": gendist arguments, "stdout": file or None}) one after another in one launch of
+    `launcher` (tests/run_many.py): one start-up for all of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"commands-{len(list(folder.glob('commands-*.json')))}.json"
+    path.write_text(json.dumps(commands))
+    return run([*launcher, str(ROOT / "tests" / "run_many.py"), str(path)], env, timeout=timeout)
 
 
 def run(command: list[str], env: dict, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:

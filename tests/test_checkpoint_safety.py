@@ -17,7 +17,7 @@ import torch
 
 from gendist.checkpoint import MANIFEST
 from gendist.errors import UserError
-from helpers import ROOT, accelerate_command, free_port, make_env, run
+from helpers import ROOT, accelerate_command, accelerate_launcher, free_port, make_env, run, run_many
 
 QUIET = ["log.wandb=false", "log.progress=false", "log.sample_every=0", "eval.num_samples=200"]
 REFUSED = "holds a pickled object gendist refuses to load"
@@ -173,19 +173,22 @@ def test_deepspeed_resume_is_weights_only_and_refuses_pickled_code(stage, tamper
     env = make_env(tmp_path / "cache")
     run_dir, marker = tmp_path / "run", tmp_path / "payload-ran"
 
-    def launch(steps: int, check: bool = True):
-        return run(accelerate_command(free_port(), "train", "configs/gan_ring.yaml", f"run.dir={run_dir}",
-                                      f"train.max_steps={steps}", "ckpt.every=4", "train.batch_size=16",
-                                      "log.every=2", *QUIET, config=f"launch/cpu-deepspeed-zero{stage}.yaml"),
-                   env, check=check)
+    config = f"launch/cpu-deepspeed-zero{stage}.yaml"
 
-    launch(4)
-    resumed = launch(8)  # DeepSpeed's real files pass the weights-only load
-    assert f"gendist: resumed from {run_dir / 'checkpoints' / 'step_00000004'} (step 4)" in resumed.stdout
+    def args(steps: int) -> list[str]:
+        return ["train", "configs/gan_ring.yaml", f"run.dir={run_dir}", f"train.max_steps={steps}", "ckpt.every=4",
+                "train.batch_size=16", "log.every=2", *QUIET]
+
+    # 4 steps, then a second run of the same command resumes from DeepSpeed's real files (read weights-only):
+    # one launch, the two runs one after another (tests/run_many.py)
+    run_many(accelerate_launcher(free_port(), config),
+             [{"argv": args(4)}, {"argv": args(8), "stdout": str(tmp_path / "resumed.txt")}], tmp_path, env)
+    resumed = (tmp_path / "resumed.txt").read_text()
+    assert f"gendist: resumed from {run_dir / 'checkpoints' / 'step_00000004'} (step 4)" in resumed
     folder = run_dir / "checkpoints" / "step_00000008"
     path = folder / "engines" / "generator" / "state" / tampered
     tamper(path, folder, marker)
-    result = launch(12, check=False)
+    result = run(accelerate_command(free_port(), *args(12), config=config), env, check=False)
     output = result.stdout + result.stderr
     assert "skipping checkpoint" not in output  # the manifest matched: only the pickle check stood in the way
     errors = {line for line in output.splitlines() if line.startswith("gendist: error:")}

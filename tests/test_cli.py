@@ -10,7 +10,7 @@ from gendist.nets import MLP
 
 from helpers import gendist_command, read_metrics, run, make_env
 
-pytestmark = pytest.mark.slow  # every test here runs the real CLI in subprocesses
+pytestmark = [pytest.mark.slow, pytest.mark.one_process]  # every test here runs the real CLI in subprocesses
 FAST = ["train.max_steps=60", "log.every=20", "ckpt.every=30", "log.sample_every=30", "log.wandb=false",
         "log.progress=false", "eval.num_samples=500"]
 EMA = ["train.ema_decay=0.9"]

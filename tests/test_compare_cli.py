@@ -25,6 +25,7 @@ def run_json(argv, capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.one_process
 @pytest.mark.slow  # about a minute: a classifier fit and four statistics on 3,000 x 192 samples
 def test_stacked_digits_modes_of_real_samples_and_of_a_collapsed_generator(classifier, tmp_path, capsys):
     real, other = build_stacked_digits(0, 3000), build_stacked_digits(1, 3000)

@@ -243,6 +243,25 @@ def test_global_split_equals_one_process_with_the_global_batch(points):
     assert [a + b for a, b in zip(*ranks)] == single
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_global_split_with_accumulation_equals_the_global_batch_across_epochs(points, num_workers):
+    """Micro-step m of rank r gets rows (m * world + r) * batch of the optimizer step's global batch, and epochs
+    and shuffle-buffer flushes are cut at the global batch: 2,700 samples leave 2,680 rows per epoch at 40 but
+    2,700 at 20 (the old stream of batch_size * world_size rows), and a 100-row shuffle buffer emits whole
+    batches per flush, so a stream of 20-row batches would also drift from one of 40 within an epoch."""
+    folder, manifest = points
+    urls = shard_urls(folder / "shards", manifest)
+    steps, common = 150, dict(seed=5, split_mode="global", shuffle_buffer=100, num_workers=num_workers)
+    single = collect_idx(ShardLoader(urls, manifest, batch_size=40, **common), steps)
+    for world_size, accum in ((1, 2), (2, 2), (1, 4)):
+        size = 40 // (world_size * accum)
+        ranks = [collect_idx(ShardLoader(urls, manifest, batch_size=size, rank=rank, world_size=world_size,
+                                         micro_batches=accum, **common), steps * accum) for rank in range(world_size)]
+        merged = [sum((ranks[rank][step * accum + micro] for micro in range(accum) for rank in range(world_size)), [])
+                  for step in range(steps)]
+        assert merged == single, (world_size, accum)
+
+
 @pytest.mark.parametrize("split_mode", ["shard", "global", "owner"])
 def test_memory_cache_yields_the_same_batches_and_decodes_each_shard_once(points, split_mode, monkeypatch):
     from gendist.data import loader as loader_module

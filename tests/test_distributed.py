@@ -41,6 +41,7 @@ def wait_for_checkpoint(run_dir, process, timeout=120):
 
 
 # (DDP, FSDP, ZeRO-2/3 kills: tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run)
+@pytest.mark.one_process
 @pytest.mark.parametrize("launcher", ["single"])
 def test_sigkill_after_checkpoint_resumes_from_it(tmp_path, launcher):
     env = make_env(tmp_path / "cache")

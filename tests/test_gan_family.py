@@ -14,7 +14,7 @@ from gendist.data.sources import MIXTURE_1D, load_source
 from gendist.divergences import get_divergence
 from gendist.metrics.quadrature import best_gaussian, f_divergence, gaussian_log_density, mixture_log_density
 from gendist.nets import GaussianGenerator
-from helpers import gendist_command, make_env, read_metrics, run
+from helpers import gendist_command, make_env, read_metrics, run, run_many
 
 QUICK = ["train.max_steps=30", "ckpt.every=0", "log.every=10", "log.sample_every=0", "log.wandb=false",
          "log.progress=false", "eval.num_samples=200"]
@@ -35,12 +35,22 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def variant_runs(cache, tmp_path_factory):
+    """Every variant trained through the CLI, one after another in one process (tests/run_many.py)."""
+    root = tmp_path_factory.mktemp("variants")
+    run_many([sys.executable], [{"argv": ["train", "configs/gan_ring.yaml", f"run.dir={root / variant}", *args,
+                                          *QUICK]} for variant, args in VARIANTS.items()], root, make_env(cache))
+    return root
+
+
 @pytest.mark.slow
+@pytest.mark.one_process
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
-    run_dir = tmp_path / "run"
-    run(gendist_command("train", "configs/gan_ring.yaml", f"run.dir={run_dir}", *VARIANTS[variant], *QUICK),
-        make_env(cache))
+def test_every_variant_trains_with_finite_losses(variant, variant_runs):
+    """Catches a loss variant that crashes, gives non-finite losses, or whose own mechanism (clipping, lazy
+    penalties, gradient penalty) does not act."""
+    run_dir = variant_runs / variant
     lines = [line for line in read_metrics(run_dir) if "discriminator/loss" in line]
     assert lines and all(math.isfinite(line["discriminator/loss"]) and math.isfinite(line["generator/loss"])
                          for line in lines)
@@ -60,6 +70,7 @@ def test_every_variant_trains_with_finite_losses(variant, cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 @pytest.mark.parametrize("override,message", [
     ("gan.pack=3", "train.batch_size (256) must be a multiple of gan.pack (3)"),
     ("model.gaussian_init=[0,-1]", "model.gaussian_init must be [mean, std] with std > 0"),
@@ -77,6 +88,7 @@ def test_bad_gan_settings_exit_2_with_one_line(override, message, cache, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 def test_unrolled_gan_is_rejected_under_fsdp_in_one_process(cache, tmp_path):
     result = run(gendist_command("train", "configs/unrolled_ring.yaml", f"run.dir={tmp_path}", "dist.strategy=fsdp",
                                  *QUICK), make_env(cache), check=False)
@@ -137,6 +149,7 @@ def test_bigan_learns_the_ring_in_process(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 def test_fgan_fits_the_kl_optimum_short(cache, tmp_path):
     """Short version of benchmarks/fgan_mixture1d.py: KL only, one init, 1,500 steps, tolerance 0.1
     (the full benchmark: five divergences, 3,000 steps, within 0.05)."""
@@ -147,6 +160,7 @@ def test_fgan_fits_the_kl_optimum_short(cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 def test_ring_benchmark_short(cache, tmp_path):
     """Short version of benchmarks/gan_2d.py on the ring: the r1 recipe's loss with its linear decay over
     3,000 instead of 20,000 steps, one seed, lenient thresholds (measured here: 8/8 modes, 0.87 high quality;
@@ -161,6 +175,7 @@ def test_ring_benchmark_short(cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 def test_cyclegan_rot90_benchmark_short(cache, tmp_path):
     """Short version of benchmarks/cyclegan_digits.py: 1,000 instead of 6,000 steps, seed 0, a lenient
     threshold (RESULTS.md: 0.956-1.0 held-out labels kept over 3 seeds at 6,000 steps): the alignment picks

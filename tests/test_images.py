@@ -40,6 +40,7 @@ FAMILIES = {"gan": ["configs/gan_digits.yaml"],
 
 
 @pytest.mark.slow
+@pytest.mark.one_process
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_every_family_trains_on_user_images_of_that_shape(shape, tmp_path, monkeypatch, capsys):
     """GAN, VAE, BiGAN and CycleGAN (conv networks) train 20 steps on a user's uint8 images of this shape

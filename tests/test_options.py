@@ -135,6 +135,14 @@ def exact_log_likelihood(vae, x: torch.Tensor, configurations: torch.Tensor) -> 
     return torch.logsumexp(joint, 0).mean().item()
 
 
+def log_likelihood_gain(trainer, first, configurations: torch.Tensor, steps: int = 149) -> tuple[float, float]:
+    """(exact log p(x) of the first batch before, after `steps` more training steps)."""
+    start = exact_log_likelihood(first.nets["vae"], first.x, configurations)
+    for _ in range(steps):
+        trainer.train_step()
+    return start, exact_log_likelihood(trainer.strategy.networks["vae"], first.x, configurations)
+
+
 # -- discrete latents -----------------------------------------------------------------------------------------
 
 CATEGORIES, CATEGORICAL_DIMS, K = 4, 3, 4
@@ -184,10 +192,7 @@ def test_vimco_trains_the_iw_bound_with_leave_one_out_signals(make_trainer):
     assert (ours - theirs).norm() / ours.norm() < 1e-4
     configurations = F.one_hot(torch.cartesian_prod(*[torch.arange(CATEGORIES)] * CATEGORICAL_DIMS),
                                CATEGORIES).flatten(1).float()
-    start = exact_log_likelihood(vae, first.x, configurations)
-    for _ in range(149):
-        trainer.train_step()
-    end = exact_log_likelihood(trainer.strategy.networks["vae"], first.x, configurations)
+    start, end = log_likelihood_gain(trainer, first, configurations)
     # exact (enumerated) log p(x) of the first batch: measured +16.8 to +18.0 nats (3 seeds); untrained 0
     assert end - start > 1.5, (start, end)
 
@@ -233,10 +238,7 @@ def test_bernoulli_latents_train_end_to_end(make_trainer):
     # gradient: measured relative difference 1e-8
     assert (ours - theirs).norm() / ours.norm() < 1e-4
     configurations = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * BERNOULLI_DIMS)
-    start = exact_log_likelihood(vae, first.x, configurations)
-    for _ in range(149):
-        trainer.train_step()
-    end = exact_log_likelihood(trainer.strategy.networks["vae"], first.x, configurations)
+    start, end = log_likelihood_gain(trainer, first, configurations)
     # exact (enumerated) log p(x) of the first batch: measured +16.9 to +17.3 nats (3 seeds); untrained 0
     assert end - start > 1.5, (start, end)
 

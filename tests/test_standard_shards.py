@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 
 from helpers import gendist_command, latest_step, launch_and_kill_at_step, make_env, read_metrics, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_process]
 QUIET = ["log.wandb=false", "log.progress=false", "log.sample_every=0", "eval.num_samples=64"]
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from helpers import gendist_command, make_env, read_metrics, read_wandb_records, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_process]
 
 
 def logged_history(run_dir):

