@@ -146,7 +146,10 @@ def run_tests(tests: tuple[str, ...]) -> tuple[bool, str, float]:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT,
                             env=env, capture_output=True, text=True)
     failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return result.returncode != 0, (failed[0] if failed else result.stdout.strip().splitlines()[-1]), \
+    # caught only when a test failed (exit 1): not when pytest was interrupted or a named test does not exist
+    # (exits 2 and 4 would otherwise count as catches)
+    caught = result.returncode == 1 and bool(failed)
+    return caught, (failed[0] if failed else (result.stdout.strip().splitlines() or [f"pytest exit {result.returncode}"])[-1]), \
         time.perf_counter() - started
 
 
