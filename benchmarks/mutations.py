@@ -149,8 +149,8 @@ def run_tests(tests: tuple[str, ...]) -> tuple[bool, str, float]:
     # caught only when a test failed (exit 1): not when pytest was interrupted or a named test does not exist
     # (exits 2 and 4 would otherwise count as catches)
     caught = result.returncode == 1 and bool(failed)
-    return caught, (failed[0] if failed else (result.stdout.strip().splitlines() or [f"pytest exit {result.returncode}"])[-1]), \
-        time.perf_counter() - started
+    summary = failed[0] if failed else (result.stdout.strip().splitlines() or [f"pytest exit {result.returncode}"])[-1]
+    return caught, summary, time.perf_counter() - started
 
 
 def main() -> int:
