@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from equivalence_cases import BATCH, BOUNDS, RECIPES, STEPS, final_players, relative_difference  # noqa: E402
+from helpers import run_many  # noqa: E402
 
 COMMON = [f"train.max_steps={STEPS}", "data.split_mode=global", "ckpt.every=0", "log.every=10",
           "log.sample_every=0", "log.wandb=false", "log.progress=false", "eval.every=0", "eval.num_samples=200"]
@@ -70,13 +70,9 @@ def variants(recipe: str, extra: list[str]) -> dict[str, tuple[list[str], int, i
 
 
 def train_many(cases: list[list[str]], folder: Path, launcher: list[str], env: dict) -> float:
-    path = folder / f"commands-{len(list(folder.glob('commands-*')))}.json"
-    path.write_text(json.dumps([{"argv": ["train", *case]} for case in cases]))
+    """Seconds to train `cases` one after another in one launch (tests/helpers.py: run_many)."""
     started = time.perf_counter()
-    result = subprocess.run([*launcher, str(ROOT / "tests" / "run_many.py"), str(path)], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"equivalence_bounds: a launch failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    run_many(launcher, [{"argv": ["train", *case]} for case in cases], folder, env, timeout=7200)
     return time.perf_counter() - started
 
 
