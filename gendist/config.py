@@ -51,9 +51,13 @@ class ModelConfig:
     """Which family and which networks; each family's objective lives in its own section (gan, bigan,
     cyclegan, vae)."""
 
-    recipe: Literal["gan", "vae", "bigan", "cyclegan"] = "gan"  # model family
-    arch: Literal["mlp", "conv", "gaussian"] = "mlp"  # mlp for vectors/points, conv (DCGAN-style) for images,
-    # gaussian: the GAN generator is x = mu + sigma * z (a learnable Gaussian; Nowozin et al.'s 1-D experiment)
+    # model family: gan | vae | bigan | cyclegan, or a user's recipe: package.module:Class or the name of an entry
+    # point in the group gendist.recipes (its options: the `recipe` section)
+    recipe: str = "gan"
+    # networks (gendist/nets/registry.py): mlp for vectors/points, conv (DCGAN-style) | resnet (SNGAN/BigGAN-style,
+    # the `resnet` section) | stylegan2 (the `stylegan2` section) for images, gaussian (the GAN generator is
+    # x = mu + sigma * z; Nowozin et al.'s 1-D experiment), or package.module:Class of a user's Architecture
+    arch: str = "mlp"
     latent_dim: int = 2  # size of z
     hidden: int = 128  # MLP width, or base channels of conv nets
     depth: int = 3  # hidden layers of each MLP
@@ -62,6 +66,35 @@ class ModelConfig:
     # kink: gendist/nets/activations.py)
     activation: Literal["auto", "relu", "leaky_relu", "silu", "gelu", "elu", "softplus", "tanh"] = "auto"
     gaussian_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # arch=gaussian: initial [mean, std]
+    # spectral normalization (Miyato et al. 2018) of every Linear/Conv layer: auto (the architecture's default:
+    # resnet's discriminators) | discriminators | all | none. Not under FSDP or ZeRO-3 (refused at start-up)
+    spectral_norm: Literal["auto", "discriminators", "all", "none"] = "auto"
+    # your own networks: {role or network name: package.module:Class, <that key>_kwargs: {keyword arguments}};
+    # roles: generator, discriminator, encoder, decoder, joint_discriminator, translator (README "Your own
+    # networks": the shape contract, checked at start-up)
+    networks: dict[str, Any] = field(default_factory=dict)
+    sync_batchnorm: bool = False  # BatchNorm layers of your networks use statistics of the global batch (DDP, GPU)
+
+
+@dataclass
+class ResNetConfig:
+    """model.arch=resnet: SNGAN/BigGAN-style residual networks, model.hidden base channels."""
+
+    attention: int = 0  # a self-attention block (SAGAN) at the feature map whose larger side is this; 0: none
+
+
+@dataclass
+class StyleGAN2Config:
+    """model.arch=stylegan2: mapping network, modulated convolutions, noise inputs, skip generator, residual
+    discriminator with minibatch standard deviation; model.hidden channels at the largest resolution."""
+
+    max_channels: int = 256  # channel cap at the small resolutions
+    w_dim: int = 128  # size of the intermediate latent w
+    mapping_layers: int = 4  # layers of the mapping network z -> w
+    style_mixing: float = 0.0  # probability that a training sample mixes two latents (StyleGAN2: 0.9)
+    # minibatch standard deviation over groups of this many consecutive rows of each rank's micro-batch (so
+    # the discriminator's output depends on the split of the batch over ranks unless it is 1); 1 disables it
+    mbstd_group: int = 4
 
 
 @dataclass
@@ -88,6 +121,12 @@ class GANConfig:
     unroll_steps: int = 0  # unrolled GAN (Metz et al. 2017): the generator sees D after k SGD steps; 0 disables
     unroll_lr: float = 0.0  # step size of the unrolled discriminator steps; 0 uses the discriminator's lr
     pack: int = 1  # PacGAN (Lin et al. 2018): the discriminator judges `pack` samples at once; 1 disables
+    # path-length regularization (StyleGAN2; weight 2 there) as a lazy generator phase every pl_every steps (its
+    # loss scaled by pl_every); needs a style-based generator (mapping + synthesis: model.arch=stylegan2). Its
+    # target (the running mean of path lengths) is a buffer of the generator updated from each rank's
+    # micro-batch, as StyleGAN2-ADA does: with it on, 2 ranks x b is close to, not equal to, 1 x 2b
+    pl_weight: float = 0.0
+    pl_every: int = 4
 
 
 @dataclass
@@ -235,6 +274,9 @@ class RunConfig:
     bigan: BiGANConfig = field(default_factory=BiGANConfig)
     cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    stylegan2: StyleGAN2Config = field(default_factory=StyleGAN2Config)
+    recipe: dict[str, Any] = field(default_factory=dict)  # options of a user's recipe (its own Config dataclass)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -252,7 +294,7 @@ RECIPE_UNITS = {"gan": {"generator": ("generator",), "discriminator": ("discrimi
                 "bigan": {"generator": ("generator", "encoder"), "discriminator": ("discriminator",)},
                 "cyclegan": {"generators": ("g_ab", "g_ba"), "discriminators": ("d_a", "d_b")}}
 # Phases of each recipe (train.inject_nan_phase); the R1/R2 phases exist only with gan.r1_gamma/r2_gamma > 0.
-RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "discriminator_r2", "generator"), "vae": ("elbo",),
+RECIPE_PHASES = {"gan": ("discriminator", "discriminator_r1", "discriminator_r2", "generator", "generator_pl"), "vae": ("elbo",),
                  "bigan": ("discriminator", "generator"), "cyclegan": ("discriminators", "generators")}
 # Keys that moved out of the flat `model` section: an old key is an error naming its new place.
 MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
@@ -262,7 +304,7 @@ MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
     "vae.iw_samples": "vae.eval_samples"}
 
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
-                 "gan.n_critic", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
+                 "gan.n_critic", "gan.pl_every", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
 NON_NEGATIVE_INTS = {"gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
                      "data.num_workers", "data.memory_cache_mb", "model.depth", "cyclegan.pool_size",
@@ -291,6 +333,8 @@ def _type_name(annotation: Any) -> str:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
     origin = get_origin(annotation)
+    if annotation is Any:  # free-form (model.networks kwargs, a user recipe's section): checked where it is used
+        return value
     if origin is Literal:
         if value not in get_args(annotation):
             raise UserError(f"config: {key} must be {_type_name(annotation)}, got {value!r}")
@@ -457,7 +501,7 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if not config.run.dir.strip():
         raise UserError("config: run.dir must name a folder, got ''; e.g. run.dir=runs/my_run")
-    units = RECIPE_UNITS[config.model.recipe]
+    units, phases = recipe_names(config)
     names = [*units, *(network for networks in units.values() for network in networks if network not in units)]
     for name, lr in config.optim.lr_overrides.items():
         if name not in names:
@@ -465,8 +509,7 @@ def validate(config: RunConfig) -> None:
                             f"{config.model.recipe} (names: {', '.join(names)})")
         if not lr > 0:
             raise UserError(f"config: optim.lr_overrides.{name} must be > 0, got {lr}")
-    phases = RECIPE_PHASES[config.model.recipe]
-    if config.train.inject_nan_phase and config.train.inject_nan_phase not in phases:
+    if config.train.inject_nan_phase and phases is not None and config.train.inject_nan_phase not in phases:
         raise UserError(f"config: train.inject_nan_phase must be one of {', '.join(phases)} for model.recipe="
                         f"{config.model.recipe}, got '{config.train.inject_nan_phase}'")
     if any(step < 0 for step in config.train.inject_nan_steps):
@@ -507,9 +550,73 @@ def validate(config: RunConfig) -> None:
         raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
 
 
+BUILTIN_RECIPES = tuple(RECIPE_UNITS)
+ARCH_NAMES = ("mlp", "conv", "resnet", "stylegan2", "gaussian")
+NETWORK_ROLES = ("generator", "discriminator", "encoder", "decoder", "joint_discriminator", "translator")
+
+
+def recipe_names(config: RunConfig) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...] | None]:
+    """(units, phase names or None when the recipe does not list them) of model.recipe; a user's recipe is
+    imported here, so a wrong name stops at start-up, and its `Config` section (if any) is checked."""
+    if config.model.recipe in RECIPE_UNITS:
+        if config.recipe:
+            raise UserError(f"config: the recipe section holds a user recipe's options; model.recipe="
+                            f"{config.model.recipe} has its own section ({config.model.recipe}:)")
+        return RECIPE_UNITS[config.model.recipe], RECIPE_PHASES[config.model.recipe]
+    from gendist.recipes import resolve_recipe  # imports the user's package (and torch)
+
+    cls = resolve_recipe(config.model.recipe)
+    options = getattr(cls, "Config", None)
+    if options is not None:
+        recipe_options(config, options)
+    elif config.recipe:
+        raise UserError(f"config: recipe.{next(iter(config.recipe))}: model.recipe={config.model.recipe} declares "
+                        "no options (a Config dataclass); remove the recipe section")
+    units = {unit: tuple(networks) for unit, networks in cls.units.items()}
+    phases = getattr(cls, "phase_names", None)
+    return units, None if phases is None else tuple(phases)
+
+
+def recipe_options(config: RunConfig, options: type) -> Any:
+    """A user recipe's `recipe:` section as its own dataclass, checked like every other section."""
+    return _build(options, dict(config.recipe), "recipe.")
+
+
+def validate_networks(config: RunConfig) -> None:
+    model = config.model
+    if model.arch not in ARCH_NAMES and ":" not in model.arch:
+        raise UserError(f"config: model.arch must be one of {', '.join(ARCH_NAMES)} or package.module:Architecture, "
+                        f"got {model.arch!r}")
+    for key, value in model.networks.items():
+        base = key[:-len("_kwargs")] if key.endswith("_kwargs") else key
+        if key.endswith("_kwargs"):
+            if not isinstance(value, dict):
+                raise UserError(f"config: model.networks.{key} must be a mapping of keyword arguments, got {value!r}")
+            if base not in model.networks:
+                raise UserError(f"config: model.networks.{key} has no network: set model.networks.{base}=package.module:Class")
+        elif not isinstance(value, str) or ":" not in value:
+            raise UserError(f"config: model.networks.{key} must be package.module:Class, got {value!r}")
+    if model.networks and model.recipe in RECIPE_UNITS:
+        names = {n for networks in RECIPE_UNITS[model.recipe].values() for n in networks}
+        for key in model.networks:
+            base = key[:-len("_kwargs")] if key.endswith("_kwargs") else key
+            if base not in NETWORK_ROLES and base not in names:
+                raise UserError(f"config: model.networks.{base}: not a role ({', '.join(NETWORK_ROLES)}) or a network "
+                                f"of model.recipe={model.recipe} ({', '.join(sorted(names))})")
+    stylegan2 = config.stylegan2
+    for key in ("max_channels", "w_dim", "mapping_layers", "mbstd_group"):
+        if getattr(stylegan2, key) < 1:
+            raise UserError(f"config: stylegan2.{key} must be >= 1, got {getattr(stylegan2, key)}")
+    if not 0 <= stylegan2.style_mixing <= 1:
+        raise UserError(f"config: stylegan2.style_mixing must be in [0, 1], got {stylegan2.style_mixing}")
+    if config.resnet.attention < 0:
+        raise UserError(f"config: resnet.attention must be >= 0 (a feature-map side; 0: none), got {config.resnet.attention}")
+
+
 def validate_model(config: RunConfig) -> None:
     model, gan = config.model, config.gan
-    for key in ("clip_value", "gp_weight", "r1_gamma", "r2_gamma", "unroll_lr"):
+    validate_networks(config)
+    for key in ("clip_value", "gp_weight", "r1_gamma", "r2_gamma", "unroll_lr", "pl_weight"):
         value = getattr(gan, key)
         if value < 0 or value != value:
             raise UserError(f"config: gan.{key} must be >= 0, got {value}")

@@ -13,3 +13,14 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
 # DeepSpeed builds its C++/CUDA ops just in time when they are used; DS_BUILD_OPS=0 skips building them now.
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# On a CPU-only machine DeepSpeed's collectives use its shared-memory op, built just in time by the first
+# launch (about 40 s on 2 cores, inside that launch's start-up). Build it now, once per environment, so no
+# launch stalls on it; on GPU machines DeepSpeed uses NCCL and this builds nothing.
+.venv/bin/python - <<'PY' >/dev/null 2>&1 || echo "setup_env: DeepSpeed's CPU shm op was not prebuilt; the first DeepSpeed launch builds it" >&2
+import torch
+if not torch.cuda.is_available():
+    from deepspeed.accelerator import get_accelerator
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        builder.load()
+PY

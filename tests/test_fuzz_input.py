@@ -96,6 +96,12 @@ RANGES = {
     # per-datapoint inference needs the owner split mode, which the base config does not use
     "vae.inference": lambda v: v == "amortized", "vae.test_steps": at_least(1),
     "vae.local_lr": lambda v: float(v) >= 0,
+    "model.recipe": lambda v: v in ("gan", "vae", "bigan", "cyclegan"),
+    "model.arch": lambda v: v in ("mlp", "conv", "resnet", "stylegan2", "gaussian"),
+    "model.networks": lambda v: v == {}, "recipe": lambda v: v == {}, "resnet.attention": at_least(0),
+    "stylegan2.max_channels": at_least(1), "stylegan2.w_dim": at_least(1), "stylegan2.mapping_layers": at_least(1),
+    "stylegan2.mbstd_group": at_least(1), "stylegan2.pl_every": at_least(1),
+    "stylegan2.style_mixing": lambda v: 0 <= float(v) <= 1, "stylegan2.pl_weight": lambda v: float(v) >= 0,
     "eval.features": lambda v: v == "pixels" or (v.startswith("classifier:") and len(v) > len("classifier:")),
 }
 

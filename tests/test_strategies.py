@@ -33,6 +33,10 @@ CASES += [("ddp", "relativistic_r1_r2_sgd"), ("fsdp", "gan_sgd"),
           ("fsdp", "wgan_clip"), ("zero2", "wgan_clip"), ("zero3", "wgan_clip"),
           ("ddp", "gan_sgd_clip"), ("fsdp", "gan_sgd_clip"), ("zero2", "gan_sgd_clip"),
           ("torchrun", "gan_sgd"), ("fsdp-1proc", "gan_sgd"), ("zero2-1proc", "gan_sgd")]
+# the image architectures: spectral norm where whole weights exist (FSDP and ZeRO-3 refuse it: tested in
+# tests/test_architectures.py), StyleGAN2 under every strategy
+CASES += [(strategy, "resnet_sn_sgd") for strategy in ("ddp", "zero2")]
+CASES += [(strategy, "stylegan2_sgd") for strategy in ("ddp", "fsdp", "zero2", "zero3")]
 UNSUPPORTED = [("zero3", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "unrolled_hinge", "reads the full weights of discriminator")]

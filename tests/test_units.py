@@ -166,16 +166,29 @@ def test_dihedral_alignment_candidates_fit_the_output_shape_and_a_settled_choice
     with pytest.raises(UserError, match="not images"):
         DihedralAlign((2,), (2,))
     x = torch.rand(5, 1, 8, 8)
-    translator = Translator((1, 8, 8), (1, 8, 8), hidden=16, depth=2, conv=False, images=True, align=True)
+    translator = aligned_translator((1, 8, 8), hidden=16, depth=2, arch="mlp")
     out, aligned = translator(x, return_aligned=True)
     mean = torch.stack([apply_dihedral(x, turns, flip) for turns, flip in dihedral_transforms((1, 8, 8), (1, 8, 8))])
     assert torch.allclose(aligned, mean.mean(0), atol=1e-6)  # equal weights at the start
     assert torch.allclose(out, aligned.clamp(1e-3, 1 - 1e-3), atol=1e-5)  # the correction starts at zero
-    wide = Translator((3, 24, 40), (3, 24, 40), hidden=8, depth=2, conv=True, images=True, align=True)
+    wide = aligned_translator((3, 24, 40), hidden=8, depth=2, arch="conv")
     assert len(wide.align.transforms) == 4 and wide(torch.rand(2, 3, 24, 40)).shape == (2, 3, 24, 40)
     with torch.no_grad():
         translator.align.logits.copy_(torch.tensor([0.0, 50, 0, 0, 0, 0, 0, 0]))  # a settled choice: one turn
     torch.testing.assert_close(translator.align(x), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-6, rtol=0)
+
+
+def aligned_translator(shape: tuple[int, ...], hidden: int, depth: int, arch: str):
+    """A CycleGAN generator with cyclegan.align=dihedral, built the way the recipe builds it (the registry's
+    translator as a zero-start correction)."""
+    from gendist.config import load_config
+    from gendist.nets.registry import NetworkBuilder
+    from gendist.recipes.cyclegan import DihedralAlign, Translator
+
+    config = load_config(None, ["data.source=digits", f"model.arch={arch}", f"model.hidden={hidden}", f"model.depth={depth}",
+                                "cyclegan.align=dihedral"])
+    net = NetworkBuilder(config, True)("translator", "g_ab", shape, shape, zero_start=True)
+    return Translator(net, True, DihedralAlign(shape, shape))
 
 
 def test_dihedral_alignment_finds_the_quarter_turn_by_gradient_descent():
@@ -201,7 +214,7 @@ def test_a_sub_module_lr_multiplier_gets_its_own_group_of_its_network():
 
     config = RunConfig()
     config.optim.lr = 0.002
-    translator = Translator((1, 8, 8), (1, 8, 8), hidden=16, depth=1, conv=False, images=True, align=True)
+    translator = aligned_translator((1, 8, 8), hidden=16, depth=1, arch="mlp")
     unit = build_units({"g_ab": translator}, {"generators": ("g_ab",)})["generators"]
     groups = build_optimizer(config, "generators", unit).param_groups
     assert [(g["network"], g["lr"], g.get("lr_multiplier")) for g in groups] == [("g_ab", 0.002, None),

@@ -17,7 +17,7 @@ from gendist.distributed import barrier, broadcast_object, init_distributed, pri
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
                                       resolve_data)
 from gendist.engine.strategies import build_strategy
-from gendist.engine.units import build_units, check_gradient_coverage, probe_batch
+from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
 from gendist.fsutil import write_bytes_atomic
 from gendist.recipes import build_recipe
@@ -249,6 +249,8 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     recipe = build_recipe(config, spec.info)
     strategy = build_strategy(config, dist_info)
     units = build_units(recipe.build_networks(), recipe.units)
+    sharding = "zero3" if getattr(strategy, "stage", 0) == 3 else strategy.name
+    prepare_network_state(units, sharding, dist_info.world_size, dist_info.device, config.model.sync_batchnorm, print0)
     phases = recipe.phases()
     domain_b = spec.info.domain_b
     probe = probe_batch(spec.info.sample_shape, config.train.batch_size, torch.device("cpu"),

@@ -102,3 +102,44 @@ def check_gradient_coverage(units: dict[str, Unit], phases: list[Phase], batch: 
             unit.load_state_dict(saved[name])
         if recipe_state is not None:
             recipe.load_state_dict(recipe_state)
+
+
+SHARDED_STRATEGIES = ("fsdp", "zero3")
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def prepare_network_state(units: dict[str, Unit], strategy: str, world_size: int, device: torch.device,
+                          sync_batchnorm: bool, warn: Callable[[str], None]) -> None:
+    """State beyond parameters, per strategy, decided once at start-up.
+
+    Spectral normalization keeps power-iteration vectors beside each whole weight and recomputes the weight
+    from them at every call; FSDP and ZeRO-3 hand a network only its shard of the weight, so the combination is
+    refused. Under DDP the vectors are buffers, broadcast from rank 0 before each forward (and identical
+    anyway: every rank iterates on the same weights), and checkpointed with the network.
+
+    BatchNorm (only in a user's networks: shipped ones use no batch statistics) normalizes with the statistics
+    of each rank's micro-batch, so results depend on the world size; model.sync_batchnorm converts it to
+    SyncBatchNorm (global-batch statistics) under DDP, which torch runs on GPUs only."""
+    parametrized = [f"{unit_name}.{name}" for unit_name, unit in units.items() for name, module in unit.named_modules()
+                    if getattr(module, "parametrizations", None) is not None]
+    if parametrized and strategy in SHARDED_STRATEGIES:
+        raise UserError(f"model.spectral_norm: {parametrized[0]} is spectrally normalized, which needs whole weights; "
+                        f"dist.strategy={'fsdp' if strategy == 'fsdp' else 'deepspeed with ZeRO-3'} shards them: use "
+                        "ddp, ZeRO-1 or ZeRO-2, or set model.spectral_norm=none")
+    for unit_name, unit in units.items():
+        norms = [name for name, module in unit.named_modules() if isinstance(module, BATCHNORM_TYPES)]
+        if not norms:
+            continue
+        if not sync_batchnorm:
+            if world_size > 1:
+                warn(f"gendist: warning: {unit_name}.{norms[0]} is a BatchNorm layer: it normalizes each rank's "
+                     "micro-batch, so results depend on the number of processes (model.sync_batchnorm=true on GPUs)")
+            continue
+        if strategy != "ddp":
+            raise UserError(f"model.sync_batchnorm applies under DDP; dist.strategy={strategy} (set "
+                            "model.sync_batchnorm=false)")
+        if device.type != "cuda":
+            raise UserError("model.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; on CPU set "
+                            "model.sync_batchnorm=false (each rank then normalizes its own micro-batch)")
+        for member in list(unit.keys()):
+            unit[member] = nn.SyncBatchNorm.convert_sync_batchnorm(unit[member])

@@ -26,7 +26,7 @@ def feature_sizes(image_shape: tuple[int, int]) -> list[tuple[int, int]]:
     [(28, 28), (14, 14), (7, 7)], (24, 40) -> [(24, 40), (12, 20), (6, 10)]."""
     height, width = (int(side) for side in image_shape)
     if min(height, width) < MIN_SIDE:
-        raise UserError(f"model.arch=conv needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels (got {height}x{width}); "
+        raise UserError(f"image networks (model.arch conv, resnet, stylegan2) need images of at least {MIN_SIDE}x{MIN_SIDE} pixels (got {height}x{width}); "
                         "use model.arch=mlp for smaller ones")
     sizes = [(height, width)]
     while min(sizes[-1]) // 2 >= 4:

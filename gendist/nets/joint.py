@@ -1,26 +1,19 @@
-"""Discriminator on joint (x, z) pairs (BiGAN): an x branch (MLP or conv), a z branch, a joint hidden layer
-(`features`, the representation the lecture's "solution 1" reads) and a linear score head."""
+"""Discriminator on joint (x, z) pairs (BiGAN): an x branch (any network x -> (B, hidden), from the
+architecture), a z branch, a joint hidden layer (`features`, the representation the lecture's "solution 1"
+reads) and a linear score head."""
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from gendist.nets.conv import ConvEncoder
-from gendist.nets.mlp import MLP
-
 
 class JointDiscriminator(nn.Module):
-    def __init__(self, sample_shape: tuple[int, ...], latent_dim: int, hidden: int, depth: int, conv: bool,
+    def __init__(self, x_branch: nn.Module, latent_dim: int, hidden: int,
                  activation: Callable[[], nn.Module] | None = None):
         super().__init__()
-        if conv:
-            self.x_branch: nn.Module = ConvEncoder(sample_shape[0], sample_shape[1:], hidden, hidden, activation)
-        else:
-            self.x_branch = MLP(math.prod(sample_shape), hidden, hidden, max(depth - 1, 0),
-                                activation=activation or nn.LeakyReLU)
+        self.x_branch = x_branch  # x (B, ...) -> (B, hidden)
         activation = activation or (lambda: nn.LeakyReLU(0.2))
         self.z_branch = nn.Sequential(nn.Linear(latent_dim, hidden), activation())
         self.joint = nn.Sequential(activation(), nn.Linear(2 * hidden, hidden), activation())

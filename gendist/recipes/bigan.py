@@ -9,7 +9,6 @@ is a learned representation of x (probed in benchmarks/bigan_probe.py) and G(E(x
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -18,24 +17,9 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
-from gendist.nets import MLP, ConvEncoder, hidden_activation
-from gendist.nets.joint import JointDiscriminator
+from gendist.nets.registry import NetworkBuilder
 from gendist.recipes.base import Batch, Nets, Phase
-from gendist.recipes.gan import ImageGenerator, bce_discriminator
-
-
-class PointGenerator(nn.Module):
-    """z -> x with an MLP; images (flattened MLP arch) are squashed into [0, 1], the data's range."""
-
-    def __init__(self, latent_dim: int, shape: tuple[int, ...], hidden: int, depth: int, images: bool,
-                 activation=None):
-        super().__init__()
-        self.mlp = MLP(latent_dim, math.prod(shape), hidden, depth, activation, out_shape=shape)
-        self.images = images
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.mlp(z)
-        return torch.sigmoid(out) if self.images else out
+from gendist.recipes.gan import bce_discriminator
 
 
 def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int) -> dict[str, torch.Tensor]:
@@ -70,19 +54,11 @@ class BiGANRecipe:
         self.info = data_info
 
     def build_networks(self) -> dict[str, nn.Module]:
-        model, shape = self.config.model, self.info.sample_shape
-        images = self.info.kind == "images"
-        conv = model.arch == "conv"
-        activation = hidden_activation(model.activation)
-        if conv:
-            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden, activation)
-            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], model.latent_dim, model.hidden, activation)
-        else:
-            generator = PointGenerator(model.latent_dim, shape, model.hidden, model.depth, images, activation)
-            encoder = MLP(math.prod(shape), model.latent_dim, model.hidden, model.depth,
-                          activation=activation or nn.LeakyReLU)
-        discriminator = JointDiscriminator(shape, model.latent_dim, model.hidden, model.depth, conv, activation)
-        return {"generator": generator, "encoder": encoder, "discriminator": discriminator}
+        shape, latent_dim = self.info.sample_shape, self.config.model.latent_dim
+        build = NetworkBuilder(self.config, self.info.kind == "images")
+        return {"generator": build("generator", "generator", (latent_dim,), shape),
+                "encoder": build("encoder", "encoder", shape, (latent_dim,)),
+                "discriminator": build("joint_discriminator", "discriminator", shape, (1,), latent_dim=latent_dim)}
 
     def phases(self) -> list[Phase]:
         latent_dim = self.config.model.latent_dim

@@ -12,7 +12,6 @@ No network uses batch statistics, so per-sample losses do not depend on how a ba
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
 from gendist.errors import UserError
-from gendist.nets import MLP, ConvDecoder, ConvEncoder, hidden_activation
+from gendist.nets.registry import NetworkBuilder
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import bce_discriminator
 
@@ -68,56 +67,17 @@ class DihedralAlign(nn.Module):
         return torch.einsum("k,k...->...", self.weights().to(x.dtype), candidates)
 
 
-def conv_pair(shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, activation=None) -> nn.Module:
-    """A conv encoder to a bottleneck code of 4 x hidden and a conv decoder back (any H x W >= 8)."""
-    code = 4 * hidden
-    return nn.Sequential(ConvEncoder(shape_in[0], shape_in[1:], code, hidden, activation),
-                         (activation or (lambda: nn.LeakyReLU(0.2)))(),
-                         ConvDecoder(code, shape_out[0], shape_out[1:], hidden, activation))
-
-
-def zero_last_layer(net: nn.Module) -> None:
-    """Start a residual correction at exactly zero: its last linear/conv layer's weight and bias."""
-    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-
-
 class Translator(nn.Module):
-    """x in domain A -> x in domain B.
+    """x in domain A -> x in domain B: the architecture's translator network (`net`, logits) squashed into [0, 1]
+    for images (the sum is taken in logit space).
 
-    mlp: an affine map of the flattened sample plus an MLP correction whose last layer starts at zero (a
-    residual generator, like the reference ResNet generators): training starts from a plain affine map,
-    which can rotate, flip or invert an image but cannot trade one digit for another, and the MLP adds what
-    an affine map cannot draw. conv: a conv encoder to a bottleneck code and a conv decoder back (any
-    H x W >= 8; the bottleneck lets content move across the image, as a rotation needs). Images come out in
-    [0, 1] like the data (the sum is taken in logit space).
+    align=True (cyclegan.align=dihedral): a `DihedralAlign` first, then the network as a correction added in
+    logit space whose output starts at exactly zero, so training starts from the alignment's mixture itself."""
 
-    align=True (cyclegan.align=dihedral): a `DihedralAlign` first, then the network (the MLP, or the conv pair)
-    as a correction added in logit space whose last layer starts at zero, so training starts from the
-    alignment's mixture itself."""
-
-    def __init__(self, shape_in: tuple[int, ...], shape_out: tuple[int, ...], hidden: int, depth: int,
-                 conv: bool, images: bool, align: bool = False, activation=None):
+    def __init__(self, net: nn.Module, images: bool, align: DihedralAlign | None = None):
         super().__init__()
-        self.shape_out = shape_out
-        self.affine: nn.Module | None = None
-        self.align: DihedralAlign | None = None
-        if align:
-            self.align = DihedralAlign(shape_in, shape_out)
-            if conv:
-                self.net = conv_pair(shape_out, shape_out, hidden, activation)
-            else:
-                self.net = MLP(math.prod(shape_out), math.prod(shape_out), hidden, depth, activation) if depth else None
-            if self.net is not None:
-                zero_last_layer(self.net)
-        elif conv:
-            self.net = conv_pair(shape_in, shape_out, hidden, activation)
-        else:
-            self.affine = nn.Linear(math.prod(shape_in), math.prod(shape_out))
-            self.net = MLP(math.prod(shape_in), math.prod(shape_out), hidden, depth, activation) if depth else None
-            if self.net is not None:
-                zero_last_layer(self.net)
+        self.align = align
+        self.net = net
         self.images = images
 
     def forward(self, x: torch.Tensor, return_aligned: bool = False):
@@ -127,22 +87,11 @@ class Translator(nn.Module):
             # (aligned inputs are images: DihedralAlign refuses anything else.) In float32: under bf16 autocast
             # 1 - 1e-3 rounds to 1 and its logit is inf
             base = torch.logit(aligned.float(), eps=1e-3)
-            if self.net is None:
-                correction = 0
-            elif isinstance(self.net, MLP):
-                correction = self.net(aligned.flatten(1)).reshape(aligned.shape)
-            else:
-                correction = self.net(aligned)
-            out = torch.sigmoid(base + correction)
+            out = torch.sigmoid(base + self.net(aligned))
             return (out, aligned) if return_aligned else out
         if return_aligned:
             raise ValueError("return_aligned needs cyclegan.align=dihedral")
-        if self.affine is None:
-            out = self.net(x)
-        else:
-            flat = x.flatten(1)  # (B, D_in)
-            out = self.affine(flat) + (self.net(flat) if self.net is not None else 0)  # (B, D_out)
-            out = out.reshape(len(x), *self.shape_out)
+        out = self.net(x)
         return torch.sigmoid(out) if self.images else out
 
 
@@ -254,23 +203,19 @@ class CycleGANRecipe:
         self.pools = {"a": HistoryPool(config.cyclegan.pool_size), "b": HistoryPool(config.cyclegan.pool_size)}
 
     def build_networks(self) -> dict[str, nn.Module]:
-        model = self.config.model
-        conv = model.arch == "conv"
+        """g_ab, g_ba: translators (after a learned turn/flip with cyclegan.align=dihedral); d_a, d_b: scores."""
         shape_a, shape_b = self.info.sample_shape, self.info_b.sample_shape
         images = self.info.kind == "images"
-
-        activation = hidden_activation(model.activation)
-
-        def discriminator(shape):
-            if conv:
-                return ConvEncoder(shape[0], shape[1:], 1, model.hidden, activation)
-            return MLP(math.prod(shape), 1, model.hidden, model.depth, activation=activation or nn.LeakyReLU)
-
-        depth = model.depth if self.config.cyclegan.generator_depth < 0 else self.config.cyclegan.generator_depth
+        build = NetworkBuilder(self.config, images)
         align = self.config.cyclegan.align == "dihedral"
-        return {"g_ab": Translator(shape_a, shape_b, model.hidden, depth, conv, images, align, activation),
-                "g_ba": Translator(shape_b, shape_a, model.hidden, depth, conv, images, align, activation),
-                "d_a": discriminator(shape_a), "d_b": discriminator(shape_b)}
+
+        def translator(name: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> Translator:
+            aligner = DihedralAlign(shape_in, shape_out) if align else None
+            net = build("translator", name, shape_out if align else shape_in, shape_out, zero_start=align)
+            return Translator(net, images, aligner)
+
+        return {"g_ab": translator("g_ab", shape_a, shape_b), "g_ba": translator("g_ba", shape_b, shape_a),
+                "d_a": build("discriminator", "d_a", shape_a, (1,)), "d_b": build("discriminator", "d_b", shape_b, (1,))}
 
     def phases(self) -> list[Phase]:
         cyclegan = self.config.cyclegan

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Callable
 
@@ -26,22 +25,12 @@ from gendist.config import RunConfig
 from gendist.divergences import (Divergence, critic_objective, generator_objective,
                                  generator_objective_nonsaturating, get_divergence,
                                  with_exponential_negative_tail)
-from gendist.nets import MLP, ConvDecoder, ConvEncoder, GaussianGenerator, hidden_activation
+from gendist.nets.registry import NetworkBuilder
 from gendist.data.info import DataInfo
 from gendist.recipes.base import Batch, Nets, Phase
-from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_samples, r1_penalty,
-                                              unrolled_discriminator)
-
-
-class ImageGenerator(nn.Module):
-    """z -> image in [0, 1] (the data's range)."""
-
-    def __init__(self, latent_dim: int, shape: tuple[int, ...], base_channels: int, activation=None):
-        super().__init__()
-        self.decoder = ConvDecoder(latent_dim, shape[0], shape[1:], base_channels, activation)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+from gendist.errors import UserError
+from gendist.recipes.gan_regularizers import (call_with, gradient_penalty, pack_samples, path_length_loss, r1_penalty,
+                                              style_network, unrolled_discriminator)
 
 
 # -- objectives on discriminator scores: (real, fake) -> loss D minimizes; fake -> loss G minimizes --------
@@ -169,20 +158,15 @@ class GANRecipe:
         self.info = data_info
 
     def build_networks(self) -> dict[str, nn.Module]:
-        model, shape = self.config.model, self.info.sample_shape
-        pack = self.config.gan.pack
-        activation = hidden_activation(model.activation)
-        if model.arch == "conv":
-            generator: nn.Module = ImageGenerator(model.latent_dim, shape, model.hidden, activation)
-            discriminator: nn.Module = ConvEncoder(shape[0] * pack, shape[1:], 1, model.hidden, activation)
-            return {"generator": generator, "discriminator": discriminator}
-        dim = math.prod(shape)
-        if model.arch == "gaussian":
-            generator = GaussianGenerator(shape, *model.gaussian_init)
-        else:
-            generator = MLP(model.latent_dim, dim, model.hidden, model.depth, activation, out_shape=shape)
-        discriminator = MLP(dim * pack, 1, model.hidden, model.depth, activation=activation or nn.LeakyReLU)
-        return {"generator": generator, "discriminator": discriminator}
+        """generator: z -> x; discriminator: `gan.pack` samples stacked on the first feature axis -> score."""
+        shape, pack = self.info.sample_shape, self.config.gan.pack
+        build = NetworkBuilder(self.config, self.info.kind == "images")
+        packed = (shape[0] * pack, *shape[1:])
+        generator = build("generator", "generator", (self.config.model.latent_dim,), shape)
+        if self.config.gan.pl_weight and style_network(generator) is None:
+            raise UserError("gan.pl_weight regularizes a style-based generator (mapping + synthesis), which "
+                            f"model.arch={self.config.model.arch} does not build: use model.arch=stylegan2 or gan.pl_weight=0")
+        return {"generator": generator, "discriminator": build("discriminator", "discriminator", packed, (1,))}
 
     def objectives(self) -> tuple[Callable, Callable]:
         """(discriminator objective on (real, fake) scores, generator objective on fake scores)."""
@@ -225,6 +209,10 @@ class GANRecipe:
                                 clamp_weights=clamp, double_backward=True))
         phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None or paired,
                             reads_weights_of=("discriminator",) if unroll else ()))
+        if gan.pl_weight:
+            pl = partial(path_length_loss, latent_dim=model.latent_dim, weight=gan.pl_weight, every=gan.pl_every)
+            phases.append(Phase("generator_pl", "generator", pl, every=gan.pl_every, uses_data=False,
+                                double_backward=True))
         return phases
 
     @torch.no_grad()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -77,3 +79,32 @@ def unrolled_discriminator(discriminator: nn.Module, objective: DiscriminatorObj
 
 def call_with(discriminator: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return functional_call(discriminator, state, (x,))
+
+
+def style_network(module: nn.Module) -> nn.Module | None:
+    """The style-based generator inside `module` (itself or a sub-module with `mapping`, `synthesis(ws, z)`,
+    `num_ws` and a `pl_mean` buffer, e.g. gendist.nets.stylegan2.StyleGAN2Generator), or None."""
+    for candidate in module.modules():
+        if all(hasattr(candidate, name) for name in ("mapping", "synthesis", "num_ws", "pl_mean")):
+            return candidate
+    return None
+
+
+def path_length_loss(nets, batch, step: int, *, latent_dim: int, weight: float, every: int,
+                     decay: float = 0.01) -> dict[str, torch.Tensor]:
+    """StyleGAN2's path-length regularizer (Karras et al. 2020): E (|J_w^T y| - a)^2 with y ~ N(0, I) / sqrt(HW)
+    on the image and a the running mean of the lengths, scaled by the interval (a lazy phase). The Jacobian is
+    a double backward around the distributed wrapper, with a zero-weight term through it (see R1)."""
+    generator = style_network(nets.unwrapped.generator)
+    z = batch.randn(latent_dim)
+    ws = generator.mapping(z).unsqueeze(1).repeat(1, generator.num_ws, 1)  # (B, num_ws, w_dim)
+    images = generator.synthesis(ws, z)  # (B, C, H, W) logits
+    noise = batch.randn(*images.shape[1:]).to(images.dtype) / math.sqrt(images.shape[2] * images.shape[3])
+    (grads,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)  # (B, num_ws, w_dim)
+    lengths = grads.float().square().sum(2).mean(1).sqrt()  # (B,)
+    with torch.no_grad():
+        generator.pl_mean.copy_(generator.pl_mean.lerp(lengths.mean(), decay))
+    penalty = (lengths - generator.pl_mean).square().mean()
+    anchor = nets.generator(z).float().sum() * 0
+    return {"loss": penalty * weight * every + anchor, "pl_penalty": penalty.detach(),
+            "pl_mean": generator.pl_mean.detach().reshape(())}

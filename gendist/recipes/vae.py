@@ -26,7 +26,8 @@ from gendist.data.binarize import binarize_held_out
 from gendist.data.info import DataInfo
 from gendist.errors import UserError
 from gendist.metrics import importance_weighted_bound
-from gendist.nets import MLP, ConvDecoder, ConvEncoder, hidden_activation
+from gendist.nets import MLP, hidden_activation
+from gendist.nets.registry import NetworkBuilder
 from gendist.recipes import vae_parts as parts
 from gendist.recipes.base import Batch, Nets, Phase
 
@@ -280,18 +281,14 @@ class VAERecipe:
                                        self.config.vae.local_lr)}
 
     def build_networks(self) -> dict[str, nn.Module]:
-        model, shape, s = self.config.model, self.info.sample_shape, self.settings
+        shape, s = self.info.sample_shape, self.settings
         out_channels = parts.decoder_channels(s.decoder, shape[0], s.levels)
-        activation = hidden_activation(model.activation)
-        if model.arch == "conv":
-            encoder: nn.Module = ConvEncoder(shape[0], shape[1:], s.encoder_out, model.hidden, activation)
-            decoder: nn.Module = ConvDecoder(s.decoder_in, out_channels, shape[1:], model.hidden, activation)
-        else:
-            dim = math.prod(shape)
-            encoder = MLP(dim, s.encoder_out, model.hidden, model.depth, activation)
-            decoder = MLP(s.decoder_in, out_channels * math.prod(shape[1:]), model.hidden, model.depth, activation,
-                          out_shape=(out_channels, *shape[1:]))
-        baseline = MLP(math.prod(shape), 1, model.hidden, 1, activation) if s.baseline == "learned" else None
+        build = NetworkBuilder(self.config, self.info.kind == "images")
+        encoder = build("encoder", "encoder", shape, (s.encoder_out,))
+        decoder = build("decoder", "decoder", (s.decoder_in,), (out_channels, *shape[1:]))
+        baseline = None
+        if s.baseline == "learned":  # b(x), a small MLP whatever the architecture (a control variate's input)
+            baseline = MLP(math.prod(shape), 1, self.config.model.hidden, 1, hidden_activation(self.config.model.activation))
         if s.inference == "per_datapoint":
             encoder = None  # q(z|x_i) is a row of the per-datapoint table, not a network's output
         return {"vae": VAE(encoder, decoder, s, baseline)}
