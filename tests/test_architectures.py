@@ -1,6 +1,7 @@
 """The architecture registry: roles built by every architecture, spectral normalization, a user's networks
 and recipes (model.networks, model.recipe), and every image architecture x family trained on images of
 several shapes."""
+import shutil
 import subprocess
 import sys
 
@@ -226,9 +227,10 @@ def test_the_example_package_trains_its_generator_and_recipe_under_ddp(tmp_path)
     """examples/gendist_example installed (pip, its entry point included): `model.recipe=gmmn` resolves through
     the entry point, the user's generator trains under 2-process DDP, samples come out; a wrong generator
     kwarg stops both ranks with the one-line shape error."""
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "gendist_example"
+    shutil.copytree(EXAMPLE, source)  # (setuptools builds in the source folder)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), str(EXAMPLE)], check=True,
+                    "--disable-pip-version-check", "--target", str(target), str(source)], check=True,
                    capture_output=True, timeout=300)
     env = make_env(tmp_path / "cache")
     env["PYTHONPATH"] = f"{target}:{env.get('PYTHONPATH', '')}"

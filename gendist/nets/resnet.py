@@ -68,12 +68,14 @@ def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class PerSampleNorm(nn.Module):
-    """GroupNorm with up to 32 groups: statistics per sample, never across the batch. Its own module so that a
-    conditional version can replace the affine gain/bias with class-conditional ones."""
+    """GroupNorm with up to 32 groups of at least 2 channels: statistics per sample, never across the batch. Its
+    own module so that a conditional version can replace the affine gain/bias with class-conditional ones.
+    (One channel per group, instance normalization, would cancel every per-channel constant before it: the
+    biases of the convolutions in front would get no gradient and only collect round-off.)"""
 
     def __init__(self, channels: int):
         super().__init__()
-        groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+        groups = max(g for g in range(1, max(1, min(32, channels // 2)) + 1) if channels % g == 0)
         self.norm = nn.GroupNorm(groups, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

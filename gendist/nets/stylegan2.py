@@ -80,6 +80,22 @@ def hashed_normal(seed: torch.Tensor, stream: int, shape: tuple[int, ...]) -> to
     return (radius * torch.cos(2.0 * math.pi * uniforms[1])).reshape(seed.shape[0], *shape)
 
 
+ACTIVATION_FUNCTIONS = {"leaky_relu": lambda x: F.leaky_relu(x, 0.2), "relu": F.relu, "silu": F.silu, "gelu": F.gelu,
+                        "elu": F.elu, "softplus": F.softplus, "tanh": torch.tanh}
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    """StyleGAN2's nonlinearity: leaky ReLU(0.2) (or model.activation's) times sqrt(2), which keeps the variance."""
+    return ACTIVATION_FUNCTIONS[name](x) * math.sqrt(2.0)
+
+
+def set_activation(network: nn.Module, name: str) -> None:
+    """Every layer of `network` that activates uses `name` ("auto": leaky_relu)."""
+    for module in network.modules():
+        if hasattr(module, "activation"):
+            module.activation = "leaky_relu" if name == "auto" else name
+
+
 class EqualLinear(nn.Module):
     """Fully connected layer with equalized learning rate: the weight is stored as N(0, 1) / lr_mul and scaled by
     lr_mul / sqrt(fan_in) at run time (so every layer learns at the same speed under Adam); bias * lr_mul."""
@@ -89,10 +105,11 @@ class EqualLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
         self.weight_gain, self.bias_gain, self.activate = lr_mul / math.sqrt(in_dim), lr_mul, activate
+        self.activation = "leaky_relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
-        return F.leaky_relu(x, 0.2) * math.sqrt(2.0) if self.activate else x
+        return activate(x, self.activation) if self.activate else x
 
 
 class ConvLayer(nn.Module):
@@ -104,10 +121,11 @@ class ConvLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.weight_gain, self.activate = 1.0 / math.sqrt(in_ch * kernel * kernel), activate
+        self.activation = "leaky_relu"
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
-        return (F.leaky_relu(x, 0.2) * math.sqrt(2.0) if self.activate else x) * gain
+        return (activate(x, self.activation) if self.activate else x) * gain
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
@@ -134,6 +152,7 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.noise_strength = nn.Parameter(torch.zeros(()))
         self.size, self.upsample = size, upsample
+        self.activation = "leaky_relu"
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if self.upsample:  # scaling channels commutes with interpolation, so this equals upsampling inside the conv
@@ -141,7 +160,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(x, self.weight, self.affine(w), demodulate=True)
         if noise is not None:  # (B, 1, H, W), shared by all channels
             x = x + noise.to(x.dtype) * self.noise_strength
-        return F.leaky_relu(x + rearrange(self.bias, "o -> 1 o 1 1"), 0.2) * math.sqrt(2.0)
+        return activate(x + rearrange(self.bias, "o -> 1 o 1 1"), self.activation)
 
 
 class ToRGB(nn.Module):
@@ -319,12 +338,16 @@ class StyleGAN2Architecture(ImageArchitecture):
     def encoder(self, in_shape, out_dim, spec):
         options = self.config.stylegan2
         group = options.mbstd_group if spec.role in ("discriminator", "joint_discriminator") else 1
-        return StyleGAN2Discriminator(in_shape, out_dim, self.model.hidden, options.max_channels, group)
+        net = StyleGAN2Discriminator(in_shape, out_dim, self.model.hidden, options.max_channels, group)
+        set_activation(net, self.model.activation)
+        return net
 
     def decoder(self, in_dim, out_shape, spec):
         options = self.config.stylegan2
-        return StyleGAN2Generator(in_dim, out_shape, self.model.hidden, options.max_channels, options.w_dim,
-                                  options.mapping_layers, options.style_mixing)
+        net = StyleGAN2Generator(in_dim, out_shape, self.model.hidden, options.max_channels, options.w_dim,
+                                 options.mapping_layers, options.style_mixing)
+        set_activation(net, self.model.activation)
+        return net
 
     def build(self, spec):
         net = super().build(replace(spec, zero_start=False))
