@@ -93,7 +93,7 @@ class SelfAttention(nn.Module):
         self.key = nn.Conv2d(channels, inner, 1, bias=False)
         self.value = nn.Conv2d(channels, value, 1, bias=False)
         self.output = nn.Conv2d(value, channels, 1, bias=False)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.gamma = nn.Parameter(torch.zeros(1))  # 1-D: FSDP and DeepSpeed shard no scalars
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -150,7 +150,7 @@ class SynthesisLayer(nn.Module):
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # styles start at 1
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))  # demodulation makes a weight gain moot
         self.bias = nn.Parameter(torch.zeros(out_ch))
-        self.noise_strength = nn.Parameter(torch.zeros(()))
+        self.noise_strength = nn.Parameter(torch.zeros(1))  # 1-D: FSDP and DeepSpeed shard no scalars
         self.size, self.upsample = size, upsample
         self.activation = "leaky_relu"
 
