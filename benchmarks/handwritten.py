@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_data(source: str) -> tuple[torch.Tensor, DataInfo]:
     if source == "ring":
         return torch.from_numpy(build_ring(0).x).float(), DataInfo("points", (2,))
+    if source.startswith("npz:"):  # uint8 images (N, C, H, W), as `gendist data prepare` reads them
+        images = torch.from_numpy(np.load(source[4:])["x"]).float() / 255.0
+        return images, DataInfo("images", tuple(images.shape[1:]))
     from sklearn.datasets import load_digits
 
     images = torch.from_numpy(load_digits().images / 16.0).float()  # (N, 8, 8) in [0, 1]

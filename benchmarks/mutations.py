@@ -38,6 +38,13 @@ MUTATIONS = [
              "folder = broadcast_object(find_resumable(run_dir / \"checkpoints\") if dist_info.is_main else None)\n"
              "    folder = None if trainer.strategy.name == \"deepspeed\" and getattr(trainer.strategy, \"stage\", 0) == 3 else folder",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[zero3]",)),
+    Mutation("spectral_norm_iterates_every_call", "spectral norm advances its power iteration at every call (torch's way)",
+             "gendist/nets/registry.py", "changed = (detached != self._last).any()  # a device bool: no host sync",
+             "changed = torch.ones((), dtype=torch.bool, device=detached.device)",
+             ("tests/test_architectures.py::test_spectral_norm_iterates_once_per_weight_change_not_per_call",)),
+    Mutation("network_output_shape_unchecked", "the registry skips the start-up probe of a network's output shape",
+             "gendist/nets/registry.py", "    check_output_shape(net, spec, what)\n    return net", "    return net",
+             ("tests/test_architectures.py::test_a_users_network_of_the_wrong_shape_stops_with_one_line_naming_it",)),
     Mutation("missing_grad_accum_division", "backward does not divide the loss by train.grad_accum",
              "gendist/engine/strategies/base.py", "loss = loss / self.config.train.grad_accum", "loss = loss",
              ("tests/test_engine.py::test_accumulation_equals_the_double_batch_with_sgd",

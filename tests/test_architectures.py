@@ -255,3 +255,31 @@ def test_the_example_package_trains_its_generator_and_recipe_under_ddp(tmp_path)
     assert wrong.returncode != 0 and len(errors) == 1, (wrong.returncode, wrong.stderr[-2000:])
     assert "model.networks.generator (gendist_example.networks:ResidualMLPGenerator)" in errors[0]
     assert "returned (2, 3)" in errors[0] and "must return (2, 2)" in errors[0]
+
+
+def test_spectral_norm_iterates_once_per_weight_change_not_per_call():
+    """Catches the power iteration advancing at every call (torch's behaviour): then 2 accumulated micro-steps,
+    an R1 phase or an extra discriminator call change the normalized weights (RESULTS.md, "Equivalence
+    bounds": 0.1-0.3 relative after 20 steps). A second call on unchanged weights leaves the vectors alone;
+    a changed weight advances them once, and the normalized weight has spectral norm ~1."""
+    from gendist.nets.registry import apply_spectral_norm
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    apply_spectral_norm(layer)
+    norm = layer.parametrizations.weight[0]
+    x = torch.randn(3, 6)
+    layer(x)
+    after_first = norm._u.clone()
+    layer(x)
+    assert torch.equal(norm._u, after_first)  # unchanged weight: no iteration
+    with torch.no_grad():
+        layer.parametrizations.weight.original.mul_(1.5).add_(0.1)
+    layer(x)
+    assert not torch.equal(norm._u, after_first)  # changed weight: one iteration
+    for _ in range(30):
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(1.0001)
+        layer(x)
+    assert abs(float(torch.linalg.matrix_norm(layer.weight.detach(), 2)) - 1) < 1e-3
+    assert {"_u", "_v", "_last"} <= {key.rsplit(".", 1)[-1] for key in layer.state_dict()}
