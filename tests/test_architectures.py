@@ -283,3 +283,23 @@ def test_spectral_norm_iterates_once_per_weight_change_not_per_call():
         layer(x)
     assert abs(float(torch.linalg.matrix_norm(layer.weight.detach(), 2)) - 1) < 1e-3
     assert {"_u", "_v", "_last"} <= {key.rsplit(".", 1)[-1] for key in layer.state_dict()}
+
+
+def test_path_length_phase_differentiates_the_generator_and_tracks_its_target():
+    """Catches a path-length phase that gets no gradient into the generator, or whose running target (a buffer
+    of the generator, checkpointed with it) never moves; and gan.pl_weight on a generator without styles."""
+    from gendist.engine.units import probe_batch
+    from gendist.recipes.base import Nets
+
+    config = config_for("model.arch=stylegan2", "gan.pl_weight=2.0", "gan.pl_every=4")
+    recipe = build_recipe(config, images((1, 8, 8)))
+    networks = recipe.build_networks()
+    phase = next(phase for phase in recipe.phases() if phase.name == "generator_pl")
+    assert phase.every == 4 and phase.double_backward and phase.trains == "generator"
+    out = phase.loss(Nets(networks), probe_batch((1, 8, 8), 4, torch.device("cpu")), 0)
+    out["loss"].backward()
+    mapping = [p for n, p in networks["generator"].named_parameters() if "mapping" in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mapping)
+    assert float(out["pl_mean"]) > 0 and "pl_mean" in "".join(networks["generator"].state_dict())
+    with pytest.raises(UserError, match="gan.pl_weight regularizes a style-based generator"):
+        build_recipe(config_for("model.arch=resnet", "gan.pl_weight=2.0"), images((1, 8, 8))).build_networks()

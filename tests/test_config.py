@@ -76,9 +76,13 @@ def test_recipe_player_and_phase_tables_match_the_recipes(recipe):
     from gendist.recipes import build_recipe
 
     two_domains = ["data.source=digits", "data.source_b=digits_rot90"] if recipe == "cyclegan" else []
-    config = load_config(ROOT / "configs" / "gan_ring.yaml",
-                         [f"model.recipe={recipe}", "gan.r1_gamma=1.0", "gan.r2_gamma=1.0", *two_domains])
-    built = build_recipe(config, DataInfo("points", (2,), domain_b=DataInfo("points", (2,))))
+    # (the path-length phase needs a style-based generator: stylegan2 on images)
+    path_length = ["model.arch=stylegan2", "model.hidden=8", "stylegan2.max_channels=8", "stylegan2.w_dim=8",
+                   "gan.pl_weight=1.0"] if recipe == "gan" else []
+    config = load_config(ROOT / "configs" / "gan_ring.yaml", [f"model.recipe={recipe}", "gan.r1_gamma=1.0",
+                                                              "gan.r2_gamma=1.0", *two_domains, *path_length])
+    info = DataInfo("images", (1, 8, 8)) if recipe == "gan" else DataInfo("points", (2,), domain_b=DataInfo("points", (2,)))
+    built = build_recipe(config, info)
     assert built.units == RECIPE_UNITS[recipe]
     assert sorted(built.build_networks()) == sorted(n for networks in built.units.values() for n in networks)
     assert {phase.name for phase in built.phases()} == set(RECIPE_PHASES[recipe])
