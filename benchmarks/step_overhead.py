@@ -43,7 +43,7 @@ def write_rgb32() -> None:
 ROWS = {
     # issue 24: the resnet GAN (spectral norm on D) at 32x32x3, batch 64, no EMA (the hand-written loop has none)
     "resnet_gan_rgb32": ("gan_digits", ["model.arch=resnet", f"data.source=npz:{RGB32}", "train.batch_size=64",
-                                        "train.ema_decay=0"], 300),
+                                        "train.ema_decay=0"], 200),
     "gan_ring_z64_b512": ("gan_ring", ["model.latent_dim=64", "model.depth=2", "train.batch_size=512"], 1200),
     "gan_ring": ("gan_ring", [], 1500),
     "gan_digits": ("gan_digits", [], 400),
@@ -51,6 +51,8 @@ ROWS = {
     "bigan_digits": ("bigan_digits", [], 800),
 }
 WARMUP = 100
+WITHOUT_LIGHTNING = {"resnet_gan_rgb32"}  # the comparison the issue asks for is the hand-written loop; Lightning's
+# runs of the ring and digits rows are enough to place it
 
 
 def free_port() -> int:
@@ -151,7 +153,7 @@ def measure(rows: list[str], procs_list: list[int], repeats: int, scale: float) 
             runners = {"gendist": lambda: gendist_rate(config, overrides, steps, procs),
                        "hand": lambda: hand_rate(config, overrides, steps, procs),
                        "hand_fused": lambda: hand_rate(config, overrides, steps, procs, fused=True)}
-            if config.startswith("gan_"):
+            if config.startswith("gan_") and row not in WITHOUT_LIGHTNING:
                 runners["lightning"] = lambda: lightning_rate(config, overrides, steps, procs)
             key = f"{procs}|{row}"
             raw[key] = {name: [] for name in runners}
