@@ -32,6 +32,14 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation("resize_aliases", "image resizing samples pixels (nearest) instead of filtering (LANCZOS)",
+             "gendist/data/sources.py", "                (size[1], size[0]), Image.LANCZOS)",
+             "                (size[1], size[0]), Image.NEAREST)",
+             ("tests/test_data_images.py::test_resizing_does_not_alias",)),
+    Mutation("shipped_split_ignored", "Fashion-MNIST is split at random instead of by its shipped test set",
+             "gendist/data/shards.py", "    if data.test_rows is not None:  # the source's own split",
+             "    if False:  # the source's own split",
+             ("tests/test_data_images.py::test_fashion_mnist_keeps_its_shipped_split_and_labels",)),
     Mutation("zero3_restarts_from_step_0", "a relaunch under ZeRO-3 ignores its checkpoint and restarts at step 0",
              "gendist/engine/run.py",
              "folder = broadcast_object(find_resumable(run_dir / \"checkpoints\") if dist_info.is_main else None)",

@@ -25,13 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="prepare data as webdataset shards")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     prepare = data_commands.add_parser("prepare", help="write DIR/train-*.tar, DIR/test-*.tar, DIR/manifest.json")
-    prepare.add_argument("--source", required=True, help="ring | grid | digits | npz:PATH | folder:PATH")
+    prepare.add_argument("--source", required=True,
+                         help="ring | grid | digits | fashion_mnist | emoji | ... | npz:PATH | folder:PATH")
     prepare.add_argument("--source-b", default="", help="second domain of unpaired data (CycleGAN), written to OUT/b")
     prepare.add_argument("--out", required=True, type=Path, help="output folder")
     prepare.add_argument("--shard-size", type=int, default=16384, help="samples per shard")
     prepare.add_argument("--test-fraction", type=float, default=0.1, help="held-out fraction")
     prepare.add_argument("--block-size", type=int, default=1024, help="small samples packed per tar member")
     prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None,
+                         help="resample every image to H x W (LANCZOS, antialiased)")
+    prepare.add_argument("--crop", choices=["center", "none"], default="center",
+                         help="with --resize: centre-crop to the new aspect ratio first (center) or stretch (none)")
 
     train = commands.add_parser("train", help="train (resumes automatically from RUN_DIR/checkpoints)")
     train.add_argument("config", type=Path, help="YAML config, e.g. configs/gan_ring.yaml")
@@ -117,7 +122,7 @@ def command_prepare(args: argparse.Namespace) -> int:
     if not 0 < args.test_fraction < 1:
         raise UserError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     options = dict(shard_size=args.shard_size, test_fraction=args.test_fraction, seed=args.seed,
-                   block_size=args.block_size)
+                   block_size=args.block_size, resize=args.resize, crop=args.crop)
     if args.source_b:
         from gendist.data.shards import prepare_two_domains
         from gendist.data.sources import check_source_spec

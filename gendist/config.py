@@ -26,7 +26,11 @@ class RunSection:
 
 @dataclass
 class DataConfig:
-    source: str = ""  # built-in source (ring|grid|digits|npz:PATH|folder:PATH), prepared once into the cache
+    # built-in source (ring|grid|digits|fashion_mnist|emoji|...|npz:PATH|folder:PATH), prepared once into the cache
+    source: str = ""
+    # images of data.source (and source_b) resampled to [H, W] when prepared (LANCZOS: no aliasing); [] keeps them
+    resize: list[int] = field(default_factory=list)
+    crop: Literal["center", "none"] = "center"  # with resize: centre-crop to the new aspect ratio, or stretch
     source_b: str = ""  # second domain of unpaired two-domain data (CycleGAN), a source spec like data.source
     dir: str = ""  # a folder written by `gendist data prepare`
     shards: str = ""  # path, glob or brace pattern of training .tar shards (data prepared elsewhere)
@@ -127,6 +131,11 @@ class GANConfig:
     # micro-batch, as StyleGAN2-ADA does: with it on, 2 ranks x b is close to, not equal to, 1 x 2b
     pl_weight: float = 0.0
     pl_every: int = 4
+    # differentiable augmentation of everything the discriminator sees (real, generated, inside R1/R2 and the
+    # gradient penalty): DiffAugment's policies, comma-separated: color, translation, cutout ("" disables), each
+    # applied to a sample with probability augment_p (gendist.augment). Images only
+    augment: str = ""
+    augment_p: float = 1.0
 
 
 @dataclass
@@ -546,6 +555,13 @@ def validate(config: RunConfig) -> None:
                         "data.dir prepared with `gendist data prepare --source A --source-b B`")
     if config.model.recipe == "cyclegan" and data.source and not data.source_b:
         raise UserError("config: model.recipe=cyclegan needs data.source_b (domain B) besides data.source")
+    if data.resize:
+        from gendist.data.sources import check_resize
+
+        check_resize(data.resize, data.crop)
+        if not data.source:
+            raise UserError("config: data.resize applies when data.source is prepared; for data.dir/data.shards "
+                            "prepare them with `gendist data prepare --resize H W`")
     if data.test_shards and not data.shards:
         raise UserError("config: data.test_shards needs data.shards (data.dir/data.source carry their own test split)")
 
@@ -641,6 +657,18 @@ def validate_model(config: RunConfig) -> None:
     if model.recipe == "gan" and config.train.batch_size % gan.pack:
         raise UserError(f"config: train.batch_size ({config.train.batch_size}) must be a multiple of gan.pack "
                         f"({gan.pack})")
+    if gan.augment:
+        from gendist.augment import parse_policy
+
+        try:
+            parse_policy(gan.augment)
+        except ValueError as error:
+            raise UserError(f"config: gan.augment: {error}") from None
+        if gan.unroll_steps:
+            raise UserError("config: gan.augment does not combine with gan.unroll_steps (the unrolled "
+                            "discriminator steps see the raw batch); set one of them")
+    if not 0 < gan.augment_p <= 1:
+        raise UserError(f"config: gan.augment_p must be in (0, 1], got {gan.augment_p}")
     if gan.unroll_steps and gan.loss == "wgan_gp":
         raise UserError("config: gan.unroll_steps does not combine with gan.loss=wgan_gp "
                         "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")

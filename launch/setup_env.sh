@@ -24,3 +24,13 @@ if not torch.cuda.is_available():
     if builder is not None:
         builder.load()
 PY
+# Real image sets ship as Debian packages (data.source=fashion_mnist | emoji): installed here when apt-get can
+# (as root, or with passwordless sudo); without them everything else works and those sources say what to install.
+IMAGE_PACKAGES="dataset-fashion-mnist fonts-noto-color-emoji"
+if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $IMAGE_PACKAGES >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
+  { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $IMAGE_PACKAGES \
+      || { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $IMAGE_PACKAGES; }; } >/dev/null 2>&1 \
+    || echo "setup_env: could not install $IMAGE_PACKAGES; data.source=fashion_mnist and emoji need them: apt-get install $IMAGE_PACKAGES" >&2
+fi

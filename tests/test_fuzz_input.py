@@ -64,6 +64,9 @@ RANGES = {
     # a location on the command line replaces the file's data.source (whether it exists is checked when the
     # run starts); test shards need data.shards
     "data.test_shards": lambda v: v == "",
+    "data.source_b": lambda v: v == "" or v in ("ring", "grid", "swissroll", "mixture1d", "digits", "digits_rot90",
+                                                "digits_inverted", "stacked_digits", "fashion_mnist", "emoji"),
+    "data.resize": lambda v: v == [] or (len(v) == 2 and all(type(s) is int and 4 <= s <= 4096 for s in v)),
     "data.num_workers": at_least(0), "data.shuffle_buffer": at_least(1),
     "model.latent_dim": at_least(1), "model.hidden": at_least(1), "model.depth": at_least(0),
     "gan.divergence": lambda v: v in ("total_variation", "kl", "reverse_kl", "pearson", "neyman",
@@ -100,8 +103,8 @@ RANGES = {
     "model.arch": lambda v: v in ("mlp", "conv", "resnet", "stylegan2", "gaussian"),
     "model.networks": lambda v: v == {}, "recipe": lambda v: v == {}, "resnet.attention": at_least(0),
     "stylegan2.max_channels": at_least(1), "stylegan2.w_dim": at_least(1), "stylegan2.mapping_layers": at_least(1),
-    "stylegan2.mbstd_group": at_least(1), "stylegan2.pl_every": at_least(1),
-    "stylegan2.style_mixing": lambda v: 0 <= float(v) <= 1, "stylegan2.pl_weight": lambda v: float(v) >= 0,
+    "stylegan2.mbstd_group": at_least(1), "gan.pl_every": at_least(1),
+    "stylegan2.style_mixing": lambda v: 0 <= float(v) <= 1, "gan.pl_weight": lambda v: float(v) >= 0,
     "eval.features": lambda v: v == "pixels" or (v.startswith("classifier:") and len(v) > len("classifier:")),
 }
 

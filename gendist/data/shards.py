@@ -177,29 +177,43 @@ def check_prepare_arguments(shard_size: int, test_fraction: float, block_size: i
 
 
 def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, test_fraction: float = 0.1,
-                    seed: int = 0, block_size: int = 1024, half: int | None = None) -> dict:
-    """Load `source`, split train/test with a seeded permutation, write shards and `manifest.json`.
+                    seed: int = 0, block_size: int = 1024, half: int | None = None,
+                    resize: tuple[int, int] | list[int] | None = None, crop: str = "center") -> dict:
+    """Load `source` (images resized to `resize` (H, W), see sources.resize_images), split train/test with a
+    seeded permutation (or the source's own split, e.g. Fashion-MNIST's test set: `test_fraction` is then
+    not used), write shards and `manifest.json`.
 
     `half` (0 or 1) keeps one of two disjoint halves of the samples (a seeded split; two-domain data made
     from the same samples). Returns the manifest. Re-running into the same folder replaces the previous
     shards cleanly.
     """
     check_prepare_arguments(shard_size, test_fraction, block_size)
-    data = load_source(source, seed=seed)
+    data = load_source(source, seed=seed, resize=resize, crop=crop)
     if half is not None:
         data = take_half(data, half, seed)
+    order = np.random.default_rng([seed, 1]).permutation(len(data.x))
+    if data.test_rows is not None:  # the source's own split (shuffled within each part, like a random one)
+        is_test = np.zeros(len(data.x), dtype=bool)
+        is_test[data.test_rows] = True
+        split_rows = {"train": order[~is_test[order]], "test": order[is_test[order]]}
+        return write_prepared(data, source, out_dir, split_rows, shard_size, block_size, half, resize, crop)
     num_test = int(round(len(data.x) * test_fraction))
     if len(data.x) < 2 or not 1 <= num_test < len(data.x):
         raise UserError(f"data prepare: {len(data.x)} samples from '{source}' cannot be split with "
                         f"test_fraction={test_fraction}; both splits need at least one sample")
+    split_rows = {"train": order[num_test:], "test": order[:num_test]}
+    return write_prepared(data, source, out_dir, split_rows, shard_size, block_size, half, resize, crop)
+
+
+def write_prepared(data, source: str, out_dir: Path | str, split_rows: dict, shard_size: int, block_size: int,
+                   half: int | None, resize, crop: str) -> dict:
+    """Shards of both splits and the manifest (written last: a folder without it is not a prepared folder)."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"data prepare: cannot create the --out folder '{out_dir}' ({error.strerror or error}); "
                         "pass a folder you can write") from None
-    order = np.random.default_rng([seed, 1]).permutation(len(data.x))
-    split_rows = {"train": order[num_test:], "test": order[:num_test]}
     # folder images are stored one per member group: record block_size 1 so block sizes stay derivable
     stored_block_size = 1 if data.encoded is not None else block_size
     splits = {}
@@ -213,7 +227,8 @@ def prepare_dataset(source: str, out_dir: Path | str, shard_size: int = 16384, t
     manifest = {
         "format": MANIFEST_FORMAT, "source": source, "half": half, "kind": data.kind, "sample_shape": list(data.x.shape[1:]),
         "dtype": "float32", "has_labels": data.y is not None, "block_size": stored_block_size,
-        "image_mode": data.image_mode,
+        "image_mode": data.image_mode, "resize": list(resize) if resize else None, "crop": crop if resize else None,
+        "split": "source" if data.test_rows is not None else "random",
         "modes": data.modes.tolist() if data.modes is not None else None, "mode_std": data.mode_std,
         "splits": splits,
     }
@@ -232,7 +247,8 @@ def take_half(data, half: int, seed: int):
     order = np.random.default_rng([seed, 2]).permutation(len(data.x))
     rows = np.sort(order[: len(order) // 2] if half == 0 else order[len(order) // 2:])
     return dataclasses.replace(data, x=data.x[rows], y=None if data.y is None else data.y[rows],
-                               encoded=None if data.encoded is None else [data.encoded[i] for i in rows])
+                               encoded=None if data.encoded is None else [data.encoded[i] for i in rows],
+                               test_rows=None if data.test_rows is None else np.flatnonzero(np.isin(rows, data.test_rows)))
 
 
 def prepare_two_domains(source_a: str, source_b: str, out_dir: Path | str, **options) -> dict:

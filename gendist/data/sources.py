@@ -1,7 +1,11 @@
-"""Data sources: built-in toy mixtures (`ring`, `grid`), scikit-learn's `digits`, and user data (`npz:PATH`,
-`folder:PATH`), all returned as one in-memory `SourceData` that `prepare_dataset` turns into shards."""
+"""Data sources: built-in toy mixtures (`ring`, `grid`), scikit-learn's `digits`, the Debian-packaged image sets
+`fashion_mnist` and `emoji`, and user data (`npz:PATH`, `folder:PATH`), all returned as one in-memory
+`SourceData` that `prepare_dataset` turns into shards. Any image source can be resized (and centre-cropped to the
+new aspect ratio) with an antialiasing filter: `resize_images`."""
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import io
 import math
 from dataclasses import dataclass
@@ -12,8 +16,14 @@ from einops import rearrange
 
 from gendist.errors import UserError
 
-VALID_SOURCES = ("ring, grid, swissroll, mixture1d, digits, digits_rot90, digits_inverted, stacked_digits, npz:PATH, "
-                 "folder:PATH")
+VALID_SOURCES = ("ring, grid, swissroll, mixture1d, digits, digits_rot90, digits_inverted, stacked_digits, "
+                 "fashion_mnist, emoji, npz:PATH, folder:PATH")
+# Real image sets that ship as Debian packages (no download at run time): where they install, and the package
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+PACKAGES = {"fashion_mnist": ("dataset-fashion-mnist", FASHION_MNIST_DIR),
+            "emoji": ("fonts-noto-color-emoji", EMOJI_FONT)}
+CROPS = ("center", "none")
 
 # The 1-D two-component mixture of the f-GAN Gaussian-fit experiment (Nowozin et al. 2016, section 4):
 # unequal weights and widths make every divergence's best single Gaussian different and unique.
@@ -36,17 +46,22 @@ class SourceData:
     image_mode: str | None = None  # PIL mode ("L" | "RGB") of folder images
     # folder sources only: the (extension, bytes) each image is stored as, so shards keep the original encoding
     encoded: list[tuple[str, bytes]] | None = None
+    # rows of the source's own held-out split (Fashion-MNIST's 10,000 test images), used instead of a random split
+    test_rows: np.ndarray | None = None
 
 
 def source_revision(spec: str) -> str:
     """What a built-in source's data depends on besides (spec, seed): part of its cache key, so changing a
     built-in generator never reuses shards of the old one."""
     name = spec.partition(":")[0]
+    if name in PACKAGES and PACKAGES[name][1].exists():  # the installed package's files
+        files = sorted(PACKAGES[name][1].glob("*")) if PACKAGES[name][1].is_dir() else [PACKAGES[name][1]]
+        return ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     return {"mixture1d": repr(sorted(MIXTURE_1D.items())), "swissroll": "noise=0.25,scale=1/7.5"}.get(name, "")
 
 
 BUILTIN_SOURCES = ("ring", "grid", "swissroll", "mixture1d", "digits", "digits_rot90", "digits_inverted",
-                   "stacked_digits")
+                   "stacked_digits", "fashion_mnist", "emoji")
 PATH_SOURCES = ("npz", "folder")
 
 
@@ -58,12 +73,75 @@ def check_source_spec(spec: str, key: str = "data.source") -> None:
 
 
 def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
-                image_size: int | None = None) -> SourceData:
-    """Load the source named by `spec`; the same (spec, seed) always gives the same data.
+                resize: tuple[int, int] | list[int] | None = None, crop: str = "center") -> SourceData:
+    """Load the source named by `spec`; the same (spec, seed, resize, crop) always gives the same data.
 
-    `num_samples` overrides the size of the synthetic mixtures; `image_size` resizes folder images to a square.
+    `num_samples` overrides the size of the synthetic mixtures; `resize` (H, W) brings every image to that size
+    (`crop`: "center" crops each image to the new aspect ratio first, "none" stretches; see resize_images).
     """
     check_source_spec(spec)
+    size = check_resize(resize, crop)
+    data = _load(spec, seed, num_samples, size, crop)
+    if size is None or data.x.shape[2:] == size:
+        return data
+    if data.kind != "images":
+        raise UserError(f"--resize / data.resize: '{spec}' holds points of shape {data.x.shape[1:]}, not images — "
+                        "resize applies to image sources only")
+    return dataclasses.replace(data, x=resize_images(data.x, size, crop), encoded=None)
+
+
+def check_resize(resize, crop: str) -> tuple[int, int] | None:
+    """(H, W) or None; a one-line UserError for anything else."""
+    if crop not in CROPS:
+        raise UserError(f"--crop / data.crop: unknown '{crop}' — use one of {', '.join(CROPS)}")
+    if resize is None or len(resize) == 0:
+        return None
+    if len(resize) != 2 or not all(isinstance(v, (int, np.integer)) and 4 <= v <= 4096 for v in resize):
+        raise UserError(f"--resize / data.resize: expected two sizes H W between 4 and 4096, got {list(resize)}")
+    return int(resize[0]), int(resize[1])
+
+
+def center_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the largest centred box of an image with the aspect ratio of `size`."""
+    target = size[1] / size[0]  # width / height
+    if width / height > target:  # too wide: crop the sides
+        keep = max(1, round(height * target))
+        left = (width - keep) // 2
+        return left, 0, left + keep, height
+    keep = max(1, round(width / target))
+    top = (height - keep) // 2
+    return 0, top, width, top + keep
+
+
+def resize_images(x: np.ndarray, size: tuple[int, int], crop: str = "center") -> np.ndarray:
+    """(N, C, H, W) float images in [0, 1] -> (N, C, *size), each channel resampled with PIL's LANCZOS filter in
+    floating point ("F" mode: no 8-bit rounding between steps). LANCZOS widens its kernel by the
+    downscaling factor, so shrinking a 136x128 bitmap to 32x32 does not alias (bilinear sampling would skip
+    most source pixels). crop="center" first cuts the largest centred box of the target's aspect ratio."""
+    from PIL import Image
+
+    height, width = x.shape[2:]
+    left, top, right, bottom = center_box(height, width, size) if crop == "center" else (0, 0, width, height)
+    x = x[:, :, top:bottom, left:right]  # cut first: a box given to PIL's resize still reads pixels outside it
+    out = np.empty((len(x), x.shape[1], *size), dtype=np.float32)
+    for index, image in enumerate(x):
+        for channel, plane in enumerate(image):
+            resized = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F").resize(
+                (size[1], size[0]), Image.LANCZOS)
+            out[index, channel] = np.asarray(resized)
+    return np.clip(out, 0.0, 1.0)  # LANCZOS overshoots slightly at edges
+
+
+def require_package(name: str) -> Path:
+    """The installed path of a Debian-packaged source, or a one-line error naming the package."""
+    package, path = PACKAGES[name]
+    if not path.exists():
+        raise UserError(f"data.source: '{name}' needs the Debian package {package} ({path} is missing) — "
+                        f"install it with `apt-get install {package}` (launch/setup_env.sh does when it can)")
+    return path
+
+
+def _load(spec: str, seed: int, num_samples: int | None, size: tuple[int, int] | None, crop: str) -> SourceData:
     name, _, argument = spec.partition(":")
     if name == "ring":
         return build_ring(seed, num_samples or 100_000)
@@ -77,9 +155,13 @@ def load_source(spec: str, seed: int = 0, *, num_samples: int | None = None,
         return build_digits(name.removeprefix("digits").lstrip("_"))
     if name == "stacked_digits":
         return build_stacked_digits(seed, num_samples or 60_000)
+    if name == "fashion_mnist":
+        return build_fashion_mnist()
+    if name == "emoji":
+        return build_emoji()
     if name == "npz":
         return load_npz(Path(argument).expanduser())
-    return load_folder(Path(argument).expanduser(), image_size)
+    return load_folder(Path(argument).expanduser(), size, crop)
 
 
 def sample_mixture(modes: np.ndarray, std: float, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +240,80 @@ def build_stacked_digits(seed: int, num_samples: int = 60_000) -> SourceData:
     return SourceData(x=x, y=y, kind="images", modes=None, mode_std=None, name="stacked_digits")
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format, gzip-compressed): a big-endian header of magic, dimension sizes,
+    then uint8 data. Read with numpy: the format is 10 lines to parse, and the libraries that read it
+    (torchvision, tensorflow-datasets) would be a large dependency for it."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as error:
+        raise UserError(f"data.source: cannot read '{path}' ({error}) — reinstall its Debian package") from None
+    dims = raw[3]
+    if raw[:3] != b"\x00\x00\x08" or not 1 <= dims <= 3:  # 0x08: unsigned bytes
+        raise UserError(f"data.source: '{path}' is not an IDX file of unsigned bytes — reinstall its Debian package")
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=dims, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != math.prod(shape):
+        raise UserError(f"data.source: '{path}' is truncated ({data.size} of {math.prod(shape)} values)")
+    return data.reshape(shape)
+
+
+def build_fashion_mnist() -> SourceData:
+    """Fashion-MNIST (Xiao et al. 2017) from the Debian package dataset-fashion-mnist: 60,000 training and
+    10,000 test 28x28 grey images of 10 clothing classes (FASHION_MNIST_CLASSES), in [0, 1], with labels. The
+    shipped split is kept: the last 10,000 rows are the test set (`test_rows`)."""
+    folder = require_package("fashion_mnist")
+    parts = {split: (read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"), read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz"))
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    for split, (images, labels) in parts.items():
+        if images.ndim != 3 or len(images) != len(labels):
+            raise UserError(f"data.source: fashion_mnist's {split} files disagree ({images.shape} images, "
+                            f"{labels.shape} labels) — reinstall dataset-fashion-mnist")
+    images = np.concatenate([parts["train"][0], parts["test"][0]])
+    labels = np.concatenate([parts["train"][1], parts["test"][1]]).astype(np.int64)
+    x = rearrange(images, "n h w -> n 1 h w").astype(np.float32) / 255.0
+    test_rows = np.arange(len(parts["train"][0]), len(images))
+    return SourceData(x=x, y=labels, kind="images", modes=None, mode_std=None, name="fashion_mnist",
+                      image_mode="L", test_rows=test_rows)
+
+
+def build_emoji() -> SourceData:
+    """The colour bitmaps of Noto Color Emoji (Debian package fonts-noto-color-emoji): every glyph's PNG in the
+    font's CBDT table (128 high x 136 wide at the shipped strike), composited on white, RGB in [0, 1], no labels. Read with
+    fontTools (the font library matplotlib already depends on)."""
+    from fontTools.ttLib import TTFont
+    from PIL import Image
+
+    path = require_package("emoji")
+    try:
+        font = TTFont(str(path), lazy=True)
+        strikes = font["CBDT"].strikeData
+    except Exception as error:  # fontTools raises many types for a damaged font
+        raise UserError(f"data.source: cannot read the emoji bitmaps of '{path}' ({error}) — reinstall "
+                        "fonts-noto-color-emoji") from None
+    images, size = [], None
+    for name in sorted(strikes[0]):  # the first (only) strike; glyph names sorted: a fixed order
+        bitmap = strikes[0][name]
+        data = getattr(bitmap, "imageData", None)
+        if not data:
+            continue
+        picture = Image.open(io.BytesIO(data)).convert("RGBA")
+        size = size or picture.size
+        if picture.size != size:  # glyphs of another width: centre-cropped to the common size's aspect, resampled
+            picture = picture.crop(center_box(picture.size[1], picture.size[0], (size[1], size[0]))).resize(
+                size, Image.LANCZOS)
+        white = Image.new("RGBA", size, (255, 255, 255, 255))
+        images.append(np.asarray(Image.alpha_composite(white, picture).convert("RGB"), dtype=np.uint8))
+    if not images:
+        raise UserError(f"data.source: '{path}' holds no colour bitmaps — reinstall fonts-noto-color-emoji")
+    x = rearrange(np.stack(images), "n h w c -> n c h w").astype(np.float32) / 255.0
+    return SourceData(x=x, y=None, kind="images", modes=None, mode_std=None, name="emoji", image_mode="RGB")
+
+
 def same_base_data(spec_a: str, spec_b: str) -> bool:
     """Both sources are made from the same samples (the digits and a variant of them): two-domain data then
     takes disjoint halves, so no sample appears in both domains (unpaired)."""
@@ -219,11 +375,12 @@ def find_images(root: Path) -> tuple[list[Path], np.ndarray | None]:
     return files, np.array([class_ids[r.parts[0]] for r in relative], dtype=np.int64)
 
 
-def load_folder(root: Path, image_size: int | None = None) -> SourceData:
+def load_folder(root: Path, size: tuple[int, int] | None = None, crop: str = "center") -> SourceData:
     """Images under `root`; each top-level sub-folder is a class (sorted names -> ids 0, 1, ...).
 
-    All images become one mode (L if every image is grayscale, else RGB) and one size (`image_size` squared, or
-    the first image's). The original encoded bytes are kept when no resize was needed.
+    All images become one mode (L if every image is grayscale, else RGB) and one size: `size` (H, W), or the
+    first image's; an image of another size is centre-cropped (crop="center") and resampled with LANCZOS. The
+    original encoded bytes are kept when no resize was needed.
     """
     from PIL import Image
 
@@ -241,13 +398,15 @@ def load_folder(root: Path, image_size: int | None = None) -> SourceData:
         images.append(image)
         raw.append(data)
     mode = "L" if all(image.mode in GRAYSCALE_MODES for image in images) else "RGB"
-    size = (image_size, image_size) if image_size else images[0].size
+    target = (size[1], size[0]) if size else images[0].size  # PIL sizes are (width, height)
     arrays, encoded = [], []
     for image, data in zip(images, raw):
         converted = image.convert(mode)
-        resized = converted.size != size
+        resized = converted.size != target
         if resized:
-            converted = converted.resize(size, Image.BILINEAR)
+            if crop == "center":
+                converted = converted.crop(center_box(converted.size[1], converted.size[0], (target[1], target[0])))
+            converted = converted.resize(target, Image.LANCZOS)
         arrays.append(np.asarray(converted, dtype=np.uint8))
         encoded.append(encode_image(image.format, data, converted, resized))
     stacked = np.stack(arrays)
@@ -268,4 +427,4 @@ def encode_image(file_format: str | None, data: bytes, converted, resized: bool)
     return "png", buffer.getvalue()
 
 
-__all__ = ["SourceData", "load_source", "VALID_SOURCES"]
+__all__ = ["SourceData", "load_source", "resize_images", "VALID_SOURCES", "FASHION_MNIST_CLASSES"]

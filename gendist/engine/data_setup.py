@@ -32,9 +32,12 @@ def cache_root(config: RunConfig) -> Path:
     return Path(root).expanduser() / "shards"
 
 
-def _source_key(spec: str, seed: int) -> str:
-    """Cache key of a source: its spec, and for file sources the file's size and modification time."""
+def _source_key(spec: str, seed: int, resize: list[int] | None = None, crop: str = "center") -> str:
+    """Cache key of a source: its spec, its resize and crop, and for file sources the file's size and
+    modification time."""
     parts = [spec, str(seed)]
+    if resize:
+        parts.append(f"resize={list(resize)},crop={crop}")
     revision = source_revision(spec)
     if revision:
         parts.append(revision)
@@ -50,9 +53,9 @@ def prepare_cached_source(config: RunConfig, dist_info: DistInfo) -> Path:
     """Prepare `data.source` (and `data.source_b`) once per machine (file lock: several ranks/runs may race)
     and reuse it."""
     data, seed = config.data, config.train.seed
-    key = _source_key(data.source, seed)
+    key = _source_key(data.source, seed, data.resize, data.crop)
     if data.source_b:
-        key = f"two-{key}-{_source_key(data.source_b, seed)}"
+        key = f"two-{key}-{_source_key(data.source_b, seed, data.resize, data.crop)}"
     folder = cache_root(config) / key
     if dist_info.local_rank == 0:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +63,10 @@ def prepare_cached_source(config: RunConfig, dist_info: DistInfo) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (folder / "manifest.json").is_file():
                 if data.source_b:
-                    prepare_two_domains(data.source, data.source_b, folder, seed=seed)
+                    prepare_two_domains(data.source, data.source_b, folder, seed=seed, resize=data.resize,
+                                        crop=data.crop)
                 else:
-                    prepare_dataset(data.source, folder, seed=seed)
+                    prepare_dataset(data.source, folder, seed=seed, resize=data.resize, crop=data.crop)
     barrier()
     return folder
 

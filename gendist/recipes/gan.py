@@ -11,6 +11,7 @@
   each generated sample is judged against a real one, which removes the mode-dropping optima of the plain
   loss (R3GAN's analysis; with R1 and R2 it covers every mode of stacked MNIST).
 - R1 and R2 (lazy phases), PacGAN packing and unrolled discriminators: gendist.recipes.gan_regularizers.
+- gan.augment: DiffAugment (gendist.augment) on everything D sees, real and generated, inside the penalties too.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gendist.augment import Augmenter, parse_policy
 from gendist.config import RunConfig
 from gendist.divergences import (Divergence, critic_objective, generator_objective,
                                  generator_objective_nonsaturating, get_divergence,
@@ -80,11 +82,16 @@ PAIRED_GENERATOR_OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], to
 
 
 def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, objective, pack: int = 1,
-                       gp_weight: float = 0.0, objective_log: str = "") -> dict[str, torch.Tensor]:
+                       gp_weight: float = 0.0, objective_log: str = "",
+                       augment: Augmenter | None = None) -> dict[str, torch.Tensor]:
     """The discriminator's objective (+ the WGAN-GP penalty); `objective_log` names -objective in the logs
-    when it estimates something (the f-divergence bound, the Wasserstein distance)."""
+    when it estimates something (the f-divergence bound, the Wasserstein distance). With `augment`, D sees
+    augmented real and generated samples (and the penalty's interpolates are made of those)."""
     fake = nets.generator(batch.randn(latent_dim)).detach()
-    real_scores = nets.discriminator(pack_samples(batch.x, pack))  # (B / pack, 1)
+    real = batch.x
+    if augment is not None:
+        real, fake = augment(real, batch), augment(fake, batch)
+    real_scores = nets.discriminator(pack_samples(real, pack))  # (B / pack, 1)
     fake_scores = nets.discriminator(pack_samples(fake, pack))  # (B / pack, 1)
     loss = objective(real_scores, fake_scores)
     logs = {"real_score": real_scores.detach().float().mean(), "fake_score": fake_scores.detach().float().mean()}
@@ -92,19 +99,21 @@ def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, 
         logs[objective_log] = -loss.detach().float()
     if gp_weight:
         mix = torch.special.ndtr(batch.randn(*[1] * (batch.x.dim() - 1)))  # uniform(0, 1) per sample
-        penalty = gradient_penalty(nets.unwrapped.discriminator, batch.x, fake, mix.to(batch.x.dtype), pack)
+        penalty = gradient_penalty(nets.unwrapped.discriminator, real, fake, mix.to(batch.x.dtype), pack)
         loss = loss + gp_weight * penalty
         logs["gradient_penalty"] = penalty.detach()
     return {"loss": loss, **logs}
 
 
 def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, objective, pack: int = 1,
-                   unroll: tuple[int, float, Callable] | None = None, paired: bool = False) -> dict[str, torch.Tensor]:
-    """`paired`: the objective is (fake scores, real scores), the real batch's scores taken as constants."""
+                   unroll: tuple[int, float, Callable] | None = None, paired: bool = False,
+                   augment: Augmenter | None = None) -> dict[str, torch.Tensor]:
+    """`paired`: the objective is (fake scores, real scores), the real batch's scores taken as constants.
+    `augment`: D judges augmented samples; the generator's gradient flows through the augmentation."""
     fake = nets.generator(batch.randn(latent_dim))
     if unroll is None:
         def score(x: torch.Tensor) -> torch.Tensor:
-            return nets.discriminator(pack_samples(x, pack))
+            return nets.discriminator(pack_samples(x if augment is None else augment(x, batch), pack))
     else:
         steps, lr, d_objective = unroll
         discriminator = nets.unwrapped.discriminator  # read as weights (torch.func), not through a wrapper
@@ -120,12 +129,12 @@ def generator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, obje
     return {"loss": objective(fake_scores, real_scores)}
 
 
-def _lazy_gradient_penalty(nets: Nets, x: torch.Tensor, gamma: float, every: int,
-                           pack: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lazy_gradient_penalty(nets: Nets, x: torch.Tensor, gamma: float, every: int, pack: int,
+                           augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, penalty) of a lazy zero-centred penalty E||grad_x D(x)||^2 on samples x (R1 on real data, R2 on
     generated ones): (gamma / 2) times the penalty, scaled by the interval so its average pull matches a
     penalty applied at every step."""
-    penalty = r1_penalty(nets.unwrapped.discriminator, x, pack)
+    penalty = r1_penalty(nets.unwrapped.discriminator, x, pack, augment)
     # The penalty's double backward goes around the distributed wrapper (see Nets.unwrapped); a zero-weight
     # term through the wrapped player lets the strategy see this phase's forward, so its gradient
     # synchronization runs (StyleGAN2-ADA adds `real_logits * 0` for the same reason).
@@ -133,19 +142,22 @@ def _lazy_gradient_penalty(nets: Nets, x: torch.Tensor, gamma: float, every: int
     return penalty * (gamma / 2) * every + anchor, penalty.detach()
 
 
-def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1) -> dict[str, torch.Tensor]:
-    """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2 on real data."""
-    loss, penalty = _lazy_gradient_penalty(nets, batch.x, gamma, every, pack)
+def r1_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, pack: int = 1,
+            augment: Augmenter | None = None) -> dict[str, torch.Tensor]:
+    """Lazy R1 (StyleGAN2): (gamma / 2) E||grad D(x)||^2 on real data (through the augmentation, if any)."""
+    loss, penalty = _lazy_gradient_penalty(nets, batch.x, gamma, every, pack,
+                                           None if augment is None else lambda x: augment(x, batch))
     return {"loss": loss, "r1_penalty": penalty}
 
 
 def r2_loss(nets: Nets, batch: Batch, step: int, *, gamma: float, every: int, latent_dim: int,
-            pack: int = 1) -> dict[str, torch.Tensor]:
+            pack: int = 1, augment: Augmenter | None = None) -> dict[str, torch.Tensor]:
     """Lazy R2 (Mescheder et al. 2018; R3GAN pairs it with R1): (gamma / 2) E||grad D(G(z))||^2 on generated
     samples, which are constants here (the generator is not trained in this phase)."""
     with torch.no_grad():
         fake = nets.generator(batch.randn(latent_dim))
-    loss, penalty = _lazy_gradient_penalty(nets, fake, gamma, every, pack)
+    loss, penalty = _lazy_gradient_penalty(nets, fake, gamma, every, pack,
+                                           None if augment is None else lambda x: augment(x, batch))
     return {"loss": loss, "r2_penalty": penalty}
 
 
@@ -187,24 +199,31 @@ class GANRecipe:
         gp_weight = gan.gp_weight if gan.loss == "wgan_gp" else 0.0
         objective_log = {"fgan": "divergence_bound", "wgan": "wasserstein_estimate",
                          "wgan_gp": "wasserstein_estimate"}.get(gan.loss, "")
+        augment = None
+        if gan.augment:
+            if self.info.kind != "images":
+                raise UserError(f"gan.augment transforms images; this data holds {self.info.kind} of shape "
+                                f"{tuple(self.info.sample_shape)}: set gan.augment=''")
+            augment = Augmenter(parse_policy(gan.augment), gan.augment_p)
         d_loss = partial(discriminator_loss, latent_dim=model.latent_dim, objective=d_objective, pack=gan.pack,
-                         gp_weight=gp_weight, objective_log=objective_log)
+                         gp_weight=gp_weight, objective_log=objective_log, augment=augment)
         unroll = None
         if gan.unroll_steps:
             lr = gan.unroll_lr or self.config.optim.lr_overrides.get("discriminator", self.config.optim.lr)
             unroll = (gan.unroll_steps, lr, d_objective)
         paired = gan.loss in PAIRED_GENERATOR_OBJECTIVES
         g_loss = partial(generator_loss, latent_dim=model.latent_dim, objective=g_objective, pack=gan.pack,
-                         unroll=unroll, paired=paired)
+                         unroll=unroll, paired=paired, augment=augment)
         clamp = gan.clip_value if gan.loss == "wgan" else 0.0
         phases = [Phase("discriminator", "discriminator", d_loss, repeat=gan.n_critic, clamp_weights=clamp,
                         double_backward=bool(gp_weight))]
         if gan.r1_gamma:
-            r1 = partial(r1_loss, gamma=gan.r1_gamma, every=gan.r1_every, pack=gan.pack)
+            r1 = partial(r1_loss, gamma=gan.r1_gamma, every=gan.r1_every, pack=gan.pack, augment=augment)
             phases.append(Phase("discriminator_r1", "discriminator", r1, every=gan.r1_every,
                                 clamp_weights=clamp, double_backward=True))
         if gan.r2_gamma:
-            r2 = partial(r2_loss, gamma=gan.r2_gamma, every=gan.r1_every, latent_dim=model.latent_dim, pack=gan.pack)
+            r2 = partial(r2_loss, gamma=gan.r2_gamma, every=gan.r1_every, latent_dim=model.latent_dim, pack=gan.pack,
+                         augment=augment)
             phases.append(Phase("discriminator_r2", "discriminator", r2, every=gan.r1_every, uses_data=False,
                                 clamp_weights=clamp, double_backward=True))
         phases.append(Phase("generator", "generator", g_loss, uses_data=unroll is not None or paired,

@@ -31,13 +31,17 @@ def pack_samples(x: torch.Tensor, pack: int) -> torch.Tensor:
     return rearrange(x, "(b m) c ... -> b (m c) ...", m=pack)
 
 
-def _input_gradient_norm2(discriminator: nn.Module, x: torch.Tensor, pack: int) -> torch.Tensor:
-    """||grad_x sum D(pack(x))||^2 per discriminator input row (a pack counts as one input)."""
+def _input_gradient_norm2(discriminator: nn.Module, x: torch.Tensor, pack: int,
+                          augment: "Augment | None" = None) -> torch.Tensor:
+    """||grad_x sum D(pack(augment(x)))||^2 per discriminator input row (a pack counts as one input)."""
     x = x.detach().requires_grad_(True)
-    scores = discriminator(pack_samples(x, pack))
+    scores = discriminator(pack_samples(augment(x) if augment is not None else x, pack))
     (gradient,) = torch.autograd.grad(scores.float().sum(), x, create_graph=True)
     gradient = pack_samples(gradient, pack)  # the gradient of one input row is the gradient of its pack
     return gradient.float().flatten(1).pow(2).sum(dim=1)
+
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, mix: torch.Tensor,
@@ -48,9 +52,10 @@ def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.T
     return (norm - 1).pow(2).mean()
 
 
-def r1_penalty(discriminator: nn.Module, real: torch.Tensor, pack: int = 1) -> torch.Tensor:
-    """E||grad_x D(x)||^2 on real samples (no gradient of the samples themselves)."""
-    return _input_gradient_norm2(discriminator, real, pack).mean()
+def r1_penalty(discriminator: nn.Module, real: torch.Tensor, pack: int = 1, augment: Augment | None = None) -> torch.Tensor:
+    """E||grad_x D(augment(x))||^2 on real samples (no gradient of the samples themselves); with an augmentation
+    the gradient is taken through it, with respect to the un-augmented images (as StyleGAN2-ADA does)."""
+    return _input_gradient_norm2(discriminator, real, pack, augment).mean()
 
 
 DiscriminatorObjective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,0 +1,93 @@
+"""Differentiable augmentation (gendist.augment, `gan.augment`): each policy's effect, gradients through it,
+its randomness as a function of the global row (world-size independent), and that the GAN recipe augments
+everything its discriminator sees."""
+import pytest
+import torch
+from torch import nn
+
+from gendist.augment import COLUMNS, Augmenter, diff_augment, parse_policy
+from gendist.config import load_config
+from gendist.engine.noise import StepNoise
+from gendist.errors import UserError
+from gendist.recipes.base import Batch
+
+
+ALL = ("color", "translation", "cutout")
+
+
+def uniforms(rows: int, **columns: float) -> torch.Tensor:
+    """(rows, COLUMNS) of 0.5 with chosen columns set, e.g. u(1, c4=0.0)."""
+    u = torch.full((rows, COLUMNS), 0.5)
+    for key, value in columns.items():
+        u[:, int(key[1:])] = value
+    return u
+
+
+def test_off_rows_are_untouched_and_on_rows_change():
+    """Catches the application probability ignored (every row augmented) or inverted."""
+    x = torch.rand(4, 3, 16, 16)
+    off = uniforms(4, c0=0.9, c4=0.9, c7=0.9)
+    assert torch.equal(diff_augment(x, off, ALL, p=0.5), x)
+    on = uniforms(4, c0=0.1, c4=0.1, c7=0.1, c1=0.9)
+    assert not torch.allclose(diff_augment(x, on, ALL, p=0.5), x)
+
+
+def test_translation_moves_a_pixel_and_pads_with_zeros():
+    """Catches shifts in the wrong direction or wrapped around (roll) instead of zero-padded."""
+    x = torch.zeros(1, 1, 16, 16)
+    x[0, 0, 8, 8] = 1.0
+    # reach 2 on 16 pixels: u = 1.0 -> +2 rows, u = 0.0 -> -2 columns
+    moved = diff_augment(x, uniforms(1, c4=0.0, c5=0.999, c6=0.0), ("translation",))
+    assert moved[0, 0, 10, 6] == 1.0 and moved.sum() == 1.0
+    edge = torch.zeros(1, 1, 16, 16)
+    edge[0, 0, 15, :] = 1.0  # the last row leaves the image, nothing wraps to the top
+    assert diff_augment(edge, uniforms(1, c4=0.0, c5=0.999, c6=0.5), ("translation",)).sum() == 0.0
+
+
+def test_cutout_zeroes_a_quarter_of_the_image():
+    """Catches a cutout of the wrong size (half the side: a quarter of the area)."""
+    x = torch.ones(1, 3, 16, 16)
+    out = diff_augment(x, uniforms(1, c7=0.0, c8=0.5, c9=0.5), ("cutout",))
+    assert float((out == 0).float().mean()) == pytest.approx(0.25)
+
+
+def test_color_and_saturation():
+    """Brightness adds (u - 0.5); saturation 0 (u = 0) makes every channel the channel mean; contrast 1
+    (u = 0.5) keeps the rest."""
+    x = torch.rand(2, 3, 8, 8)
+    grey = diff_augment(x, uniforms(2, c0=0.0, c1=0.5, c2=0.0, c3=0.5), ("color",))
+    assert torch.allclose(grey, x.mean(dim=1, keepdim=True).expand_as(x), atol=1e-6)
+    brighter = diff_augment(x, uniforms(2, c0=0.0, c1=0.75, c2=0.5, c3=0.5), ("color",))
+    assert torch.allclose(brighter, x + 0.25, atol=1e-6)
+
+
+def test_gradients_flow_through_every_policy():
+    """Catches an augmentation that detaches (the generator would get no gradient through it)."""
+    x = torch.rand(4, 3, 16, 16, requires_grad=True)
+    u = torch.rand(4, COLUMNS, generator=torch.Generator().manual_seed(0))
+    diff_augment(x, u, ALL).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_two_ranks_draw_the_augmentations_of_one_rank_with_the_double_batch():
+    """Catches augmentation parameters drawn from a per-rank or global RNG instead of the batch's noise source
+    (2 ranks x b would then differ from 1 x 2b, and a resumed run from the uninterrupted one)."""
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    augmenter = Augmenter(ALL, p=0.7)
+    one = augmenter(x, Batch(8, x, None, StepNoise(5, torch.device("cpu"), 0, 1, 1).start(3, 0, 0, 0)))
+    halves = [augmenter(x[4 * r:4 * r + 4], Batch(4, x[4 * r:4 * r + 4], None,
+                                                   StepNoise(5, torch.device("cpu"), r, 2, 1).start(3, 0, 0, 0)))
+              for r in range(2)]
+    assert torch.equal(one, torch.cat(halves))
+    other_step = augmenter(x, Batch(8, x, None, StepNoise(5, torch.device("cpu"), 0, 1, 1).start(4, 0, 0, 0)))
+    assert not torch.equal(one, other_step)
+
+
+def test_configuration_is_checked(tmp_path):
+    assert parse_policy("cutout, color") == ("color", "cutout")
+    with pytest.raises(UserError, match="gan.augment: unknown augmentation 'blur'"):
+        load_config(None, ["data.source=digits", "gan.augment=color,blur", f"run.dir={tmp_path}"])
+    with pytest.raises(UserError, match="gan.augment_p must be in"):
+        load_config(None, ["data.source=digits", "gan.augment_p=0", f"run.dir={tmp_path}"])
+    with pytest.raises(UserError, match="gan.unroll_steps"):
+        load_config(None, ["data.source=digits", "gan.augment=color", "gan.unroll_steps=2", f"run.dir={tmp_path}"])
