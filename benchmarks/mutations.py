@@ -40,6 +40,17 @@ MUTATIONS = [
              "gendist/data/shards.py", "    if data.test_rows is not None:  # the source's own split",
              "    if False:  # the source's own split",
              ("tests/test_data_images.py::test_fashion_mnist_keeps_its_shipped_split_and_labels",)),
+    Mutation("r2_not_augmented", "with gan.augment, the R2 penalty differentiates D on raw generated images",
+             "gendist/recipes/gan.py",
+             "            r2 = partial(r2_loss, gamma=gan.r2_gamma, every=gan.r1_every, latent_dim=model.latent_dim, pack=gan.pack,\n"
+             "                         augment=augment)",
+             "            r2 = partial(r2_loss, gamma=gan.r2_gamma, every=gan.r1_every, latent_dim=model.latent_dim, pack=gan.pack,\n"
+             "                         augment=None)",
+             ("tests/test_augment.py::test_the_discriminator_sees_only_augmented_images_in_every_phase",)),
+    Mutation("augment_from_global_rng", "augmentation parameters drawn from torch's global RNG, not the batch's noise",
+             "gendist/augment.py", "uniform = torch.special.ndtr(batch.randn(COLUMNS).float())",
+             "uniform = torch.rand(len(x), COLUMNS)",
+             ("tests/test_augment.py::test_two_ranks_draw_the_augmentations_of_one_rank_with_the_double_batch",)),
     Mutation("zero3_restarts_from_step_0", "a relaunch under ZeRO-3 ignores its checkpoint and restarts at step 0",
              "gendist/engine/run.py",
              "folder = broadcast_object(find_resumable(run_dir / \"checkpoints\") if dist_info.is_main else None)",

@@ -133,6 +133,14 @@ def _reduce_scores(recipe, chunks: list[dict[str, np.ndarray]]) -> dict[str, flo
     return metrics
 
 
+def _device_of(nets) -> torch.device:
+    """Where the networks run (the featurizer runs there too, on each rank's own chunks)."""
+    for net in (nets or {}).values():
+        for parameter in net.parameters():
+            return parameter.device
+    return torch.device("cpu")
+
+
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
              test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
              artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
@@ -148,7 +156,7 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
         return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed, which)
     from gendist.features import build_featurizer
 
-    featurizer = build_featurizer(features, recipe.info.sample_shape)
+    featurizer = build_featurizer(features, recipe.info.sample_shape, device=_device_of(nets))
     sizes = chunk_sizes(num_samples)
 
     def generate(chunk: int) -> dict:

@@ -91,3 +91,54 @@ def test_configuration_is_checked(tmp_path):
         load_config(None, ["data.source=digits", "gan.augment_p=0", f"run.dir={tmp_path}"])
     with pytest.raises(UserError, match="gan.unroll_steps"):
         load_config(None, ["data.source=digits", "gan.augment=color", "gan.unroll_steps=2", f"run.dir={tmp_path}"])
+
+
+class _Marked:
+    """Stands in for Augmenter in the recipe: adds 100 to what it augments (differentiably), so a sample the
+    discriminator sees without augmentation is told apart by its range (the images lie in [0, 1])."""
+
+    def __init__(self, policies, p):
+        pass
+
+    def __call__(self, x, batch):
+        assert len(x) == batch.size
+        return x + 100.0
+
+
+class _Recorder(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.score = nn.Linear(int(torch.tensor(shape).prod()), 1)
+        self.seen: list[float] = []
+
+    def forward(self, x):
+        self.seen.append(float(x.detach().min()))
+        return self.score(x.flatten(1))
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "relativistic", "wgan_gp"])
+def test_the_discriminator_sees_only_augmented_images_in_every_phase(monkeypatch, tmp_path, loss):
+    """Catches a phase that feeds D raw images: the real or generated batch of the D step, the generator's
+    scores (and the real scores of a paired loss), the WGAN-GP interpolates, or R1/R2 (penalty and anchor)."""
+    import gendist.recipes.gan as gan_module
+    from gendist.data.info import DataInfo
+    from gendist.recipes.base import Nets
+
+    monkeypatch.setattr(gan_module, "Augmenter", _Marked)
+    config = load_config(None, ["data.source=digits", f"gan.loss={loss}", "gan.augment=color", "gan.r1_gamma=1",
+                                "gan.r2_gamma=1", "gan.r1_every=1", f"run.dir={tmp_path}"])
+    recipe = gan_module.GANRecipe(config, DataInfo("images", (1, 8, 8)))
+    latent = config.model.latent_dim
+    generator = nn.Sequential(nn.Linear(latent, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8)))
+    discriminator = _Recorder((1, 8, 8))
+    nets = Nets(generator=generator, discriminator=discriminator)
+    x = torch.rand(6, 1, 8, 8)
+    phases = recipe.phases()
+    assert {phase.name for phase in phases} >= {"discriminator", "discriminator_r1", "discriminator_r2", "generator"}
+    for index, phase in enumerate(phases):
+        discriminator.seen.clear()
+        batch = Batch(6, x, None, StepNoise(0, torch.device("cpu"), 0, 1, 1).start(1, index, 0, 0))
+        out = phase.loss(nets, batch, 1)
+        assert torch.isfinite(out["loss"]), phase.name
+        assert discriminator.seen, f"{phase.name}: never called the discriminator"
+        assert min(discriminator.seen) > 50, f"{phase.name}: D saw an image that was not augmented"

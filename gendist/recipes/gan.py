@@ -138,7 +138,8 @@ def _lazy_gradient_penalty(nets: Nets, x: torch.Tensor, gamma: float, every: int
     # The penalty's double backward goes around the distributed wrapper (see Nets.unwrapped); a zero-weight
     # term through the wrapped player lets the strategy see this phase's forward, so its gradient
     # synchronization runs (StyleGAN2-ADA adds `real_logits * 0` for the same reason).
-    anchor = nets.discriminator(pack_samples(x, pack)).float().sum() * 0
+    # The anchor sees what the penalty's D sees (augmented samples), so D never meets a raw image when augmenting.
+    anchor = nets.discriminator(pack_samples(x if augment is None else augment(x), pack)).float().sum() * 0
     return penalty * (gamma / 2) * every + anchor, penalty.detach()
 
 
