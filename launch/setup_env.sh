@@ -12,7 +12,10 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
 # DeepSpeed builds its C++/CUDA ops just in time when they are used; DS_BUILD_OPS=0 skips building them now.
-DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# Everything else is resolved with torch held at the installed build: a package that depends on torch (torchvision,
+# for the Inception features) then takes its release for this torch instead of replacing it with another build.
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv/torch-pin.txt
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --disable-pip-version-check -c .venv/torch-pin.txt -e ".[test]"
 # On a CPU-only machine DeepSpeed's collectives use its shared-memory op, built just in time by the first
 # launch (about 40 s on 2 cores, inside that launch's start-up). Build it now, once per environment, so no
 # launch stalls on it; on GPU machines DeepSpeed uses NCCL and this builds nothing.
