@@ -260,6 +260,11 @@ class LogConfig:
     wandb_project: str = "gendist"
     progress: bool = True  # progress bar on rank 0
     data_keys: bool = False  # write the sample ids each rank consumed to RUN/data_keys/rank_N.jsonl (audits resume)
+    # A discriminator that wins outright (GAN, BiGAN, CycleGAN losses with a floor at 0: its loss below
+    # d_wins_loss in d_wins_logs metric lines in a row) is reported as it happens: a warning, a W&B alert and
+    # summary entry; every metric line carries health/discriminator_wins (1 when this line's loss is below). 0: off
+    d_wins_loss: float = 0.01
+    d_wins_logs: int = 5
 
 
 @dataclass
@@ -312,10 +317,11 @@ MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
     "model.gan_loss": "gan.loss", "model.decoder": "vae.decoder", "model.iw_samples": "vae.eval_samples",
     "vae.iw_samples": "vae.eval_samples"}
 
+MIN_EVAL_SAMPLES = 10  # precision/recall's k-nearest-neighbour radii (k = 3) and the unbiased MMD/KID need a few
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
                  "gan.n_critic", "gan.pl_every", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
-NON_NEGATIVE_INTS = {"gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
+NON_NEGATIVE_INTS = {"log.d_wins_logs", "gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
                      "data.num_workers", "data.memory_cache_mb", "model.depth", "cyclegan.pool_size",
                      "vae.kl_warmup_steps", "vae.prior_samples", "vae.gap_steps"}
 
@@ -485,13 +491,19 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 
 def validate(config: RunConfig) -> None:
+    """Range checks that types cannot express."""
     features = config.eval.features
     unknown = sorted(set(config.eval.metrics) - {"mmd", "c2st", "kid", "fd", "pr", "modes"})
     if unknown:
         raise UserError(f"config: eval.metrics has unknown {', '.join(unknown)}; choose from mmd, c2st, kid, fd, pr, modes")
-    if features != "pixels" and not (features.startswith("classifier:") and len(features) > len("classifier:")):
-        raise UserError(f"config: eval.features must be pixels or classifier:DIR, got {features!r}")
-    """Range checks that types cannot express."""
+    name, _, argument = features.partition(":")
+    if features != "pixels" and not (name in ("classifier", "inception") and argument):
+        raise UserError(f"config: eval.features must be pixels, classifier:DIR or inception:PATH, got {features!r}")
+    if config.eval.num_samples < MIN_EVAL_SAMPLES:
+        raise UserError(f"config: eval.num_samples must be >= {MIN_EVAL_SAMPLES} (precision/recall needs more "
+                        f"samples than its k = 3 neighbours), got {config.eval.num_samples}")
+    if not 0 <= config.log.d_wins_loss < 1:
+        raise UserError(f"config: log.d_wins_loss must be in [0, 1), got {config.log.d_wins_loss}")
     for key in POSITIVE_INTS:
         if _get(config, key) < 1:
             raise UserError(f"config: {key} must be >= 1, got {_get(config, key)}")

@@ -43,6 +43,7 @@ class Tracker:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.wandb_run = None
         self.wandb_id = wandb_id
+        self.wandb_mode = "disabled"
         if not enabled:
             return
         truncate_jsonl(self.metrics_path, resume_step)
@@ -54,6 +55,7 @@ class Tracker:
         import wandb
 
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.wandb_mode = mode
         # Our own id (kept in checkpoints) so a resumed run appends to the same W&B run.
         self.wandb_id = wandb_id or secrets.token_hex(4)
         self.wandb_run = wandb.init(project=config.log.wandb_project, name=config.run.name or self.run_dir.name,
@@ -79,6 +81,17 @@ class Tracker:
             import wandb
 
             self.wandb_run.log({key: wandb.Histogram(np.asarray(v).reshape(-1)) for key, v in values.items()}, step=step)
+
+    def alert(self, title: str, text: str) -> None:
+        """A W&B alert (email/Slack where the user set them up). Offline runs have none: the metrics and the
+        summary carry the event instead."""
+        if self.enabled and self.wandb_run is not None and self.wandb_mode != "offline":
+            import wandb
+
+            try:
+                self.wandb_run.alert(title=title, text=text, level=wandb.AlertLevel.WARN)
+            except Exception as error:  # noqa: BLE001 - an alert that fails must not stop training
+                warn(f"W&B alert not sent ({type(error).__name__}: {error})")
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self.enabled and self.wandb_run is not None:

@@ -89,7 +89,8 @@ RANGES = {
     "dist.zero_stage": lambda v: v in (1, 2, 3), "dist.timeout_s": at_least(1),
     "ckpt.every": at_least(0), "ckpt.keep": at_least(1),
     "log.every": at_least(1), "log.sample_every": at_least(0), "log.wandb_project": lambda v: v.strip() != "",
-    "eval.every": at_least(0), "eval.num_samples": at_least(1),
+    "eval.every": at_least(0), "eval.num_samples": at_least(10),
+    "log.d_wins_loss": lambda v: 0 <= float(v) < 1, "log.d_wins_logs": at_least(0),
     "vae.levels": at_least(2), "vae.categories": at_least(2), "vae.k": at_least(1), "vae.eval_budget": at_least(1),
     "vae.prior_samples": at_least(0), "vae.gap_steps": at_least(0), "vae.kl_warmup_steps": at_least(0),
     "vae.free_bits": lambda v: float(v) >= 0, "vae.decoder_std": lambda v: float(v) >= 0,
@@ -105,7 +106,7 @@ RANGES = {
     "stylegan2.max_channels": at_least(1), "stylegan2.w_dim": at_least(1), "stylegan2.mapping_layers": at_least(1),
     "stylegan2.mbstd_group": at_least(1), "gan.pl_every": at_least(1),
     "stylegan2.style_mixing": lambda v: 0 <= float(v) <= 1, "gan.pl_weight": lambda v: float(v) >= 0,
-    "eval.features": lambda v: v == "pixels" or (v.startswith("classifier:") and len(v) > len("classifier:")),
+    "eval.features": lambda v: v == "pixels" or (v.partition(":")[0] in ("classifier", "inception") and v.partition(":")[2] != ""),
 }
 
 

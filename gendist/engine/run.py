@@ -18,6 +18,7 @@ from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_load
                                       resolve_data)
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
+from gendist.engine.health import DiscriminatorWatch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
 from gendist.fsutil import write_bytes_atomic
 from gendist.recipes import build_recipe
@@ -36,12 +37,15 @@ class Hooks:
         self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
         self.last_saved_step = -1
         self.started = time.perf_counter()
+        self.watch = DiscriminatorWatch(config, tracker)
 
     def after_step(self, trainer: Trainer, progress) -> None:
         step, config = trainer.step, self.config
         if step % config.log.every == 0 or step == config.train.max_steps:
             metrics = trainer.pop_metrics()
             metrics["time/elapsed_s"] = time.perf_counter() - self.started
+            if trainer.dist.is_main:
+                self.watch.update(step, metrics)
             self.tracker.log(step, metrics)
             progress.set_postfix({k.split("/")[0][:4] + "/" + k.split("/")[-1]: f"{v:.3f}"
                                   for k, v in metrics.items() if k.endswith("/loss")}, refresh=False)

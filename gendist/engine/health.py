@@ -1,0 +1,63 @@
+"""Training health seen as it happens: a discriminator that wins outright.
+
+When a GAN's discriminator separates every real sample from every generated one, its loss sits near 0 and the
+generator's gradient vanishes or points nowhere useful; samples stop improving (often all black or all one
+picture) while the run goes on. Losses with a floor at 0 show it directly: the non-saturating/minimax and
+relativistic losses (softplus terms), the hinge loss, BiGAN's, and CycleGAN's least-squares and standard
+losses. WGAN critics and f-GAN bounds have no such floor and are not watched.
+
+Each metric line gets `health/discriminator_wins` (1 when that line's mean discriminator loss is below
+log.d_wins_loss: a function of the line alone, so a resumed run logs what the uninterrupted one did). When
+log.d_wins_logs lines in a row are below, the run says so once per episode on stderr, in a W&B alert and in the
+W&B summary (`health/discriminator_won_at_step`).
+"""
+from __future__ import annotations
+
+from gendist.config import RunConfig
+from gendist.tracking import Tracker, warn
+
+WATCHED_PHASES = ("discriminator", "discriminators")  # the GAN and BiGAN phase; CycleGAN's D_A + D_B phase
+UNFLOORED_GAN_LOSSES = ("wgan", "wgan_gp", "fgan")
+
+
+def watched_key(config: RunConfig) -> str | None:
+    """The metric key of the discriminator loss to watch, or None (no discriminator, no floor, or off)."""
+    if not config.log.d_wins_logs or not config.log.d_wins_loss:
+        return None
+    recipe = config.model.recipe
+    if recipe == "gan" and config.gan.loss not in UNFLOORED_GAN_LOSSES:
+        return "discriminator/loss"
+    if recipe == "bigan":
+        return "discriminator/loss"
+    if recipe == "cyclegan":
+        return "discriminators/loss"
+    return None
+
+
+class DiscriminatorWatch:
+    def __init__(self, config: RunConfig, tracker: Tracker):
+        self.key, self.tracker = watched_key(config), tracker
+        self.threshold, self.needed = config.log.d_wins_loss, config.log.d_wins_logs
+        self.streak, self.since, self.reported = 0, 0, False
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """Adds health/discriminator_wins to `metrics` (in place) and reports a streak that reaches its length."""
+        if self.key is None or self.key not in metrics:
+            return
+        below = float(metrics[self.key]) < self.threshold
+        metrics["health/discriminator_wins"] = float(below)
+        if not below:
+            self.streak, self.reported = 0, False
+            return
+        if self.streak == 0:
+            self.since = step
+        self.streak += 1
+        if self.streak >= self.needed and not self.reported:
+            self.reported = True
+            message = (f"step {step}: the discriminator wins outright: {self.key} has stayed below "
+                       f"{self.threshold:g} for {self.streak} metric lines (since step {self.since}), so the generator "
+                       "learns little; try gan.augment=color,translation,cutout, gan.r1_gamma (e.g. 1), or a lower "
+                       "optim.lr_overrides.discriminator")
+            warn(message)
+            self.tracker.alert("gendist: the discriminator wins outright", message)
+            self.tracker.summary({"health/discriminator_won_at_step": step})
