@@ -499,7 +499,7 @@ def validate(config: RunConfig) -> None:
     name, _, argument = features.partition(":")
     if features != "pixels" and not (name in ("classifier", "inception") and argument):
         raise UserError(f"config: eval.features must be pixels, classifier:DIR or inception:PATH, got {features!r}")
-    if config.eval.num_samples < MIN_EVAL_SAMPLES:
+    if config.eval.metrics and config.eval.num_samples < MIN_EVAL_SAMPLES:
         raise UserError(f"config: eval.num_samples must be >= {MIN_EVAL_SAMPLES} (precision/recall needs more "
                         f"samples than its k = 3 neighbours), got {config.eval.num_samples}")
     if not 0 <= config.log.d_wins_loss < 1:

@@ -52,6 +52,27 @@ def spectrally_normalized(net) -> int:
     return sum(getattr(m, "parametrizations", None) is not None for m in net.modules())
 
 
+def test_spectral_norm_iterates_once_per_weight_change_not_per_call():
+    """Catches the power iteration advancing at every training-mode call (torch's spectral_norm): the estimate
+    would then depend on how often D is called between optimizer steps (accumulation, lazy R1), and
+    2 micro-steps x b would differ from 1 x 2b."""
+    from gendist.nets.registry import SpectralNorm
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 12)
+    norm = SpectralNorm(weight, warmup_iterations=0)  # random vectors: every iteration moves them
+    first = norm(weight)
+    u = norm._u.clone()
+    again = norm(weight)  # same weight: no iteration
+    assert torch.equal(norm._u, u) and torch.equal(first, again)
+    changed = weight + 0.1
+    norm(changed)  # a new weight: exactly one iteration
+    assert not torch.equal(norm._u, u)
+    u_changed = norm._u.clone()
+    norm(changed)
+    assert torch.equal(norm._u, u_changed)
+
+
 def test_spectral_norm_defaults_to_resnet_discriminators_and_follows_the_option():
     """Catches spectral normalization missing from resnet's discriminator (SNGAN's default), applied to its
     generator, or ignoring model.spectral_norm."""
