@@ -97,10 +97,26 @@ def diff_augment(x: torch.Tensor, uniform: torch.Tensor, policies: tuple[str, ..
 
 
 class Augmenter:
-    """`augmenter(x, batch)`: x augmented with uniforms drawn from the batch's noise source (one call)."""
+    """`augmenter(x, batch)`: x augmented with uniforms drawn from the batch's noise source (one call).
 
-    def __init__(self, policies: tuple[str, ...], p: float = 1.0):
-        self.policies, self.p = policies, p
+    With `target` > 0 the probability adapts as ADA's (Karras et al. 2020): the discriminator's losses report
+    the signs of its scores on real data (`observe`), and every `interval` steps `adapt` moves p by
+    sign(r_t - target) * (images in the interval) / (kimg * 1000), r_t = E[sign D(x)] over the interval's global
+    batch (summed over ranks: the same number for 2 ranks x b as for 1 x 2b), clipped to [0, 1]. p starts at
+    `p`. Its value and the interval's partial sums are checkpointed (`state_dict`).
+    """
+
+    def __init__(self, policies: tuple[str, ...], p: float = 1.0, target: float = 0.0, interval: int = 4,
+                 kimg: float = 500.0):
+        self.policies, self.p = policies, float(p)
+        self.target, self.interval, self.kimg = target, interval, kimg
+        self.signs: torch.Tensor | None = None  # this rank's sum of sign(D(x)) since the last adjustment
+        self.count: torch.Tensor | None = None
+        self.last_rt: float | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target > 0
 
     def __call__(self, x: torch.Tensor, batch) -> torch.Tensor:
         if len(x) != batch.size:
@@ -108,6 +124,42 @@ class Augmenter:
                              f"got {len(x)} images")
         uniform = torch.special.ndtr(batch.randn(COLUMNS).float())  # (B, COLUMNS) in (0, 1)
         return diff_augment(x, uniform, self.policies, self.p)
+
+    def observe(self, real_scores: torch.Tensor) -> None:
+        """Add the signs of D's scores on (augmented) real data; on the device, no host sync."""
+        if not self.adaptive:
+            return
+        scores = real_scores.detach().float()
+        signs, count = scores.sign().sum(), torch.tensor(float(scores.numel()), device=scores.device)
+        self.signs = signs if self.signs is None else self.signs + signs
+        self.count = count if self.count is None else self.count + count
+
+    def adapt(self, step: int, images_per_step: int, reduce_mean) -> None:
+        """After step `step` (1-based count of finished steps): every `interval` steps, one collective over
+        ranks (`reduce_mean`, every rank calls it) and p moves by ADA's rule."""
+        if not self.adaptive or step % self.interval:
+            return
+        device = self.signs.device if self.signs is not None else torch.device("cpu")
+        zero = torch.zeros((), device=device)
+        totals = reduce_mean({"signs": self.signs if self.signs is not None else zero,
+                              "count": self.count if self.count is not None else zero})
+        self.signs = self.count = None
+        if totals["count"] == 0:
+            return
+        self.last_rt = totals["signs"] / totals["count"]
+        step_size = images_per_step * self.interval / (self.kimg * 1000)
+        direction = (self.last_rt > self.target) - (self.last_rt < self.target)
+        self.p = min(1.0, max(0.0, self.p + direction * step_size))
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "signs": None if self.signs is None else float(self.signs),
+                "count": None if self.count is None else float(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """(0-dim CPU tensors: they add to the device's sums like numbers.)"""
+        self.p = float(state["p"])
+        self.signs = None if state.get("signs") is None else torch.tensor(state["signs"])
+        self.count = None if state.get("count") is None else torch.tensor(state["count"])
 
 
 __all__ = ["Augmenter", "diff_augment", "parse_policy", "POLICIES", "COLUMNS"]

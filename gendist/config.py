@@ -135,7 +135,13 @@ class GANConfig:
     # gradient penalty): DiffAugment's policies, comma-separated: color, translation, cutout ("" disables), each
     # applied to a sample with probability augment_p (gendist.augment). Images only
     augment: str = ""
-    augment_p: float = 1.0
+    augment_p: float = 1.0  # with gan.ada_target > 0: the starting probability (ADA starts at 0)
+    # ADA (Karras et al. 2020): p adapts so that E[sign D(x)] on real data stays at ada_target (0.6 in the paper;
+    # 0: p fixed), adjusted every ada_interval steps by (images in the interval) / (ada_kimg * 1000): p can go
+    # from 0 to 1 in ada_kimg thousand images. p is checkpointed and logged (discriminator/augment_p)
+    ada_target: float = 0.0
+    ada_interval: int = 4
+    ada_kimg: float = 500.0
 
 
 @dataclass
@@ -319,7 +325,7 @@ MOVED_KEYS = {**{f"model.{key}": f"gan.{key}" for key in (
 
 MIN_EVAL_SAMPLES = 10  # precision/recall's k-nearest-neighbour radii (k = 3) and the unbiased MMD/KID need a few
 POSITIVE_INTS = {"train.max_steps", "train.batch_size", "train.grad_accum", "model.latent_dim", "model.hidden",
-                 "gan.n_critic", "gan.pl_every", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
+                 "gan.n_critic", "gan.pl_every", "gan.ada_interval", "vae.eval_samples", "vae.eval_budget", "vae.k", "vae.categories", "gan.r1_every", "gan.pack", "log.every", "eval.num_samples", "ckpt.keep",
                  "data.shuffle_buffer", "dist.timeout_s", "train.max_bad_steps", "bigan.n_critic"}
 NON_NEGATIVE_INTS = {"log.d_wins_logs", "gan.unroll_steps", "optim.warmup_steps", "ckpt.every", "log.sample_every", "eval.every",
                      "data.num_workers", "data.memory_cache_mb", "model.depth", "cyclegan.pool_size",
@@ -679,8 +685,16 @@ def validate_model(config: RunConfig) -> None:
         if gan.unroll_steps:
             raise UserError("config: gan.augment does not combine with gan.unroll_steps (the unrolled "
                             "discriminator steps see the raw batch); set one of them")
-    if not 0 < gan.augment_p <= 1:
-        raise UserError(f"config: gan.augment_p must be in (0, 1], got {gan.augment_p}")
+    if not 0 <= gan.ada_target < 1:
+        raise UserError(f"config: gan.ada_target must be in [0, 1) (0: a fixed gan.augment_p), got {gan.ada_target}")
+    if gan.ada_target and not gan.augment:
+        raise UserError("config: gan.ada_target adapts the probability of gan.augment, which is empty: set "
+                        "gan.augment=color,translation,cutout (or ada_target=0)")
+    if not gan.ada_kimg > 0:
+        raise UserError(f"config: gan.ada_kimg must be > 0, got {gan.ada_kimg}")
+    if not (0 <= gan.augment_p <= 1 and (gan.augment_p > 0 or gan.ada_target > 0)):
+        raise UserError(f"config: gan.augment_p must be in (0, 1] (0 only as ADA's start, with gan.ada_target > 0), "
+                        f"got {gan.augment_p}")
     if gan.unroll_steps and gan.loss == "wgan_gp":
         raise UserError("config: gan.unroll_steps does not combine with gan.loss=wgan_gp "
                         "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")

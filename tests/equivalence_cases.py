@@ -48,6 +48,12 @@ RECIPES = {
     "stylegan2_sgd": ["configs/gan_digits.yaml", *SGD, "optim.lr=0.01", "model.arch=stylegan2", "model.hidden=16",
                       "stylegan2.max_channels=32", "stylegan2.w_dim=32", "stylegan2.mapping_layers=2",
                       "stylegan2.style_mixing=0.9", "train.ema_decay=0"],
+    # DiffAugment on everything D sees (R1 included) with ADA's adaptive probability: the augmentation's
+    # parameters come from the global row's noise, and p moves every 2 steps from E[sign D(x)] summed over
+    # ranks (ada_kimg=1: 0.128 per adjustment at 64 images a step, so p changes several times in 20 steps)
+    "augment_ada_r1_sgd": ["configs/gan_digits.yaml", *SGD, "optim.lr=0.01", "model.hidden=16", "train.ema_decay=0",
+                           "gan.augment=color,translation,cutout", "gan.augment_p=0.3", "gan.ada_target=0.6",
+                           "gan.ada_interval=2", "gan.ada_kimg=1", "gan.r1_gamma=1.0", "gan.r1_every=2"],
 }
 # Every case trains with a smooth activation (SiLU). With ReLU/LeakyReLU a pre-activation within round-off of
 # the kink lands on either side depending on the summation order, and one unit's gradient for one sample
@@ -59,7 +65,8 @@ RECIPES = {name: [*args, "model.activation=silu"] for name, args in RECIPES.item
 # benchmarks/equivalence_bounds.py over 5 seeds (RESULTS.md, "Equivalence bounds", has the table).
 BOUNDS = {"gan": 1e-4, "gan_sgd": 5e-5, "gan_sgd_clip": 4e-5, "relativistic_r1_r2_sgd": 2e-5, "vae": 1e-4,
           "wgan_gp_pack_r1": 1e-4, "wgan_clip": 1e-4, "bigan_sgd": 2.5e-4, "cyclegan_sgd": 5e-4,
-          "unrolled_hinge": 1e-4, "resnet_sn_sgd": 5e-4, "stylegan2_sgd": 1e-4}  # (unrolled: DDP against ZeRO-2, both 2 x b: measured 0)
+          "unrolled_hinge": 1e-4, "resnet_sn_sgd": 5e-4, "stylegan2_sgd": 1e-4,
+          "augment_ada_r1_sgd": 2e-5}  # (unrolled: DDP against ZeRO-2, both 2 x b: measured 0)
 
 
 def final_players(run_dir, step=STEPS):

@@ -97,7 +97,12 @@ class _Marked:
     """Stands in for Augmenter in the recipe: adds 100 to what it augments (differentiably), so a sample the
     discriminator sees without augmentation is told apart by its range (the images lie in [0, 1])."""
 
-    def __init__(self, policies, p):
+    p, adaptive = 1.0, False
+
+    def __init__(self, *args):
+        pass
+
+    def observe(self, real_scores):
         pass
 
     def __call__(self, x, batch):
@@ -142,3 +147,53 @@ def test_the_discriminator_sees_only_augmented_images_in_every_phase(monkeypatch
         assert torch.isfinite(out["loss"]), phase.name
         assert discriminator.seen, f"{phase.name}: never called the discriminator"
         assert min(discriminator.seen) > 50, f"{phase.name}: D saw an image that was not augmented"
+
+
+def _mean_over_one_rank(values):
+    return {name: float(value) for name, value in values.items()}
+
+
+def test_ada_moves_p_by_the_sign_of_the_real_scores_against_the_target():
+    """Catches ADA's p moving the wrong way (up when D is fooled), by the wrong step, or between intervals."""
+    augmenter = Augmenter(ALL, p=0.5, target=0.6, interval=4, kimg=1.0)
+    for step in range(1, 4):  # D sure of real data: E[sign D(x)] = 1 > 0.6
+        augmenter.observe(torch.ones(8, 1))
+        augmenter.adapt(step, 64, _mean_over_one_rank)
+        assert augmenter.p == 0.5  # not yet: every 4 steps
+    augmenter.observe(torch.ones(8, 1))
+    augmenter.adapt(4, 64, _mean_over_one_rank)
+    assert augmenter.p == pytest.approx(0.5 + 64 * 4 / 1000) and augmenter.last_rt == 1.0
+    for step in range(5, 9):  # 1 of 4 real scores positive: r_t = -0.5 < 0.6
+        augmenter.observe(torch.tensor([[1.0], [-1.0], [-2.0], [-0.5]]))
+        augmenter.adapt(step, 64, _mean_over_one_rank)
+    assert augmenter.p == pytest.approx(0.5) and augmenter.last_rt == -0.5
+    for step in range(9, 41):
+        augmenter.observe(-torch.ones(8, 1))
+        augmenter.adapt(step, 64, _mean_over_one_rank)
+    assert augmenter.p == 0.0  # clipped at 0
+
+
+def test_ada_state_resumes_mid_interval():
+    """Catches p or the interval's partial sums lost at a checkpoint (a resumed run would adapt differently)."""
+    straight = Augmenter(ALL, p=0.2, target=0.6, interval=4, kimg=1.0)
+    resumed = Augmenter(ALL, p=0.2, target=0.6, interval=4, kimg=1.0)
+    scores = [torch.tensor([[1.0], [1.0], [-1.0]]), torch.ones(3, 1), -torch.ones(3, 1), torch.ones(3, 1)] * 2
+    for step, score in enumerate(scores, 1):
+        straight.observe(score)
+        straight.adapt(step, 32, _mean_over_one_rank)
+        resumed.observe(score)
+        resumed.adapt(step, 32, _mean_over_one_rank)
+        if step == 6:  # "killed" after step 6: a new augmenter from the saved state
+            state = resumed.state_dict()
+            resumed = Augmenter(ALL, p=0.9, target=0.6, interval=4, kimg=1.0)
+            resumed.load_state_dict(state)
+    assert resumed.p == straight.p != 0.2
+
+
+def test_ada_configuration_is_checked(tmp_path):
+    with pytest.raises(UserError, match="gan.ada_target adapts the probability of gan.augment"):
+        load_config(None, ["data.source=digits", "gan.ada_target=0.6", f"run.dir={tmp_path}"])
+    with pytest.raises(UserError, match="gan.ada_target must be in"):
+        load_config(None, ["data.source=digits", "gan.augment=color", "gan.ada_target=1.5", f"run.dir={tmp_path}"])
+    load_config(None, ["data.source=digits", "gan.augment=color", "gan.ada_target=0.6", "gan.augment_p=0",
+                       f"run.dir={tmp_path}"])  # ADA may start at p = 0

@@ -143,6 +143,8 @@ def assert_resumed_from(output: str, run_dir, step: int | None) -> None:
     assert "skipping checkpoint" not in output, output[-3000:]
 
 
+ADA = ["gan.augment=color,translation,cutout", "gan.augment_p=0.2", "gan.ada_target=0.6", "gan.ada_interval=2",
+       "gan.ada_kimg=1", "gan.r1_gamma=1.0", "gan.r1_every=4"]
 # launcher config, extra overrides, tolerance on logged values (0: bit-exact)
 RESUME_CASES = {
     "single-fp16-ema": (None, ["precision=fp16", "train.ema_decay=0.95"], 0.0),  # GradScaler state, EMA
@@ -163,11 +165,14 @@ RESUME_CASES = {
         "model.arch=mlp", "model.hidden=32", "vae.inference=per_datapoint", "data.split_mode=owner",
         "vae.eval_samples=20", "vae.prior_samples=0", "vae.gap_steps=0", "vae.test_steps=5"], 1e-6),
     # the image architectures: spectral normalization's power-iteration vectors (buffers) under DDP; StyleGAN2
-    # (hashed noise, style mixing, minibatch std) under ZeRO-2
-    "resnet-ddp-sn": ("launch/cpu-ddp.yaml", ["model.arch=resnet", "model.hidden=16", "train.ema_decay=0.9"], 0.0),
-    "stylegan2-zero2": ("launch/cpu-deepspeed-zero2.yaml", [
+    # (hashed noise, style mixing, minibatch std) under ZeRO-2. Both augment what D sees (DiffAugment, R1
+    # through it) with ADA's p adapting every 2 steps: checkpoints every 9 steps land mid-interval, so p
+    # (trainer.json) and each rank's partial sums (its own file) must both resume; p is logged every step
+    "resnet-ddp-sn-ada": ("launch/cpu-ddp.yaml", ["model.arch=resnet", "model.hidden=16", "train.ema_decay=0.9",
+                                                  *ADA], 0.0),
+    "stylegan2-zero2-ada": ("launch/cpu-deepspeed-zero2.yaml", [
         "model.arch=stylegan2", "model.hidden=16", "stylegan2.max_channels=32", "stylegan2.w_dim=32",
-        "stylegan2.mapping_layers=2", "stylegan2.style_mixing=0.9"], 1e-6),
+        "stylegan2.mapping_layers=2", "stylegan2.style_mixing=0.9", *ADA], 1e-6),
 }
 RESUME_CONFIGS = {"resnet": "configs/gan_digits.yaml", "stylegan2": "configs/gan_digits.yaml", "cyclegan": "configs/cyclegan_digits_rot90.yaml", "bigan": "configs/bigan_digits.yaml",
                   "vae": "configs/vae_digits.yaml"}

@@ -90,6 +90,7 @@ RANGES = {
     "ckpt.every": at_least(0), "ckpt.keep": at_least(1),
     "log.every": at_least(1), "log.sample_every": at_least(0), "log.wandb_project": lambda v: v.strip() != "",
     "eval.every": at_least(0), "eval.num_samples": at_least(10),  # the base config evaluates (eval.metrics not empty)
+    "gan.ada_target": lambda v: float(v) == 0, "gan.ada_interval": at_least(1), "gan.ada_kimg": lambda v: float(v) > 0,
     "log.d_wins_loss": lambda v: 0 <= float(v) < 1, "log.d_wins_logs": at_least(0),
     "vae.levels": at_least(2), "vae.categories": at_least(2), "vae.k": at_least(1), "vae.eval_budget": at_least(1),
     "vae.prior_samples": at_least(0), "vae.gap_steps": at_least(0), "vae.kl_warmup_steps": at_least(0),

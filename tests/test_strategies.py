@@ -37,6 +37,8 @@ CASES += [("ddp", "relativistic_r1_r2_sgd"), ("fsdp", "gan_sgd"),
 # tests/test_architectures.py), StyleGAN2 under every strategy
 CASES += [(strategy, "resnet_sn_sgd") for strategy in ("ddp", "zero2")]
 CASES += [(strategy, "stylegan2_sgd") for strategy in ("ddp", "fsdp", "zero2", "zero3")]
+# differentiable augmentation with ADA (gendist.augment) and R1 through it, under DDP and ZeRO-2
+CASES += [(strategy, "augment_ada_r1_sgd") for strategy in ("ddp", "zero2")]
 UNSUPPORTED = [("zero3", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "wgan_gp_pack_r1", "differentiates through a gradient"),
                ("fsdp", "unrolled_hinge", "reads the full weights of discriminator")]

@@ -178,6 +178,9 @@ class Trainer:
             if self.step % phase.every == 0:
                 self.run_phase(phase, index)
         self.step += 1
+        if hasattr(self.recipe, "end_step"):  # recipe state that adapts between steps (ADA's p); may be a collective
+            self.recipe.end_step(self.step, self.config.train.batch_size * self.config.train.grad_accum
+                                 * self.dist.world_size, reduce_mean)
 
     # -- loop --------------------------------------------------------------------------------------------
     def fit(self, hooks) -> str:
@@ -269,6 +272,8 @@ class Trainer:
         state = {"step": self.step, "bad_steps_in_a_row": dict(self.bad_steps_in_a_row),
                  "skipped_steps": dict(self.skipped_steps), "world_size": self.dist.world_size,
                  "strategy": self.strategy.name, **extra_state}
+        if hasattr(self.recipe, "shared_state"):  # the same on every rank: kept across world-size changes
+            state["recipe_shared"] = self.recipe.shared_state()
         if asynchronous and self.strategy.supports_async_save:
             writer.commit_async(state, self.config.ckpt.keep)
             self.saving = writer
@@ -301,6 +306,8 @@ class Trainer:
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
+        if "recipe_shared" in trainer_state and hasattr(self.recipe, "load_shared_state"):
+            self.recipe.load_shared_state(trainer_state["recipe_shared"])
         for name, table in self.tables.items():  # any world size: each rank takes the rows it owns now
             table.load_state_dicts(load_table_states(folder, name))
         own_file = folder / rank_file(self.dist.rank)

@@ -95,6 +95,9 @@ def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, 
     fake_scores = nets.discriminator(pack_samples(fake, pack))  # (B / pack, 1)
     loss = objective(real_scores, fake_scores)
     logs = {"real_score": real_scores.detach().float().mean(), "fake_score": fake_scores.detach().float().mean()}
+    if augment is not None:
+        augment.observe(real_scores)  # ADA's statistic (nothing when p is fixed)
+        logs["augment_p"] = torch.tensor(augment.p)
     if objective_log:
         logs[objective_log] = -loss.detach().float()
     if gp_weight:
@@ -169,6 +172,33 @@ class GANRecipe:
     def __init__(self, config: RunConfig, data_info: DataInfo):
         self.config = config
         self.info = data_info
+        gan = config.gan
+        self.augmenter: Augmenter | None = None
+        if gan.augment:
+            if data_info.kind != "images":
+                raise UserError(f"gan.augment transforms images; this data holds {data_info.kind} of shape "
+                                f"{tuple(data_info.sample_shape)}: set gan.augment=''")
+            self.augmenter = Augmenter(parse_policy(gan.augment), gan.augment_p, gan.ada_target, gan.ada_interval,
+                                       gan.ada_kimg)
+
+    # ADA's probability: global (trainer.json, any world size) and, with the interval's partial sums, per rank
+    def end_step(self, step: int, images_per_step: int, reduce_mean) -> None:
+        if self.augmenter is not None:
+            self.augmenter.adapt(step, images_per_step, reduce_mean)
+
+    def shared_state(self) -> dict:
+        return {"augment_p": self.augmenter.p} if self.augmenter is not None and self.augmenter.adaptive else {}
+
+    def load_shared_state(self, state: dict) -> None:
+        if self.augmenter is not None and self.augmenter.adaptive and "augment_p" in state:
+            self.augmenter.p = float(state["augment_p"])
+
+    def state_dict(self) -> dict:
+        return {"augment": self.augmenter.state_dict()} if self.augmenter is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.augmenter is not None and "augment" in state:
+            self.augmenter.load_state_dict(state["augment"])
 
     def build_networks(self) -> dict[str, nn.Module]:
         """generator: z -> x; discriminator: `gan.pack` samples stacked on the first feature axis -> score."""
@@ -200,12 +230,7 @@ class GANRecipe:
         gp_weight = gan.gp_weight if gan.loss == "wgan_gp" else 0.0
         objective_log = {"fgan": "divergence_bound", "wgan": "wasserstein_estimate",
                          "wgan_gp": "wasserstein_estimate"}.get(gan.loss, "")
-        augment = None
-        if gan.augment:
-            if self.info.kind != "images":
-                raise UserError(f"gan.augment transforms images; this data holds {self.info.kind} of shape "
-                                f"{tuple(self.info.sample_shape)}: set gan.augment=''")
-            augment = Augmenter(parse_policy(gan.augment), gan.augment_p)
+        augment = self.augmenter
         d_loss = partial(discriminator_loss, latent_dim=model.latent_dim, objective=d_objective, pack=gan.pack,
                          gp_weight=gp_weight, objective_log=objective_log, augment=augment)
         unroll = None
