@@ -135,7 +135,7 @@ def test_training_evaluates_in_classifier_features_with_the_chosen_metrics(class
 
 @pytest.mark.parametrize("override, message", [
     ("eval.metrics=[mmd,bogus]", "eval.metrics has unknown bogus"),
-    ("eval.features=resnet", "eval.features must be pixels or classifier:DIR"),
+    ("eval.features=resnet", "eval.features must be pixels, classifier:DIR or inception:PATH"),
     ("ckpt.best_mode=median", "ckpt.best_mode"),
 ])
 def test_bad_evaluation_options_are_one_line(override, message, tmp_path, capsys):
