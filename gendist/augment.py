@@ -110,8 +110,8 @@ class Augmenter:
                  kimg: float = 500.0):
         self.policies, self.p = policies, float(p)
         self.target, self.interval, self.kimg = target, interval, kimg
-        self.signs: torch.Tensor | None = None  # this rank's sum of sign(D(x)) since the last adjustment
-        self.count: torch.Tensor | None = None
+        self.signs: torch.Tensor | None = None  # this rank's sum of sign(D(x)) since the last adjustment (device)
+        self.count = 0  # and how many scores it adds (known on the host: no copy to the device per step)
         self.last_rt: float | None = None
 
     @property
@@ -129,21 +129,18 @@ class Augmenter:
         """Add the signs of D's scores on (augmented) real data; on the device, no host sync."""
         if not self.adaptive:
             return
-        scores = real_scores.detach().float()
-        signs, count = scores.sign().sum(), torch.tensor(float(scores.numel()), device=scores.device)
+        signs = real_scores.detach().float().sign().sum()
         self.signs = signs if self.signs is None else self.signs + signs
-        self.count = count if self.count is None else self.count + count
+        self.count += real_scores.numel()
 
     def adapt(self, step: int, images_per_step: int, reduce_mean) -> None:
         """After step `step` (1-based count of finished steps): every `interval` steps, one collective over
         ranks (`reduce_mean`, every rank calls it) and p moves by ADA's rule."""
         if not self.adaptive or step % self.interval:
             return
-        device = self.signs.device if self.signs is not None else torch.device("cpu")
-        zero = torch.zeros((), device=device)
-        totals = reduce_mean({"signs": self.signs if self.signs is not None else zero,
-                              "count": self.count if self.count is not None else zero})
-        self.signs = self.count = None
+        signs = self.signs if self.signs is not None else torch.zeros(())
+        totals = reduce_mean({"signs": signs, "count": torch.tensor(float(self.count), device=signs.device)})
+        self.signs, self.count = None, 0
         if totals["count"] == 0:
             return
         self.last_rt = totals["signs"] / totals["count"]
@@ -152,14 +149,13 @@ class Augmenter:
         self.p = min(1.0, max(0.0, self.p + direction * step_size))
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "signs": None if self.signs is None else float(self.signs),
-                "count": None if self.count is None else float(self.count)}
+        return {"p": self.p, "signs": None if self.signs is None else float(self.signs), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         """(0-dim CPU tensors: they add to the device's sums like numbers.)"""
         self.p = float(state["p"])
         self.signs = None if state.get("signs") is None else torch.tensor(state["signs"])
-        self.count = None if state.get("count") is None else torch.tensor(state["count"])
+        self.count = int(state.get("count") or 0)
 
 
 __all__ = ["Augmenter", "diff_augment", "parse_policy", "POLICIES", "COLUMNS"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 from gendist.config import RunConfig
 from gendist.tracking import Tracker, warn
 
-WATCHED_PHASES = ("discriminator", "discriminators")  # the GAN and BiGAN phase; CycleGAN's D_A + D_B phase
 UNFLOORED_GAN_LOSSES = ("wgan", "wgan_gp", "fgan")
 
 
