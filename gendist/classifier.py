@@ -79,6 +79,10 @@ def read_labelled(data: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     source = load_source(data, seed)
     if source.y is None:
         raise UserError(f"--data '{data}': no labels (npz: add an array y; folder: one sub-folder per class)")
+    if source.test_rows is not None:  # the source's own test set (Fashion-MNIST's 10,000)
+        test = np.zeros(len(source.x), dtype=bool)
+        test[source.test_rows] = True
+        return source.x[~test], source.y[~test], source.x[test], source.y[test]
     x_train, x_test, y_train, y_test = _split(source.x, source.y, seed)
     return x_train, y_train, x_test, y_test
 

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True, help="grid.png, or x.npy for the raw array")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
+    sample.add_argument("--class", dest="cls", type=int, default=None, metavar="K",
+                        help="class-conditional runs: every sample of class K (default: every class equally, "
+                             "one grid column per class)")
 
     encode = commands.add_parser("encode", help="latent codes E(x) of a trained BiGAN (or VAE encoder means)")
     encode.add_argument("run_dir", type=Path)
@@ -189,14 +192,24 @@ def command_sample(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".png", ".npy"):
         raise UserError(f"--out must end in .png (a grid) or .npy (the raw array), got '{args.out}'")
     loaded = load_run(args.run_dir, args.checkpoint)
+    classes = getattr(loaded.recipe, "num_classes", 0)
+    extra, what = {}, ""
+    if args.cls is not None:
+        if not classes:
+            raise UserError(f"--class: '{args.run_dir}' is not a class-conditional run (model.conditional=false); "
+                            "drop --class")
+        if not 0 <= args.cls < classes:
+            raise UserError(f"--class must be in 0..{classes - 1} (the run's classes), got {args.cls}")
+        extra, what = {"labels": torch.full((args.n,), args.cls, dtype=torch.long)}, f" of class {args.cls}"
     with torch.no_grad():
-        samples = loaded.recipe.sample(loaded.nets, args.n, torch.Generator().manual_seed(args.seed)).cpu()
+        samples = loaded.recipe.sample(loaded.nets, args.n, torch.Generator().manual_seed(args.seed), **extra).cpu()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".npy":
         np.save(args.out, samples.numpy())
-    else:
-        save_samples(samples, loaded.spec.info, args.out)
-    print(f"gendist: wrote {args.n} samples from step {loaded.step} to {args.out}")
+    else:  # a conditional run's balanced samples: one column per class (labels 0, 1, ..., K-1, 0, ...)
+        columns = classes if classes and args.cls is None and classes <= 20 else 0
+        save_samples(samples, loaded.spec.info, args.out, columns=columns)
+    print(f"gendist: wrote {args.n} samples{what} from step {loaded.step} to {args.out}")
     return 0
 
 

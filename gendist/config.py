@@ -78,6 +78,10 @@ class ModelConfig:
     # networks": the shape contract, checked at start-up)
     networks: dict[str, Any] = field(default_factory=dict)
     sync_batchnorm: bool = False  # BatchNorm layers of your networks use statistics of the global batch (DDP, GPU)
+    # class-conditional networks (labelled data; gan and vae): the generator/decoder gets the class, and the
+    # discriminator judges (x, class) (gan.conditional) or the encoder reads it (vae); README "Class-conditional"
+    conditional: bool = False
+    num_classes: int = 0  # classes 0 .. num_classes - 1; 0: from the data (its manifest)
 
 
 @dataclass
@@ -142,6 +146,11 @@ class GANConfig:
     ada_target: float = 0.0
     ada_interval: int = 4
     ada_kimg: float = 500.0
+    # model.conditional: how D uses the class. projection (Miyato and Koyama 2018): score = psi(phi(x)) +
+    # embed(y) . phi(x); acgan (Odena et al. 2017): D also classifies, both players add acgan_weight x the
+    # cross-entropy of D's class logits (on real and generated samples for D, on generated ones for G)
+    conditional: Literal["projection", "acgan"] = "projection"
+    acgan_weight: float = 1.0
 
 
 @dataclass
@@ -695,6 +704,8 @@ def validate_model(config: RunConfig) -> None:
     if not (0 <= gan.augment_p <= 1 and (gan.augment_p > 0 or gan.ada_target > 0)):
         raise UserError(f"config: gan.augment_p must be in (0, 1] (0 only as ADA's start, with gan.ada_target > 0), "
                         f"got {gan.augment_p}")
+    if model.conditional:
+        validate_conditional(config)
     if gan.unroll_steps and gan.loss == "wgan_gp":
         raise UserError("config: gan.unroll_steps does not combine with gan.loss=wgan_gp "
                         "(unrolling through the gradient penalty); use nonsaturating, minimax, hinge, wgan or fgan")
@@ -703,6 +714,28 @@ def validate_model(config: RunConfig) -> None:
         raise UserError(f"config: model.gaussian_init must be [mean, std] with std > 0, got {model.gaussian_init}")
     if model.arch == "gaussian" and model.recipe != "gan":
         raise UserError(f"config: model.arch=gaussian is a GAN generator; use mlp or conv for model.recipe={model.recipe}")
+
+
+def validate_conditional(config: RunConfig) -> None:
+    model, gan = config.model, config.gan
+    if model.recipe not in ("gan", "vae"):
+        raise UserError(f"config: model.conditional=true is built for model.recipe gan and vae, not {model.recipe}; "
+                        "set model.conditional=false")
+    if model.arch == "gaussian":
+        raise UserError("config: model.arch=gaussian has no class-conditional generator; use mlp, conv, resnet or "
+                        "stylegan2 with model.conditional=true")
+    if model.num_classes < 0:
+        raise UserError(f"config: model.num_classes must be >= 0 (0: from the data), got {model.num_classes}")
+    if model.recipe == "gan":
+        if gan.pack != 1:
+            raise UserError("config: model.conditional=true judges one (sample, class) at a time: set gan.pack=1")
+        if gan.unroll_steps:
+            raise UserError("config: model.conditional=true does not combine with gan.unroll_steps; set one of them")
+        if not gan.acgan_weight >= 0:
+            raise UserError(f"config: gan.acgan_weight must be >= 0, got {gan.acgan_weight}")
+    if model.recipe == "vae" and config.vae.latent != "gaussian":
+        raise UserError(f"config: model.conditional=true with model.recipe=vae needs vae.latent=gaussian, got "
+                        f"{config.vae.latent}")
 
 
 def validate_vae(config: RunConfig) -> None:

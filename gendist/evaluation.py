@@ -141,16 +141,41 @@ def _device_of(nets) -> torch.device:
     return torch.device("cpu")
 
 
+def class_metrics(requested: np.ndarray, predicted: np.ndarray | None, generated: np.ndarray,
+                  reference: np.ndarray, reference_labels: np.ndarray | None, num_classes: int,
+                  min_per_class: int = 10) -> dict[str, float]:
+    """A conditional model's metrics: `class_accuracy` (the classifier's prediction is the requested class;
+    `class_accuracy_min` its worst class) when a classifier over the same classes gives `predicted`, and
+    `intra_class_fd` (the Fréchet distance of each class's samples to that class's held-out data, averaged
+    over the classes with at least `min_per_class` of both) when held-out labels are known."""
+    from gendist.metrics import frechet_distance
+
+    metrics: dict[str, float] = {}
+    if predicted is not None:
+        per_class = [float((predicted[requested == k] == k).mean()) for k in range(num_classes) if (requested == k).any()]
+        metrics.update(class_accuracy=float((predicted == requested).mean()), class_accuracy_min=min(per_class))
+    if reference_labels is not None and len(reference_labels) == len(reference):
+        distances = [frechet_distance(generated[requested == k], reference[reference_labels == k])
+                     for k in range(num_classes)
+                     if (requested == k).sum() >= min_per_class and (reference_labels == k).sum() >= min_per_class]
+        if distances:
+            metrics["intra_class_fd"] = float(np.mean(distances))
+    return metrics
+
+
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
              test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
-             artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+             artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS,
+             test_labels: Callable[[], Sequence[torch.Tensor | None]] | None = None) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
     `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data).
     `features`: pixels or classifier:DIR (each rank featurizes its own chunks; the classifier's predictions
     add modes_covered, num_modes and kl_mode_histogram). `which`: the metric groups (eval.metrics; per-sample
     scores are always reported). `artifacts`, when given, receives for pictures the
-    first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`)."""
+    first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`).
+    A conditional recipe (`recipe.num_classes` > 0) samples every class equally (chunk by chunk) and adds
+    `class_metrics`; `test_labels()` gives the held-out chunks' labels (None where unlabelled)."""
     test = list(test_data())
     if getattr(recipe, "input_grid", "") == "translations":
         return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed, which)
@@ -158,19 +183,32 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
 
     featurizer = build_featurizer(features, recipe.info.sample_shape, device=_device_of(nets))
     sizes = chunk_sizes(num_samples)
+    classes = getattr(recipe, "num_classes", 0)
 
     def generate(chunk: int) -> dict:
-        x = recipe.sample(nets, sizes[chunk], chunk_generator(seed, STREAM_SAMPLES, chunk)).float().cpu().numpy()
+        generator = chunk_generator(seed, STREAM_SAMPLES, chunk)
+        if classes:
+            from gendist.nets.conditional import balanced_labels
+
+            requested = balanced_labels(sizes[chunk], classes)
+            x = recipe.sample(nets, sizes[chunk], generator, labels=requested).float().cpu().numpy()
+        else:
+            x = recipe.sample(nets, sizes[chunk], generator).float().cpu().numpy()
         out = {"features": featurizer.features(x), "labels": featurizer.labels(x)}
+        if classes:
+            out["requested"] = requested.numpy()
         if chunk == 0:
             out["x"] = x
         return out
 
     generated = map_chunks(len(sizes), generate)
     scores: list[dict[str, np.ndarray]] = []
+    test_y = list(test_labels()) if classes and test_labels is not None else []
+    if classes and hasattr(recipe, "scores") and test and (len(test_y) != len(test) or any(y is None for y in test_y)):
+        raise ValueError("a conditional recipe's held-out scores need the held-out labels (test_labels)")
     if hasattr(recipe, "scores") and test:
-        scores = map_chunks(len(test), lambda chunk: recipe.scores(nets, test[chunk],
-                                                                   chunk_generator(seed, STREAM_SCORES, chunk)))
+        scores = map_chunks(len(test), lambda chunk: recipe.scores(
+            nets, test[chunk], chunk_generator(seed, STREAM_SCORES, chunk), *((test_y[chunk],) if classes else ())))
     reference_chunks = []  # held-out data in the feature space, featurized by the ranks like the samples
     if featurizer.num_modes is not None:
         needed = math.ceil(MAX_REFERENCE_SAMPLES / CHUNK)
@@ -185,6 +223,15 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
         else:
             reference = held_out(test, MAX_REFERENCE_SAMPLES)
         metrics = {**_reduce_scores(recipe, scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
+        if classes:
+            reference_labels = None
+            if test_y and all(y is not None for y in test_y):
+                reference_labels = np.concatenate([y.numpy() for y in test_y])[:len(reference)]
+            predicted = None
+            if featurizer.num_modes == classes:  # a classifier of these very classes
+                predicted = np.concatenate([chunk["labels"] for chunk in generated])
+            metrics.update(class_metrics(np.concatenate([chunk["requested"] for chunk in generated]), predicted,
+                                         samples.reshape(len(samples), -1), reference, reference_labels, classes))
         if featurizer.num_modes is not None and "modes" in which:
             from gendist.metrics.modes import kl_to_uniform
 

@@ -43,11 +43,19 @@ RECIPES = {
     # the discriminator (its power-iteration vectors are buffers, compared like the weights), and StyleGAN2's
     # modulated convolutions with hashed per-pixel noise, style mixing and minibatch standard deviation over
     # groups of 4 consecutive rows (the same groups on 1 x 2b and 2 x b: each rank's rows are consecutive
-    # global rows under data.split_mode=global)
-    "resnet_sn_sgd": ["configs/gan_digits.yaml", *SGD, "optim.lr=0.01", "model.arch=resnet", "model.hidden=16", "train.ema_decay=0"],
+    # global rows under data.split_mode=global). Both are class-conditional (model.conditional=true): resnet
+    # with conditional normalization in G and a projection D, stylegan2 with the class at the mapping network
+    # and AC-GAN's classifying D; generated samples' labels come from the global row's noise, real ones from
+    # the data, so a label drawn per rank or misaligned with its row shows up here
+    "resnet_sn_sgd": ["configs/gan_digits.yaml", *SGD, "optim.lr=0.01", "model.arch=resnet", "model.hidden=16",
+                      "train.ema_decay=0", "model.conditional=true"],
     "stylegan2_sgd": ["configs/gan_digits.yaml", *SGD, "optim.lr=0.01", "model.arch=stylegan2", "model.hidden=16",
                       "stylegan2.max_channels=32", "stylegan2.w_dim=32", "stylegan2.mapping_layers=2",
-                      "stylegan2.style_mixing=0.9", "train.ema_decay=0"],
+                      "stylegan2.style_mixing=0.9", "train.ema_decay=0", "model.conditional=true",
+                      "gan.conditional=acgan"],
+    # the conditional VAE (label into encoder and decoder) on dynamically binarized digits, IWAE with k = 2
+    "cvae_sgd": ["configs/vae_digits.yaml", *SGD, "optim.lr=0.01", "model.hidden=16", "model.conditional=true",
+                 "vae.k=2", "vae.eval_samples=16", "vae.prior_samples=0", "vae.gap_steps=0"],
     # DiffAugment on everything D sees (R1 included) with ADA's adaptive probability: the augmentation's
     # parameters come from the global row's noise, and p moves every 2 steps from E[sign D(x)] summed over
     # ranks (ada_kimg=1: 0.128 per adjustment at 64 images a step, so p changes several times in 20 steps)

@@ -148,8 +148,11 @@ ADA = ["gan.augment=color,translation,cutout", "gan.augment_p=0.2", "gan.ada_tar
 # launcher config, extra overrides, tolerance on logged values (0: bit-exact)
 RESUME_CASES = {
     "single-fp16-ema": (None, ["precision=fp16", "train.ema_decay=0.95"], 0.0),  # GradScaler state, EMA
-    # asynchronous saves: written by a background thread while training goes on, committed in step order
-    "ddp-async-ema": ("launch/cpu-ddp.yaml", ["ckpt.async_save=true", "train.ema_decay=0.95"], 0.0),
+    # asynchronous saves: written by a background thread while training goes on, committed in step order; a
+    # conditional VAE on the digits (its labels are part of the loader's resumable state)
+    "vae-ddp-async-ema-conditional": ("launch/cpu-ddp.yaml", [
+        "ckpt.async_save=true", "train.ema_decay=0.95", "model.arch=mlp", "model.hidden=32", "model.conditional=true",
+        "vae.eval_samples=20", "vae.prior_samples=0", "vae.gap_steps=0"], 0.0),
     "fsdp-ema": ("launch/cpu-fsdp.yaml", ["train.ema_decay=0.95"], 1e-6),  # sharded EMA
     "zero3": ("launch/cpu-deepspeed-zero3.yaml", [], 1e-6),
     # multi-network units; CycleGAN's per-rank history pools and its second (B) data stream, and EMA of both
@@ -161,18 +164,21 @@ RESUME_CASES = {
     # through the same code as CycleGAN's, which has more state: pools, a second stream, EMA of two networks)
     # non-amortized VAE: each rank's rows of the per-datapoint table (and their Adam state) are in its own
     # checkpoint file; the loader's owner mode keeps every sample on one rank
+    # (conditional: the decoder of each row reads its label)
     "vae-zero2-per-datapoint": ("launch/cpu-deepspeed-zero2.yaml", [
-        "model.arch=mlp", "model.hidden=32", "vae.inference=per_datapoint", "data.split_mode=owner",
+        "model.arch=mlp", "model.hidden=32", "vae.inference=per_datapoint", "data.split_mode=owner", "model.conditional=true",
         "vae.eval_samples=20", "vae.prior_samples=0", "vae.gap_steps=0", "vae.test_steps=5"], 1e-6),
     # the image architectures: spectral normalization's power-iteration vectors (buffers) under DDP; StyleGAN2
     # (hashed noise, style mixing, minibatch std) under ZeRO-2. Both augment what D sees (DiffAugment, R1
     # through it) with ADA's p adapting every 2 steps: checkpoints every 9 steps land mid-interval, so p
-    # (trainer.json) and each rank's partial sums (its own file) must both resume; p is logged every step
+    # (trainer.json) and each rank's partial sums (its own file) must both resume; p is logged every step.
+    # Both are class-conditional: resnet with a projection D, stylegan2 with AC-GAN's classifying D
     "resnet-ddp-sn-ada": ("launch/cpu-ddp.yaml", ["model.arch=resnet", "model.hidden=16", "train.ema_decay=0.9",
-                                                  *ADA], 0.0),
+                                                  "model.conditional=true", *ADA], 0.0),
     "stylegan2-zero2-ada": ("launch/cpu-deepspeed-zero2.yaml", [
         "model.arch=stylegan2", "model.hidden=16", "stylegan2.max_channels=32", "stylegan2.w_dim=32",
-        "stylegan2.mapping_layers=2", "stylegan2.style_mixing=0.9", *ADA], 1e-6),
+        "stylegan2.mapping_layers=2", "stylegan2.style_mixing=0.9", "model.conditional=true",
+        "gan.conditional=acgan", *ADA], 1e-6),
 }
 RESUME_CONFIGS = {"resnet": "configs/gan_digits.yaml", "stylegan2": "configs/gan_digits.yaml", "cyclegan": "configs/cyclegan_digits_rot90.yaml", "bigan": "configs/bigan_digits.yaml",
                   "vae": "configs/vae_digits.yaml"}

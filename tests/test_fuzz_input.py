@@ -107,6 +107,9 @@ RANGES = {
     "stylegan2.max_channels": at_least(1), "stylegan2.w_dim": at_least(1), "stylegan2.mapping_layers": at_least(1),
     "stylegan2.mbstd_group": at_least(1), "gan.pl_every": at_least(1),
     "stylegan2.style_mixing": lambda v: 0 <= float(v) <= 1, "gan.pl_weight": lambda v: float(v) >= 0,
+    "gan.augment": lambda v: v == "" or all(part.strip() in ("color", "translation", "cutout") for part in v.split(",")),
+    "gan.augment_p": lambda v: 0 < float(v) <= 1, "gan.acgan_weight": lambda v: float(v) >= 0,
+    "model.num_classes": at_least(0),
     "eval.features": lambda v: v == "pixels" or (v.partition(":")[0] in ("classifier", "inception") and v.partition(":")[2] != ""),
 }
 

@@ -17,3 +17,4 @@ class DataInfo:
     mode_std: float | None = None
     extras: dict = field(default_factory=dict)
     domain_b: "DataInfo | None" = None
+    num_classes: int | None = None  # labelled data: labels are 0 .. num_classes - 1 (from the manifest)

@@ -226,7 +226,8 @@ def write_prepared(data, source: str, out_dir: Path | str, split_rows: dict, sha
                         "check the free space and permissions of --out") from None
     manifest = {
         "format": MANIFEST_FORMAT, "source": source, "half": half, "kind": data.kind, "sample_shape": list(data.x.shape[1:]),
-        "dtype": "float32", "has_labels": data.y is not None, "block_size": stored_block_size,
+        "dtype": "float32", "has_labels": data.y is not None,
+        "num_classes": int(data.y.max()) + 1 if data.y is not None and len(data.y) else None, "block_size": stored_block_size,
         "image_mode": data.image_mode, "resize": list(resize) if resize else None, "crop": crop if resize else None,
         "split": "source" if data.test_rows is not None else "random",
         "modes": data.modes.tolist() if data.modes is not None else None, "mode_std": data.mode_std,

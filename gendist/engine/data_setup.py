@@ -32,10 +32,13 @@ def cache_root(config: RunConfig) -> Path:
     return Path(root).expanduser() / "shards"
 
 
+CACHE_LAYOUT = "num_classes"  # what cached manifests hold beyond the format; changing it prepares the cache again
+
+
 def _source_key(spec: str, seed: int, resize: list[int] | None = None, crop: str = "center") -> str:
     """Cache key of a source: its spec, its resize and crop, and for file sources the file's size and
     modification time."""
-    parts = [spec, str(seed)]
+    parts = [spec, str(seed), CACHE_LAYOUT]
     if resize:
         parts.append(f"resize={list(resize)},crop={crop}")
     revision = source_revision(spec)
@@ -77,7 +80,8 @@ def split_urls(folder: Path, manifest: dict, split: str) -> list[str]:
 
 def info_from_manifest(manifest: dict) -> DataInfo:
     return DataInfo(kind=manifest["kind"], sample_shape=tuple(manifest["sample_shape"]),
-                    modes=manifest.get("modes"), mode_std=manifest.get("mode_std"))
+                    modes=manifest.get("modes"), mode_std=manifest.get("mode_std"),
+                    num_classes=manifest.get("num_classes"))
 
 
 def resolve_data(config: RunConfig, dist_info: DistInfo) -> DataSpec:
@@ -138,6 +142,18 @@ def iterate_test(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
             return
 
 
+def iterate_test_labels(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
+    """The labels (B,) of `iterate_test`'s batches, in the same order (None for unlabelled data)."""
+    if not spec.test_urls:
+        return
+    seen = 0
+    for batch in iterate_in_order(spec.test_urls, spec.manifest, batch_size):
+        yield batch.get("y")
+        seen += batch["x"].shape[0]
+        if seen >= limit:
+            return
+
+
 def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> None:
     if spec.manifest is None:
         return
@@ -150,5 +166,5 @@ def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> 
                             f"the {total} training samples; lower train.batch_size")
 
 
-__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_in_order", "iterate_test", "check_batch_size",
+__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_in_order", "iterate_test", "iterate_test_labels", "check_batch_size",
            "split_urls"]

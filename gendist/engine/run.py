@@ -15,6 +15,7 @@ from gendist.config import RunConfig, dump_config
 from gendist.errors import UserError
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
+                                      iterate_test_labels,
                                       resolve_data)
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
@@ -77,15 +78,18 @@ class Hooks:
         info, recipe, folder = self.spec.info, trainer.recipe, self.run_dir / "samples"
         with trainer.sampling() as nets:
             if getattr(recipe, "input_grid", "") != "translations":  # CycleGAN has no unconditional sampler
-                samples = recipe.sample(nets, SAMPLE_GRID_SIZE.get(info.kind, 64),
-                                        torch.Generator().manual_seed(self.config.train.seed))
+                count, columns = SAMPLE_GRID_SIZE.get(info.kind, 64), None
+                classes = getattr(recipe, "num_classes", 0)
+                if classes and info.kind == "images" and classes <= 20:  # one column per class
+                    count, columns = classes * max(1, 64 // classes), classes
+                samples = recipe.sample(nets, count, torch.Generator().manual_seed(self.config.train.seed))
                 if trainer.dist.is_main:
                     reference = None  # points are drawn over held-out data (grey), so coverage shows at a glance
                     if info.kind == "points":
                         held_out = list(iterate_test(self.spec, batch_size=2500, limit=2500))
                         reference = held_out[0].numpy() if held_out else None
                     path = save_samples(samples.float().cpu(), info, folder / f"step_{trainer.step:08d}.png",
-                                        reference)
+                                        reference, **({"columns": columns} if columns else {}))
                     self.tracker.log_image(trainer.step, "samples", path)
             if getattr(recipe, "input_grid", "") and info.kind == "images":
                 self.input_grid(trainer, nets)
@@ -100,8 +104,11 @@ class Hooks:
         half are the inputs, the bottom half what the model made of them (same order)."""
         recipe, info = trainer.recipe, self.spec.info
         inputs = torch.cat(list(iterate_test(self.spec, batch_size=32, limit=32)))[:32]
+        labels = {}
+        if getattr(recipe, "num_classes", 0):  # a conditional model reconstructs at the inputs' labels
+            labels["labels"] = torch.cat(list(iterate_test_labels(self.spec, batch_size=32, limit=32)))[:32]
         outputs = recipe.sample(nets, len(inputs), torch.Generator().manual_seed(self.config.train.seed),
-                                inputs).float().cpu()
+                                inputs, **labels).float().cpu()
         if not trainer.dist.is_main:
             return
         info_out = info.domain_b if recipe.input_grid == "translations" else info
@@ -128,9 +135,11 @@ class Hooks:
                                       config.eval.metrics)
             if hasattr(recipe, "diagnostics"):  # every rank: a forward through sharded units is a collective
                 x = next(iter(iterate_test(self.spec, batch_size=500, limit=500)), None)
+                y = next(iter(iterate_test_labels(self.spec, batch_size=500, limit=500)), None)
                 if x is not None:
                     diagnostics = {k: v.cpu().numpy() for k, v in recipe.diagnostics(
-                        nets, x, torch.Generator().manual_seed(config.train.seed)).items()}
+                        nets, x, torch.Generator().manual_seed(config.train.seed),
+                        *((y,) if getattr(recipe, "num_classes", 0) else ())).items()}
         if trainer.dist.is_main:
             self.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
             self.tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
@@ -216,7 +225,8 @@ def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, f
 
     return evaluate(recipe, nets, held_out(spec), seed, num_samples,
                     held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts,
-                    DEFAULT_METRICS if which is None else tuple(which))
+                    DEFAULT_METRICS if which is None else tuple(which),
+                    lambda: iterate_test_labels(spec, batch_size=CHUNK, limit=MAX_TEST_SAMPLES))
 
 
 def requeue_slurm_job_once() -> None:

@@ -16,13 +16,19 @@ user's `Architecture`); `model.networks.<role or network>: package.module:Class`
 2-row probe and its output shape checked, so a wrong network stops at start-up with one line naming it.
 Spectral normalization (`model.spectral_norm`) is applied here, after construction, to every Conv/Linear
 layer of the roles it covers. No recipe reads `model.arch`: recipes call `build_network`.
+
+Conditional roles (`RoleSpec.num_classes` > 0, model.conditional=true) take the class labels as a second input:
+`generator(z, y)`, `discriminator(x, y)`, `encoder(x, y)`, `decoder(code, y)` with y int64 (B,). An
+architecture builds them in `build_conditional` (natively, or by wrapping its unconditional network:
+gendist.nets.conditional); a user's network class that takes a `num_classes` argument is conditional itself,
+any other is wrapped the same way.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -32,6 +38,7 @@ from torch import nn
 from gendist.config import RunConfig
 from gendist.errors import UserError
 from gendist.nets.activations import hidden_activation
+from gendist.nets.conditional import ClassChannels, EmbedConcat, ProjectionDiscriminator, embedding_width
 from gendist.nets.conv import ConvDecoder, ConvEncoder
 from gendist.nets.gaussian import GaussianGenerator
 from gendist.nets.joint import JointDiscriminator
@@ -53,6 +60,7 @@ class RoleSpec:
     images: bool  # the data are images (C, H, W) in [0, 1]
     latent_dim: int = 0  # joint_discriminator: the size of z
     zero_start: bool = False  # translator: the output starts at exactly zero
+    num_classes: int = 0  # > 0: a conditional network, called net(input, y) with labels y in [0, num_classes)
 
 
 class Squashed(nn.Module):
@@ -62,8 +70,8 @@ class Squashed(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:  # z, or (z, y) for a conditional decoder
+        return torch.sigmoid(self.decoder(*inputs))
 
 
 def zero_last_layer(net: nn.Module) -> None:
@@ -89,9 +97,33 @@ class Architecture:
     def build(self, spec: RoleSpec) -> nn.Module:
         raise NotImplementedError
 
+    def default_activation(self) -> Callable[[], nn.Module]:
+        """The activation of a discriminator's features (also the projection discriminator's phi)."""
+        return self.activation or (lambda: nn.LeakyReLU(0.2))
+
+    def build_conditional(self, spec: RoleSpec) -> nn.Module:
+        """The conditional network for `spec` (spec.num_classes > 0). Here: the unconditional one, wrapped
+        (gendist.nets.conditional); architectures with a native conditioning override this for their roles."""
+        return wrap_conditional(self, spec, self.build)
+
     def refuse(self, spec: RoleSpec, why: str) -> UserError:
         return UserError(f"model.arch={self.name} cannot build the {spec.role} '{spec.name}' of model.recipe="
                          f"{self.model.recipe}: {why}")
+
+
+def wrap_conditional(architecture: Architecture, spec: RoleSpec, build: Callable[[RoleSpec], nn.Module]) -> nn.Module:
+    """A conditional network around the unconditional network `build(spec')` of a widened/narrowed spec'."""
+    classes, base = spec.num_classes, replace(spec, num_classes=0)
+    if spec.role in ("generator", "decoder"):
+        width = embedding_width(classes, spec.in_shape[0])
+        return EmbedConcat(build(replace(base, in_shape=(spec.in_shape[0] + width,))), classes, width)
+    if spec.role == "discriminator":
+        features = architecture.model.hidden
+        return ProjectionDiscriminator(build(replace(base, out_shape=(features,))), features, classes,
+                                       architecture.default_activation())
+    if spec.role == "encoder":
+        return ClassChannels(build(replace(base, in_shape=(spec.in_shape[0] + classes, *spec.in_shape[1:]))), classes)
+    raise architecture.refuse(spec, "it has no class-conditional version (model.conditional=true)")
 
 
 class MLPArchitecture(Architecture):
@@ -155,9 +187,6 @@ class ImageArchitecture(Architecture):
 
     def decoder(self, in_dim: int, out_shape: tuple[int, ...], spec: RoleSpec) -> nn.Module:
         raise NotImplementedError
-
-    def default_activation(self) -> Callable[[], nn.Module]:
-        return self.activation or (lambda: nn.LeakyReLU(0.2))
 
     def build(self, spec: RoleSpec) -> nn.Module:
         image_shape = spec.out_shape if spec.role in ("generator", "decoder") else spec.in_shape
@@ -342,21 +371,25 @@ def apply_spectral_norm(net: nn.Module) -> int:
 
 
 def _user_network(config: RunConfig, spec: RoleSpec) -> tuple[nn.Module | None, str]:
-    """A network from model.networks (by network name first, then by role), or (None, "")."""
+    """A network from model.networks (by network name first, then by role), or (None, ""). For a conditional
+    spec, a class taking `num_classes` is built conditional; any other is built unconditional and wrapped."""
     networks = config.model.networks
     key = spec.name if spec.name in networks else spec.role if spec.role in networks else ""
     if not key:
         return None, ""
     path = networks[key]
     cls = import_object(path, f"model.networks.{key}")
-    kwargs = dict(networks.get(f"{key}_kwargs", {}))
     try:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         parameters = {}
+    if spec.num_classes and "num_classes" not in parameters:
+        net = wrap_conditional(build_architecture(config), spec, lambda base: _user_network(config, base)[0])
+        return net, f"model.networks.{key} ({path}, class-conditional by gendist.nets.conditional)"
+    kwargs = dict(networks.get(f"{key}_kwargs", {}))
     latent_dim = spec.latent_dim or (spec.in_shape[0] if spec.role in ("generator", "decoder") else 0)
     offered = {"in_shape": tuple(spec.in_shape), "out_shape": tuple(spec.out_shape), "latent_dim": latent_dim,
-               "images": spec.images}
+               "images": spec.images, "num_classes": spec.num_classes}
     for name, value in offered.items():  # the shapes, for networks that ask for them by these names
         if name in parameters and name not in kwargs:
             kwargs[name] = value
@@ -375,6 +408,8 @@ def check_output_shape(net: nn.Module, spec: RoleSpec, what: str) -> None:
     inputs = [torch.zeros(PROBE_ROWS, *spec.in_shape)]
     if spec.role == "joint_discriminator":
         inputs.append(torch.zeros(PROBE_ROWS, spec.latent_dim))
+    if spec.num_classes:
+        inputs.append(torch.arange(PROBE_ROWS) % spec.num_classes)  # labels
     expected = (PROBE_ROWS, *spec.out_shape)
     was_training = net.training
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -402,7 +437,8 @@ def build_network(config: RunConfig, spec: RoleSpec, architecture: Architecture 
     net, what = _user_network(config, spec)
     architecture = architecture or build_architecture(config)
     if net is None:
-        net, what = architecture.build(spec), f"model.arch={config.model.arch}"
+        net = architecture.build_conditional(spec) if spec.num_classes else architecture.build(spec)
+        what = f"model.arch={config.model.arch}"
     if spectral_norm_enabled(config, architecture, spec):
         apply_spectral_norm(net)
     check_output_shape(net, spec, what)
@@ -423,6 +459,6 @@ class NetworkBuilder:
         return build_network(self.config, spec, self.architecture)
 
 
-__all__ = ["Architecture", "BUILTIN_ARCHITECTURES", "ImageArchitecture", "NetworkBuilder", "ROLES", "RoleSpec",
+__all__ = ["Architecture", "wrap_conditional", "BUILTIN_ARCHITECTURES", "ImageArchitecture", "NetworkBuilder", "ROLES", "RoleSpec",
            "Squashed", "apply_spectral_norm", "build_architecture", "build_network", "check_output_shape",
            "import_object", "zero_last_layer"]

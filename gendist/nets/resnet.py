@@ -30,6 +30,7 @@ from gendist.nets.conv import feature_sizes
 from gendist.nets.registry import ImageArchitecture
 
 MAX_WIDTH_FACTOR = 8
+CLASS_EMBEDDING = 128  # width of the conditional generator's shared class embedding (BigGAN: 128)
 Activation = Callable[[], nn.Module]
 
 
@@ -68,18 +69,26 @@ def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class PerSampleNorm(nn.Module):
-    """GroupNorm with up to 32 groups of at least 2 channels: statistics per sample, never across the batch. Its
-    own module so that a conditional version can replace the affine gain/bias with class-conditional ones.
+    """GroupNorm with up to 32 groups of at least 2 channels: statistics per sample, never across the batch.
     (One channel per group, instance normalization, would cancel every per-channel constant before it: the
-    biases of the convolutions in front would get no gradient and only collect round-off.)"""
+    biases of the convolutions in front would get no gradient and only collect round-off.)
 
-    def __init__(self, channels: int):
+    `cond_dim` > 0: class-conditional (BigGAN's conditional normalization): the gain and bias are
+    1 + gain(c) and bias(c), linear in the generator's class embedding c (B, cond_dim), and forward takes c."""
+
+    def __init__(self, channels: int, cond_dim: int = 0):
         super().__init__()
         groups = max(g for g in range(1, max(1, min(32, channels // 2)) + 1) if channels % g == 0)
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, affine=not cond_dim)
+        self.gain = nn.Linear(cond_dim, channels, bias=False) if cond_dim else None
+        self.bias = nn.Linear(cond_dim, channels, bias=False) if cond_dim else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm(x)
+        if self.gain is None:
+            return h
+        gain, bias = 1 + self.gain(c), self.bias(c)  # (B, channels) each
+        return h * gain[:, :, None, None] + bias[:, :, None, None]
 
 
 class SelfAttention(nn.Module):
@@ -138,17 +147,21 @@ class UpBlock(nn.Module):
     shortcut nearest upsample (-> 1x1 conv when channels change). Upsampling to `size` rather than by 2 makes
     odd sides exact."""
 
-    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], activation: Activation):
+    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], activation: Activation,
+                 cond_dim: int = 0):
         super().__init__()
         self.size = size
-        self.norm_in, self.act_in = PerSampleNorm(in_channels), activation()
+        self.norm_in, self.act_in = PerSampleNorm(in_channels, cond_dim), activation()
         self.conv_in = conv3x3(in_channels, out_channels)
-        self.residual = nn.Sequential(PerSampleNorm(out_channels), activation(), conv3x3(out_channels, out_channels))
+        self.residual = nn.Sequential(PerSampleNorm(out_channels, cond_dim), activation(),
+                                      conv3x3(out_channels, out_channels))
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(self.act_in(self.norm_in(x)), size=self.size, mode="nearest")  # (B, in, *size)
-        h = self.residual(self.conv_in(h))  # (B, out, *size)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """c: the class embedding (B, cond_dim) of a conditional block, else None."""
+        h = F.interpolate(self.act_in(self.norm_in(x, c)), size=self.size, mode="nearest")  # (B, in, *size)
+        norm, act, conv = self.residual
+        h = conv(act(norm(self.conv_in(h), c)))  # (B, out, *size)
         return h + self.shortcut(F.interpolate(x, size=self.size, mode="nearest"))
 
 
@@ -185,11 +198,15 @@ class ResNetEncoder(nn.Module):
 class ResNetDecoder(nn.Module):
     """(B, in_dim) -> (B, C, H, W), unbounded logits (the caller squashes them into the data's range): linear
     to the bottleneck, one up block per level (channels mirroring the encoder), optional self-attention, then
-    norm -> act -> 3x3 conv to C channels."""
+    norm -> act -> 3x3 conv to C channels.
+
+    `num_classes` > 0: class-conditional, forward(z, y): a shared class embedding (BigGAN) sets the gain and bias
+    of every normalization (`PerSampleNorm` with cond_dim)."""
 
     def __init__(self, in_dim: int, out_shape: tuple[int, int, int], channels: int = 64, attention: int = 0,
-                 activation: Callable[[], nn.Module] | None = None):
+                 activation: Callable[[], nn.Module] | None = None, num_classes: int = 0):
         super().__init__()
+        cond_dim = CLASS_EMBEDDING if num_classes else 0
         activation = activation or nn.ReLU
         out_channels, height, width = (int(side) for side in out_shape)
         sizes = feature_sizes((height, width))
@@ -201,16 +218,25 @@ class ResNetDecoder(nn.Module):
         blocks: dict[str, nn.Module] = {"attention": SelfAttention(self.width)} if attend == bottom else {}
         for level in reversed(range(bottom)):  # map sizes[level + 1] -> sizes[level]
             in_width, out_width = level_width(channels, level), level_width(channels, max(level - 1, 0))
-            blocks[f"up{level}"] = UpBlock(in_width, out_width, sizes[level], activation)
+            blocks[f"up{level}"] = UpBlock(in_width, out_width, sizes[level], activation, cond_dim)
             if attend == level:
                 blocks["attention"] = SelfAttention(out_width)
         self.blocks = nn.Sequential(OrderedDict(blocks))
-        self.output = nn.Sequential(PerSampleNorm(channels), activation(), conv3x3(channels, out_channels))
+        self.output = nn.Sequential(PerSampleNorm(channels, cond_dim), activation(), conv3x3(channels, out_channels))
+        self.embed = nn.Embedding(num_classes, cond_dim) if num_classes else None
         init_orthogonal(self)
+        for module in self.modules():  # conditional gains and biases start near 1 and 0 (not orthogonal: O(1))
+            if isinstance(module, PerSampleNorm) and module.gain is not None:
+                nn.init.normal_(module.gain.weight, std=0.02)
+                nn.init.normal_(module.bias.weight, std=0.02)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.embed(y).to(z.dtype) if self.embed is not None else None  # (B, cond_dim)
         h = rearrange(self.project(z), "b (c h w) -> b c h w", h=self.bottom[0], w=self.bottom[1])  # (B, c_n, h_n, w_n)
-        return self.output(self.blocks(h))  # (B, C, H, W)
+        for block in self.blocks:
+            h = block(h, c) if isinstance(block, UpBlock) else block(h)
+        norm, act, conv = self.output
+        return conv(act(norm(h, c)))  # (B, C, H, W)
 
 
 class ResNetArchitecture(ImageArchitecture):
@@ -228,4 +254,11 @@ class ResNetArchitecture(ImageArchitecture):
         return ResNetEncoder(in_shape, out_dim, self.model.hidden, self.config.resnet.attention, self.activation)
 
     def decoder(self, in_dim, out_shape, spec):
-        return ResNetDecoder(in_dim, out_shape, self.model.hidden, self.config.resnet.attention, self.activation)
+        return ResNetDecoder(in_dim, out_shape, self.model.hidden, self.config.resnet.attention, self.activation,
+                             spec.num_classes if spec.role in ("generator", "decoder") else 0)
+
+    def build_conditional(self, spec):
+        """Generators and decoders are conditioned natively (conditional normalization); the rest are wrapped."""
+        if spec.role in ("generator", "decoder"):
+            return self.build(spec)
+        return super().build_conditional(spec)

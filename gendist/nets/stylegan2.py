@@ -191,16 +191,21 @@ class StyleGAN2Generator(nn.Module):
     `noise_mode`: "hashed" (default; per-pixel noise hashed from the row's z, see `hashed_normal`) or "none" (zero
     noise). `style_mixing` p: in train mode, each row with probability p takes the styles of a second latent from a
     hashed crossover layer on; both are derived from the row's hash, so rows stay independent and deterministic.
+
+    `num_classes` > 0: class-conditional, forward(z, y) (StyleGAN2-ADA's conditioning): a class embedding of
+    w_dim, normalized to unit 2nd moment like z, is concatenated to z at the mapping network's input.
     """
 
     def __init__(self, in_dim: int, out_shape: tuple[int, int, int], channels: int = 64, max_channels: int = 256,
-                 w_dim: int = 128, mapping_layers: int = 4, style_mixing: float = 0.0):
+                 w_dim: int = 128, mapping_layers: int = 4, style_mixing: float = 0.0, num_classes: int = 0):
         super().__init__()
         out_ch, height, width = (int(side) for side in out_shape)
         self.in_dim, self.w_dim, self.style_mixing, self.noise_mode = in_dim, w_dim, float(style_mixing), "hashed"
         self.sizes = feature_sizes((height, width))
         widths = [min(channels * 2 ** level, max_channels) for level in range(len(self.sizes))]
-        self.mapping_net = nn.Sequential(*[EqualLinear(in_dim if i == 0 else w_dim, w_dim, lr_mul=0.01, activate=True)
+        self.embed = nn.Embedding(num_classes, w_dim) if num_classes else None
+        first = in_dim + (w_dim if num_classes else 0)
+        self.mapping_net = nn.Sequential(*[EqualLinear(first if i == 0 else w_dim, w_dim, lr_mul=0.01, activate=True)
                                            for i in range(mapping_layers)])
         bottom = len(self.sizes) - 1
         self.const = nn.Parameter(torch.randn(widths[bottom], *self.sizes[bottom]))
@@ -215,9 +220,13 @@ class StyleGAN2Generator(nn.Module):
         # running mean of the path lengths (the path-length regularizer's target), saved with the network
         self.register_buffer("pl_mean", torch.zeros(1))
 
-    def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) -> (B, w_dim): normalize z to unit 2nd moment, then the equalized-lr FC stack."""
+    def mapping(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in_dim) [, labels (B,)] -> (B, w_dim): normalize z (and the class embedding) to unit 2nd moment,
+        then the equalized-lr FC stack."""
         z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        if self.embed is not None:
+            e = self.embed(y).to(z.dtype)  # (B, w_dim)
+            z = torch.cat([z, e * (e.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()], dim=1)
         return self.mapping_net(z)
 
     def _noise(self, seed: torch.Tensor, layer: int, size: tuple[int, int]) -> torch.Tensor | None:
@@ -241,21 +250,21 @@ class StyleGAN2Generator(nn.Module):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False) + torgb(x, ws[:, first + 2])
         return image
 
-    def _mix_styles(self, ws: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _mix_styles(self, ws: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Style mixing (train mode): a row mixes with probability p; its second latent and crossover layer in
         [1, num_ws - 1] come from its own hash, so this is deterministic and per row."""
         seed = latent_seed(z)  # (B,)
-        second = self.mapping(hashed_normal(seed, STREAM_MIX_Z, (self.in_dim,)).to(z.dtype))  # (B, w_dim)
+        second = self.mapping(hashed_normal(seed, STREAM_MIX_Z, (self.in_dim,)).to(z.dtype), y)  # (B, w_dim), same class
         draws = hashed_uniform(seed, STREAM_MIX_CUT, (2,))  # (B, 2): mix or not, crossover layer
         cutoff = 1 + (draws[:, 1] * (self.num_ws - 1)).long().clamp(max=self.num_ws - 2)  # (B,) in [1, num_ws - 1]
         cutoff = torch.where(draws[:, 0] < self.style_mixing, cutoff, torch.full_like(cutoff, self.num_ws))
         take_second = torch.arange(self.num_ws, device=z.device)[None] >= cutoff[:, None]  # (B, num_ws)
         return torch.where(take_second[..., None], second[:, None], ws)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        ws = repeat(self.mapping(z), "b d -> b n d", n=self.num_ws)  # (B, num_ws, w_dim)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        ws = repeat(self.mapping(z, y), "b d -> b n d", n=self.num_ws)  # (B, num_ws, w_dim)
         if self.training and self.style_mixing > 0:
-            ws = self._mix_styles(ws, z)
+            ws = self._mix_styles(ws, z, y)
         return self.synthesis(ws, z)
 
 
@@ -345,10 +354,17 @@ class StyleGAN2Architecture(ImageArchitecture):
     def decoder(self, in_dim, out_shape, spec):
         options = self.config.stylegan2
         net = StyleGAN2Generator(in_dim, out_shape, self.model.hidden, options.max_channels, options.w_dim,
-                                 options.mapping_layers, options.style_mixing)
+                                 options.mapping_layers, options.style_mixing,
+                                 spec.num_classes if spec.role in ("generator", "decoder") else 0)
         set_activation(net, self.model.activation)
         return net
 
     def build(self, spec):
         net = super().build(replace(spec, zero_start=False))
         return ZeroStart(net) if spec.zero_start else net
+
+    def build_conditional(self, spec):
+        """Generators and decoders are conditioned at the mapping network; the rest are wrapped."""
+        if spec.role in ("generator", "decoder"):
+            return self.build(spec)
+        return super().build_conditional(spec)

@@ -64,6 +64,11 @@ class Batch:
         """Standard normal noise (size, *tail), a deterministic function of (seed, step, phase, global row)."""
         return self.noise.randn(self.size, *tail)
 
+    def randint(self, high: int) -> torch.Tensor:
+        """Uniform labels in [0, high) (size,), int64, drawn like `randn` (the normal CDF of one noise draw)."""
+        uniform = torch.special.ndtr(self.noise.randn(self.size, 1).double()).squeeze(1)
+        return (uniform * high).long().clamp_(max=high - 1)
+
 
 LossFn = Callable[[Nets, Batch, int], dict[str, torch.Tensor]]
 
@@ -107,9 +112,25 @@ class Recipe(Protocol):
     # def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]
 
 
+def num_classes_of(config, info) -> int:
+    """The class count of a conditional model (model.conditional=true), 0 for an unconditional one."""
+    from gendist.errors import UserError
+
+    if not config.model.conditional:
+        return 0
+    classes = config.model.num_classes or info.num_classes
+    if not classes:
+        raise UserError("config: model.conditional=true needs labelled data: these data have no labels (or were "
+                        "prepared before labels counted: prepare them again), or set model.num_classes")
+    if info.num_classes and info.num_classes > classes:
+        raise UserError(f"config: model.num_classes={classes}, but the data's labels go up to {info.num_classes - 1}; "
+                        f"set model.num_classes >= {info.num_classes} (or 0: from the data)")
+    return int(classes)
+
+
 def unit_of(units: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """network -> the unit that optimizes it."""
     return {network: unit for unit, networks in units.items() for network in networks}
 
 
-__all__ = ["Batch", "LossFn", "Nets", "NoiseSource", "Phase", "Recipe", "unit_of"]
+__all__ = ["Batch", "LossFn", "Nets", "NoiseSource", "Phase", "Recipe", "num_classes_of", "unit_of"]

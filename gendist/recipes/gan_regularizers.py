@@ -96,13 +96,14 @@ def style_network(module: nn.Module) -> nn.Module | None:
 
 
 def path_length_loss(nets, batch, step: int, *, latent_dim: int, weight: float, every: int,
-                     decay: float = 0.01) -> dict[str, torch.Tensor]:
+                     decay: float = 0.01, num_classes: int = 0) -> dict[str, torch.Tensor]:
     """StyleGAN2's path-length regularizer (Karras et al. 2020): E (|J_w^T y| - a)^2 with y ~ N(0, I) / sqrt(HW)
     on the image and a the running mean of the lengths, scaled by the interval (a lazy phase). The Jacobian is
     a double backward around the distributed wrapper, with a zero-weight term through it (see R1)."""
     generator = style_network(nets.unwrapped.generator)
     z = batch.randn(latent_dim)
-    ws = generator.mapping(z).unsqueeze(1).repeat(1, generator.num_ws, 1)  # (B, num_ws, w_dim)
+    labels = (batch.randint(num_classes),) if num_classes else ()  # a conditional generator's classes
+    ws = generator.mapping(z, *labels).unsqueeze(1).repeat(1, generator.num_ws, 1)  # (B, num_ws, w_dim)
     images = generator.synthesis(ws, z)  # (B, C, H, W) logits
     noise = batch.randn(*images.shape[1:]).to(images.dtype) / math.sqrt(images.shape[2] * images.shape[3])
     (grads,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)  # (B, num_ws, w_dim)
@@ -110,6 +111,6 @@ def path_length_loss(nets, batch, step: int, *, latent_dim: int, weight: float, 
     with torch.no_grad():
         generator.pl_mean.copy_(generator.pl_mean.lerp(lengths.mean(), decay))
     penalty = (lengths - generator.pl_mean).square().mean()
-    anchor = nets.generator(z).float().sum() * 0
+    anchor = nets.generator(z, *labels).float().sum() * 0
     return {"loss": penalty * weight * every + anchor, "pl_penalty": penalty.detach(),
             "pl_mean": generator.pl_mean.detach().reshape(())}

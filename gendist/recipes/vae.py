@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import math
+import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,9 +29,10 @@ from gendist.data.info import DataInfo
 from gendist.errors import UserError
 from gendist.metrics import importance_weighted_bound
 from gendist.nets import MLP, hidden_activation
+from gendist.nets.conditional import balanced_labels
 from gendist.nets.registry import NetworkBuilder
 from gendist.recipes import vae_parts as parts
-from gendist.recipes.base import Batch, Nets, Phase
+from gendist.recipes.base import Batch, Nets, Phase, num_classes_of
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class VAESettings:
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
     inference: str = "amortized"
+    conditional: bool = False  # the encoder and decoder read the labels (model.conditional=true)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "VAESettings":
@@ -86,12 +90,18 @@ def leave_one_out_bounds(f: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(nn.Module):
-    """Encoder x -> parameters of q(z|x); decoder z -> parameters of p(x|z); an optional learned baseline."""
+    """Encoder x -> parameters of q(z|x); decoder z -> parameters of p(x|z); an optional learned baseline.
+
+    Conditional (`num_classes` > 0, Sohn et al. 2015): q(z|x, y) and p(x|z, y), the encoder and decoder called
+    with the labels. `forward` takes them as an argument; every other method reads the labels of the rows it
+    is given from `given(y)`, a context the caller opens around a computation on one batch (its scores, its
+    samples), so the many evaluation routines stay label-agnostic."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, settings: VAESettings,
-                 baseline: nn.Module | None = None):
+                 baseline: nn.Module | None = None, num_classes: int = 0):
         super().__init__()
         self.encoder, self.decoder, self.settings = encoder, decoder, settings
+        self.num_classes, self._labels = num_classes, None
         self.latent_dim, self.likelihood = settings.latent_dim, settings.decoder
         self.baseline = baseline  # learned baseline b(x) of the score-function estimator
         # Gaussian decoder: one shared log-variance, learned (a parameter) or fixed (a buffer).
@@ -105,13 +115,38 @@ class VAE(nn.Module):
         if settings.baseline == "moving_average":  # the running mean of the learning signal, and its count
             self.register_buffer("signal_average", torch.zeros(2))
 
+    # -- labels of a conditional VAE ------------------------------------------------------------------------
+    @contextmanager
+    def given(self, y: torch.Tensor | None):
+        """Within: the rows this VAE sees have labels y (B,) (a no-op for an unconditional VAE)."""
+        if not self.num_classes:
+            yield self
+            return
+        if y is None:
+            raise UserError("a class-conditional VAE (model.conditional=true) needs the labels of its data")
+        previous, self._labels = self._labels, y
+        try:
+            yield self
+        finally:
+            self._labels = previous
+
+    def _condition(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """(labels,) for `rows` rows: the given labels, repeated k times for k stacked copies of the batch
+        (the "b ... -> (k b) ..." layout of log_likelihood_k); () when unconditional."""
+        if not self.num_classes:
+            return ()
+        labels = self._labels
+        if labels is None:
+            raise UserError("a class-conditional VAE (model.conditional=true) needs the labels of its data")
+        return (labels.repeat(rows // len(labels)) if rows != len(labels) else labels,)
+
     # -- the pieces -------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gaussian: (mean, log_var) (B, Z) each; discrete: (logits (B, encoder_out), None)."""
         if self.encoder is None:
             raise UserError("this VAE has no encoder (vae.inference=per_datapoint): a sample's q is optimized, "
                             "not predicted")
-        out = self.encoder(x)
+        out = self.encoder(x, *self._condition(len(x)))
         if self.settings.latent != "gaussian":
             return out, None
         mean, log_var = out.chunk(2, dim=-1)
@@ -119,7 +154,8 @@ class VAE(nn.Module):
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over data dimensions, (B,), for z (B, decoder_in)."""
-        return parts.log_likelihood(self.likelihood, x, self.decoder(z), self.log_var_x, self.settings.levels)
+        out = self.decoder(z, *self._condition(len(z)))
+        return parts.log_likelihood(self.likelihood, x, out, self.log_var_x, self.settings.levels)
 
     def log_likelihood_k(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z_k) for z (K, B, decoder_in) -> (K, B), in one decoder call."""
@@ -128,7 +164,7 @@ class VAE(nn.Module):
         return rearrange(self.log_likelihood(flat_x, rearrange(z, "k b d -> (k b) d")), "(k b) -> k b", k=k)
 
     def mean_sample(self, z: torch.Tensor) -> torch.Tensor:
-        return parts.mean_of(self.likelihood, self.decoder(z), self.settings.levels)
+        return parts.mean_of(self.likelihood, self.decoder(z, *self._condition(len(z))), self.settings.levels)
 
     def elbo_estimate(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ELBO per sample, (B,), touching no state: Gaussian latents with the analytic KL and one
@@ -148,11 +184,15 @@ class VAE(nn.Module):
 
     # -- the training objective ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, noise: torch.Tensor, beta: float = 1.0,
-                posterior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                posterior: torch.Tensor | None = None, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-sample terms; `objective` (B,) is what training maximizes (its gradient is the estimator's).
         noise: standard normal (K, B, latent_dim) for Gaussian latents, (K, B, encoder_out) for discrete ones.
         posterior: per-datapoint Gaussian parameters (B, 2 * latent_dim) = (mean, log_var) instead of the
-        encoder's (non-amortized inference)."""
+        encoder's (non-amortized inference). y: the labels (B,) of a conditional VAE."""
+        with self.given(y):
+            return self._terms(x, noise, beta, posterior)
+
+    def _terms(self, x, noise, beta, posterior) -> dict[str, torch.Tensor]:
         if posterior is not None:
             mean, log_var = posterior.chunk(2, dim=-1)
             return self._reparameterized(x, mean, log_var.clamp(-12.0, 8.0), noise, beta)
@@ -253,7 +293,7 @@ def elbo_loss(nets: Nets, batch: Batch, step: int, *, settings: VAESettings) -> 
     noise = rearrange(batch.randn(samples, width), "b k d -> k b d")  # each row's noise is its own
     beta = min(1.0, (step + 1) / settings.kl_warmup_steps) if settings.kl_warmup_steps else 1.0
     posterior = batch.local["posterior"] if settings.inference == "per_datapoint" else None
-    terms = nets.vae(batch.x, noise, beta, posterior)
+    terms = nets.vae(batch.x, noise, beta, posterior, *((batch.y,) if settings.conditional else ()))
     logs = {key: terms[key].mean().detach() for key in ("elbo", "reconstruction", "kl", "baseline_loss") if key in terms}
     return {"loss": -terms["objective"].mean(), **logs}
 
@@ -267,6 +307,9 @@ class VAERecipe:
         self.config = config
         self.info = data_info
         self.settings = VAESettings.from_config(config)
+        self.num_classes = num_classes_of(config, data_info)  # 0: unconditional
+        if self.num_classes:
+            self.settings = dataclasses.replace(self.settings, conditional=True)
         if self.settings.decoder == "categorical" and data_info.kind != "images":
             raise UserError("vae.decoder=categorical models pixel levels of images; use bernoulli or gaussian "
                             f"for {data_info.kind}")
@@ -284,14 +327,14 @@ class VAERecipe:
         shape, s = self.info.sample_shape, self.settings
         out_channels = parts.decoder_channels(s.decoder, shape[0], s.levels)
         build = NetworkBuilder(self.config, self.info.kind == "images")
-        encoder = build("encoder", "encoder", shape, (s.encoder_out,))
-        decoder = build("decoder", "decoder", (s.decoder_in,), (out_channels, *shape[1:]))
+        encoder = build("encoder", "encoder", shape, (s.encoder_out,), num_classes=self.num_classes)
+        decoder = build("decoder", "decoder", (s.decoder_in,), (out_channels, *shape[1:]), num_classes=self.num_classes)
         baseline = None
         if s.baseline == "learned":  # b(x), a small MLP whatever the architecture (a control variate's input)
             baseline = MLP(math.prod(shape), 1, self.config.model.hidden, 1, hidden_activation(self.config.model.activation))
         if s.inference == "per_datapoint":
             encoder = None  # q(z|x_i) is a row of the per-datapoint table, not a network's output
-        return {"vae": VAE(encoder, decoder, s, baseline)}
+        return {"vae": VAE(encoder, decoder, s, baseline, self.num_classes)}
 
     def phases(self) -> list[Phase]:
         return [Phase("elbo", "vae", partial(elbo_loss, settings=self.settings))]
@@ -300,14 +343,18 @@ class VAERecipe:
         """Held-out data as training sees it: binarized once (per evaluation chunk) when data.binarize is on."""
         return binarize_held_out(x, generator) if self.config.data.binarize != "none" else x
 
-    def sample(self, nets: Nets, count: int, generator: torch.Generator,
-               inputs: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, nets: Nets, count: int, generator: torch.Generator, inputs: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
         """`count` decoder means of z ~ p(z); with `inputs` (data), their reconstructions (the mean of q, or
-        its most likely value for discrete latents)."""
+        its most likely value for discrete latents). A conditional VAE decodes at `labels` (count,) (the
+        inputs' labels for reconstructions; by default every class equally often)."""
         device = next(nets.vae.parameters()).device
-        if inputs is None:
-            return nets.vae.mean_sample(prior_sample(self.settings, count, generator).to(device))
-        return nets.vae.mean_sample(self._code(nets, inputs.to(device)))
+        if self.num_classes and labels is None and inputs is None:
+            labels = balanced_labels(count, self.num_classes)
+        with nets.vae.given(None if labels is None else labels.to(device)):
+            if inputs is None:
+                return nets.vae.mean_sample(prior_sample(self.settings, count, generator).to(device))
+            return nets.vae.mean_sample(self._code(nets, inputs.to(device)))
 
     def _code(self, nets: Nets, x: torch.Tensor) -> torch.Tensor:
         s = self.settings
@@ -356,15 +403,19 @@ class VAERecipe:
         for row in range(rows):
             z[row, :, row] = values
         device = next(nets.vae.parameters()).device
-        return nets.vae.mean_sample(rearrange(z, "r s d -> (r s) d").to(device))
+        labels = torch.zeros(rows * steps, dtype=torch.long, device=device) if self.num_classes else None
+        with nets.vae.given(labels):  # a conditional VAE's traversals are of class 0
+            return nets.vae.mean_sample(rearrange(z, "r s d -> (r s) d").to(device))
 
     @torch.no_grad()
-    def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-sample held-out scores (gendist.recipes.vae_eval)."""
+    def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator,
+               y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample held-out scores (gendist.recipes.vae_eval); a conditional VAE's are of log p(x|y)."""
         from gendist.recipes.vae_eval import held_out_scores
 
         device = next(nets.vae.parameters()).device
-        return held_out_scores(nets.vae, self.binarized(x, generator).to(device), self.config.vae, generator)
+        with nets.vae.given(None if y is None else y.to(device)):
+            return held_out_scores(nets.vae, self.binarized(x, generator).to(device), self.config.vae, generator)
 
     def reduce_scores(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
         """The active units (Burda et al.: Var_x E_q[z_j|x] > 0.01) from the posterior means."""

@@ -1,0 +1,186 @@
+"""Class-conditional models (model.conditional=true): networks that read the class, the labels of generated
+samples, AC-GAN's outputs, the conditional VAE, class metrics and `gendist sample --class`. The exactness of
+conditional training (2 ranks x b = 1 x 2b, SIGKILL/resume under DDP and ZeRO-2) is in test_strategies.py and
+test_fault_tolerance.py (the resnet, stylegan2 and VAE cases are conditional)."""
+import numpy as np
+import pytest
+import torch
+
+from gendist.cli import main
+from gendist.config import load_config
+from gendist.data.info import DataInfo
+from gendist.errors import UserError
+from gendist.evaluation import class_metrics
+from gendist.nets.conditional import balanced_labels
+from gendist.recipes import build_recipe
+from gendist.recipes.base import Batch, Nets
+from helpers import run, gendist_command, make_env
+
+TINY = ["model.hidden=8", "model.latent_dim=8", "stylegan2.max_channels=16", "stylegan2.w_dim=16",
+        "stylegan2.mapping_layers=2"]
+CLASSES = 10
+
+
+def config_for(*overrides):
+    return load_config(None, ["data.source=digits", "model.conditional=true", *TINY, *overrides])
+
+
+def digits_info(shape=(1, 8, 8)):
+    return DataInfo(kind="images", sample_shape=shape, num_classes=CLASSES)
+
+
+class _Noise:
+    def __init__(self, seed):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def randn(self, rows, *tail):
+        return torch.randn(rows, *tail, generator=self.generator)
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "resnet", "stylegan2"])
+@pytest.mark.parametrize("recipe", ["gan", "vae"])
+def test_every_conditional_network_reads_the_class(arch, recipe):
+    """Catches a conditional network that ignores its labels (an embedding never reaching the output, a
+    wrapper that drops y): with the same z / x, another class gives another output, for the generator and
+    projection discriminator of the GAN and the encoder and decoder of the VAE, for every architecture."""
+    networks = build_recipe(config_for(f"model.arch={arch}", f"model.recipe={recipe}"), digits_info()).build_networks()
+    torch.manual_seed(0)
+    x, z = torch.rand(4, 1, 8, 8), torch.randn(4, 8)
+    zeros, others = torch.zeros(4, dtype=torch.long), torch.tensor([1, 3, 5, 9])
+    if recipe == "gan":
+        pairs = [(networks["generator"], z), (networks["discriminator"], x)]
+    else:
+        vae = networks["vae"]
+        pairs = [(vae.encoder, x), (vae.decoder, torch.randn(4, vae.settings.decoder_in))]
+    for net, inputs in pairs:
+        with torch.no_grad():
+            a, b = net(inputs, zeros), net(inputs, others)
+        assert relative_change(a, b) > 1e-3, type(net).__name__  # round-off would be ~1e-7; a class moves it by O(1)
+
+
+def test_acgan_discriminator_scores_and_classifies_and_both_players_learn_the_class():
+    """Catches AC-GAN's class loss missing from either player's loss: D has 1 + K outputs, both phases log a
+    class cross-entropy near log K at initialization, and raising gan.acgan_weight from 0 to 2 raises each
+    player's loss by exactly 2 x its class loss (same networks, same noise)."""
+    def losses(weight):
+        recipe = build_recipe(config_for("model.arch=conv", "gan.conditional=acgan", f"gan.acgan_weight={weight}"),
+                              digits_info())
+        batch = Batch(16, torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)),
+                      torch.arange(16) % CLASSES, _Noise(0))
+        d_phase, g_phase = recipe.phases()[0], recipe.phases()[-1]
+        return d_phase.loss(nets, batch, 0), g_phase.loss(nets, batch, 0)
+
+    torch.manual_seed(0)
+    networks = build_recipe(config_for("model.arch=conv", "gan.conditional=acgan"), digits_info()).build_networks()
+    assert networks["discriminator"](torch.rand(2, 1, 8, 8)).shape == (2, 1 + CLASSES)
+    nets = Nets(networks)
+    with torch.no_grad():
+        (d0, g0), (d2, g2) = losses(0.0), losses(2.0)
+    for without, with_class in ((d0, d2), (g0, g2)):
+        class_loss = float(with_class["class_loss"])
+        assert 0.5 * np.log(CLASSES) < class_loss < 3 * np.log(CLASSES)
+        assert float(with_class["loss"] - without["loss"]) == pytest.approx(2 * class_loss, rel=1e-4)
+    assert float(d2["class_loss"]) > float(g2["class_loss"]) * 1.5  # D's is on real + generated: two terms
+
+
+def test_generated_labels_are_uniform_and_a_function_of_the_noise():
+    """Catches generated labels drawn from the global RNG (not resumable, not world-size independent) or
+    skewed toward some classes: Batch.randint takes its labels from the step's noise stream, the same noise
+    gives the same labels, and 20,000 draws hit every class 2,000 +- 200 times (a 4.5-sigma band)."""
+    labels = Batch(20_000, None, None, _Noise(1)).randint(CLASSES)
+    again = Batch(20_000, None, None, _Noise(1)).randint(CLASSES)
+    assert torch.equal(labels, again) and labels.dtype == torch.long
+    counts = torch.bincount(labels, minlength=CLASSES)
+    assert counts.min() >= 1800 and counts.max() <= 2200, counts.tolist()
+    assert torch.equal(balanced_labels(12, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]))
+
+
+def test_the_conditional_vae_reads_labels_everywhere_and_refuses_to_run_without_them():
+    """Catches a conditional VAE method that forgets the labels (sampling, scoring, IWAE's k stacked copies):
+    inside `given(y)` every piece runs; outside it the VAE stops with one line instead of decoding a class."""
+    recipe = build_recipe(config_for("model.arch=conv", "model.recipe=vae", "vae.k=3", "vae.decoder=bernoulli",
+                                     "vae.eval_samples=7", "vae.prior_samples=5", "vae.gap_steps=2"), digits_info())
+    vae = recipe.build_networks()["vae"]
+    x, y = torch.rand(6, 1, 8, 8).round(), torch.arange(6) % CLASSES
+    terms = vae(x, torch.randn(3, 6, 8), 1.0, None, y)
+    assert terms["objective"].shape == (6,)
+    scores = recipe.scores(Nets(vae=vae), x, torch.Generator().manual_seed(0), y)
+    assert scores["test_nll"].shape == (6,) and torch.isfinite(scores["test_nll"]).all()
+    assert recipe.sample(Nets(vae=vae), 10, torch.Generator().manual_seed(0)).shape == (10, 1, 8, 8)
+    with pytest.raises(UserError, match="needs the labels"):
+        vae.encode(x)
+
+
+def test_class_metrics_score_the_requested_class_and_the_per_class_distance():
+    """Catches class accuracy computed against the wrong labels (e.g. the predicted class of another sample)
+    and an intra-class distance that mixes classes: a generator that draws the right class scores 1.0 and an
+    intra-class FD near 0; one that draws class k+1 when asked for k scores 0.0 and a large distance."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (4, 3))
+    reference_labels = np.repeat(np.arange(4), 200)
+    reference = centres[reference_labels] + rng.normal(0, 1, (800, 3))
+    requested = np.tile(np.arange(4), 100)
+    right = centres[requested] + rng.normal(0, 1, (400, 3))
+    wrong = centres[(requested + 1) % 4] + rng.normal(0, 1, (400, 3))
+    good = class_metrics(requested, requested.copy(), right, reference, reference_labels, 4)
+    bad = class_metrics(requested, (requested + 1) % 4, wrong, reference, reference_labels, 4)
+    assert good["class_accuracy"] == 1.0 and good["class_accuracy_min"] == 1.0
+    assert bad["class_accuracy"] == 0.0
+    assert good["intra_class_fd"] < 0.5 < 50 < bad["intra_class_fd"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.recipe=bigan"], "model.conditional=true is built for model.recipe gan and vae"),
+    (["gan.pack=2"], "set gan.pack=1"),
+    (["model.recipe=vae", "vae.latent=bernoulli"], "needs vae.latent=gaussian"),
+    (["model.arch=gaussian"], "model.arch=gaussian has no class-conditional generator"),
+])
+def test_conditional_settings_that_cannot_work_stop_with_one_line(overrides, message):
+    from gendist.config import validate, validate_model
+
+    with pytest.raises(UserError, match=message):
+        config = config_for(*overrides)
+        validate(config)
+        validate_model(config)
+
+
+def test_unlabelled_data_or_too_few_classes_stop_with_one_line():
+    """Catches a conditional model built on data without labels (its embedding would read garbage) or with
+    model.num_classes below the data's labels (an index error deep in a step)."""
+    with pytest.raises(UserError, match="needs labelled data"):
+        build_recipe(config_for("model.arch=conv"), DataInfo(kind="images", sample_shape=(1, 8, 8)))
+    with pytest.raises(UserError, match="model.num_classes >= 10"):
+        build_recipe(config_for("model.arch=conv", "model.num_classes=3"), digits_info())
+
+
+@pytest.mark.slow
+@pytest.mark.one_process
+def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path):
+    """Catches the end-to-end path missing a piece: a conditional run trains, its evaluation samples every class
+    and reports class metrics in a classifier's features (class accuracy, intra-class FD), and `gendist sample
+    --class K` draws class K (the classifier agrees more often than chance) and refuses a class out of range."""
+    env = make_env(tmp_path / "cache")
+    classifier = tmp_path / "classifier"
+    run(gendist_command("classifier", "train", "--data", "digits", "--out", str(classifier), "--epochs", "15"), env)
+    run_dir = tmp_path / "run"
+    run(gendist_command("train", "configs/gan_digits.yaml", f"run.dir={run_dir}", "model.conditional=true",
+                        "train.max_steps=300", "log.every=100", "log.sample_every=300", "log.wandb=false",
+                        "log.progress=false", "eval.num_samples=500", f"eval.features=classifier:{classifier}"), env)
+    import json
+
+    metrics = json.loads((run_dir / "eval.json").read_text())
+    assert {"class_accuracy", "class_accuracy_min", "intra_class_fd"} <= set(metrics)
+    assert metrics["class_accuracy"] > 0.3, metrics  # chance is 0.1
+    out = tmp_path / "threes.npy"
+    assert main(["sample", str(run_dir), "--n", "200", "--class", "3", "--out", str(out)]) == 0
+    from gendist.classifier import load_classifier
+
+    model, _ = load_classifier(classifier)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.load(out))).argmax(1)
+    assert float((predicted == 3).float().mean()) > 0.3
+    assert main(["sample", str(run_dir), "--n", "4", "--class", "10", "--out", str(out)]) == 2
