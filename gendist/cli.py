@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=int, default=None, help="generated samples (default eval.num_samples)")
     evaluate.add_argument("--seed", type=int, default=None)
     evaluate.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
+    evaluate.add_argument("--noise-floor", action="store_true", help="also score real training samples (as many "
+                          "as --num-samples) against the held-out data: each metric's floor, as floor/<metric>")
 
     classifier = commands.add_parser("classifier", help="a classifier for evaluation features and mode counts")
     classifier_commands = classifier.add_subparsers(dest="action", required=True)
@@ -308,7 +310,8 @@ def command_eval(args: argparse.Namespace) -> int:
             metrics = {"step": loaded.step, **evaluate_recipe(loaded.recipe, loaded.nets, loaded.spec, seed,
                                                               loaded.config.eval.num_samples,
                                                               loaded.config.eval.features,
-                                                              which=loaded.config.eval.metrics)}
+                                                              which=loaded.config.eval.metrics,
+                                                              noise_floor=args.noise_floor or loaded.config.eval.noise_floor)}
         barrier()
     finally:
         shutdown()  # leave the process group cleanly: exiting with live gloo pairs can abort the process

@@ -292,6 +292,9 @@ class EvalConfig:
     # metric groups: mmd (MMD²), c2st (classifier two-sample test), kid, fd (Fréchet distance), pr
     # (precision/recall), modes (mixture or classifier mode coverage); per-sample scores always
     metrics: list[str] = field(default_factory=lambda: ["mmd", "kid", "fd", "pr", "modes"])
+    # also report each metric's noise floor: the same metric of real training samples (as many as
+    # num_samples) against the same held-out data, as floor/<metric> (`gendist eval RUN --noise-floor`)
+    noise_floor: bool = False
 
 
 @dataclass

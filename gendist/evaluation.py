@@ -163,10 +163,35 @@ def class_metrics(requested: np.ndarray, predicted: np.ndarray | None, generated
     return metrics
 
 
+def _reference_labels(test_y: list, count: int) -> np.ndarray | None:
+    """The labels of the first `count` held-out samples (the reference), or None when unlabelled."""
+    if not test_y or any(y is None for y in test_y):
+        return None
+    return np.concatenate([y.numpy() for y in test_y])[:count]
+
+
+def _first_rows(batches, count: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(x, y) batches cut to CHUNK rows each, the first `count` rows in all."""
+    xs, ys, seen = [], [], 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        seen += len(x)
+        if seen >= count:
+            break
+    if not xs:
+        return []
+    x = torch.cat(xs)[:count]
+    y = torch.cat(ys)[:count] if all(item is not None for item in ys) else None
+    return [(x[start:start + CHUNK], None if y is None else y[start:start + CHUNK]) for start in range(0, len(x), CHUNK)]
+
+
 def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
              test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
              artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS,
-             test_labels: Callable[[], Sequence[torch.Tensor | None]] | None = None) -> dict[str, float]:
+             test_labels: Callable[[], Sequence[torch.Tensor | None]] | None = None,
+             floor_data: Callable[[], Sequence[tuple[torch.Tensor, torch.Tensor | None]]] | None = None
+             ) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
     `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data).
@@ -175,7 +200,10 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
     scores are always reported). `artifacts`, when given, receives for pictures the
     first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`).
     A conditional recipe (`recipe.num_classes` > 0) samples every class equally (chunk by chunk) and adds
-    `class_metrics`; `test_labels()` gives the held-out chunks' labels (None where unlabelled)."""
+    `class_metrics`; `test_labels()` gives the held-out chunks' labels (None where unlabelled).
+    `floor_data()`, when given, yields real training (x, y) batches: the first `num_samples` of them are
+    scored like generated samples (their labels as the requested classes), as floor/<metric>: what the
+    metric reads for real data at this sample count, its noise floor."""
     test = list(test_data())
     if getattr(recipe, "input_grid", "") == "translations":
         return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed, which)
@@ -202,6 +230,13 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
         return out
 
     generated = map_chunks(len(sizes), generate)
+    floor_chunks = []
+    if floor_data is not None:
+        real = _first_rows(floor_data(), num_samples)
+        floor_chunks = map_chunks(len(real), lambda chunk: {
+            "features": featurizer.features(real[chunk][0].float().cpu().numpy()),
+            "labels": featurizer.labels(real[chunk][0].float().cpu().numpy()),
+            **({"requested": real[chunk][1].numpy()} if classes and real[chunk][1] is not None else {})})
     scores: list[dict[str, np.ndarray]] = []
     test_y = list(test_labels()) if classes and test_labels is not None else []
     if classes and hasattr(recipe, "scores") and test and (len(test_y) != len(test) or any(y is None for y in test_y)):
@@ -223,10 +258,20 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
         else:
             reference = held_out(test, MAX_REFERENCE_SAMPLES)
         metrics = {**_reduce_scores(recipe, scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
+        if floor_chunks:
+            floor = sample_metrics(np.concatenate([chunk["features"] for chunk in floor_chunks]), reference,
+                                   recipe.info, seed, which)
+            if classes and all("requested" in chunk for chunk in floor_chunks):
+                floor_predicted = None
+                if featurizer.num_modes == classes:
+                    floor_predicted = np.concatenate([chunk["labels"] for chunk in floor_chunks])
+                floor_features = np.concatenate([chunk["features"] for chunk in floor_chunks])
+                floor.update(class_metrics(np.concatenate([chunk["requested"] for chunk in floor_chunks]),
+                                           floor_predicted, floor_features.reshape(len(floor_features), -1),
+                                           reference, _reference_labels(test_y, len(reference)), classes))
+            metrics.update({f"floor/{key}": value for key, value in floor.items()})
         if classes:
-            reference_labels = None
-            if test_y and all(y is not None for y in test_y):
-                reference_labels = np.concatenate([y.numpy() for y in test_y])[:len(reference)]
+            reference_labels = _reference_labels(test_y, len(reference))
             predicted = None
             if featurizer.num_modes == classes:  # a classifier of these very classes
                 predicted = np.concatenate([chunk["labels"] for chunk in generated])

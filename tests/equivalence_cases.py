@@ -74,7 +74,7 @@ RECIPES = {name: [*args, "model.activation=silu"] for name, args in RECIPES.item
 BOUNDS = {"gan": 1e-4, "gan_sgd": 5e-5, "gan_sgd_clip": 4e-5, "relativistic_r1_r2_sgd": 2e-5, "vae": 1e-4,
           "wgan_gp_pack_r1": 1e-4, "wgan_clip": 1e-4, "bigan_sgd": 2.5e-4, "cyclegan_sgd": 5e-4,
           "unrolled_hinge": 1e-4, "resnet_sn_sgd": 5e-4, "stylegan2_sgd": 1e-4,
-          "augment_ada_r1_sgd": 2e-5}  # (unrolled: DDP against ZeRO-2, both 2 x b: measured 0)
+          "augment_ada_r1_sgd": 2e-5, "cvae_sgd": 1e-4}  # (unrolled: DDP against ZeRO-2, both 2 x b: measured 0)
 
 
 def final_players(run_dir, step=STEPS):

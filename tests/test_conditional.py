@@ -161,20 +161,27 @@ def test_unlabelled_data_or_too_few_classes_stop_with_one_line():
 @pytest.mark.one_process
 def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path):
     """Catches the end-to-end path missing a piece: a conditional run trains, its evaluation samples every class
-    and reports class metrics in a classifier's features (class accuracy, intra-class FD), and `gendist sample
+    and reports class metrics in a classifier's features (class accuracy, intra-class FD) with their noise
+    floors (real training samples scored the same way), and `gendist sample
     --class K` draws class K (the classifier agrees more often than chance) and refuses a class out of range."""
     env = make_env(tmp_path / "cache")
     classifier = tmp_path / "classifier"
     run(gendist_command("classifier", "train", "--data", "digits", "--out", str(classifier), "--epochs", "15"), env)
     run_dir = tmp_path / "run"
+    # AC-GAN learns the classes fastest: class accuracy 0.87 at 400 steps, 0.99 at 600 (projection: 0.42 and 0.50)
     run(gendist_command("train", "configs/gan_digits.yaml", f"run.dir={run_dir}", "model.conditional=true",
-                        "train.max_steps=300", "log.every=100", "log.sample_every=300", "log.wandb=false",
-                        "log.progress=false", "eval.num_samples=500", f"eval.features=classifier:{classifier}"), env)
+                        "gan.conditional=acgan", "train.ema_decay=0", "train.max_steps=400", "log.every=100", "log.sample_every=400", "log.wandb=false",
+                        "log.progress=false", "eval.num_samples=500", f"eval.features=classifier:{classifier}",
+                        "eval.noise_floor=true"), env)
     import json
 
     metrics = json.loads((run_dir / "eval.json").read_text())
     assert {"class_accuracy", "class_accuracy_min", "intra_class_fd"} <= set(metrics)
-    assert metrics["class_accuracy"] > 0.3, metrics  # chance is 0.1
+    assert metrics["class_accuracy"] > 0.5, metrics  # chance is 0.1
+    # the noise floor: real training digits against the same held-out digits, scored like samples (the
+    # classifier's accuracy on them; a floor far below the model's own distances)
+    assert metrics["floor/class_accuracy"] > 0.9 and metrics["floor/frechet_distance"] < metrics["frechet_distance"]
+    assert metrics["floor/intra_class_fd"] < metrics["intra_class_fd"], metrics
     out = tmp_path / "threes.npy"
     assert main(["sample", str(run_dir), "--n", "200", "--class", "3", "--out", str(out)]) == 0
     from gendist.classifier import load_classifier
@@ -182,5 +189,5 @@ def test_a_conditional_gan_trains_evaluates_and_samples_by_class(tmp_path):
     model, _ = load_classifier(classifier)
     with torch.no_grad():
         predicted = model(torch.from_numpy(np.load(out))).argmax(1)
-    assert float((predicted == 3).float().mean()) > 0.3
+    assert float((predicted == 3).float().mean()) > 0.5
     assert main(["sample", str(run_dir), "--n", "4", "--class", "10", "--out", str(out)]) == 2

@@ -321,7 +321,8 @@ def same_base_data(spec_a: str, spec_b: str) -> bool:
 
 
 def load_npz(path: Path) -> SourceData:
-    """User arrays: `x` (N, D) points, (N, H, W) or (N, C, H, W) images; optional `y` (N,) labels."""
+    """User arrays: `x` (N, D) points, (N, H, W) or (N, C, H, W) images; optional `y` (N,) labels and `test` (N,)
+    booleans (the held-out rows: the data's own split, kept by `data prepare` instead of a random one)."""
     if not path.is_file():
         raise UserError(f"data.source: npz file '{path}' does not exist — fix the path")
     try:
@@ -356,7 +357,17 @@ def load_npz(path: Path) -> SourceData:
         if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
             raise UserError(f"data.source: '{path}' array y has dtype {y.dtype}; labels must be integers")
         y = y.astype(np.int64)
-    return SourceData(x=x, y=y, kind=kind, modes=None, mode_std=None, name=path.stem)
+    test_rows = None
+    if "test" in contents:
+        test = contents["test"]
+        if test.shape != (len(x),) or test.dtype.kind not in "bui" or not np.isin(test, (0, 1)).all():
+            raise UserError(f"data.source: '{path}' array test must be {len(x)} booleans (True: a held-out row), "
+                            f"got dtype {test.dtype} and shape {test.shape}")
+        test_rows = np.flatnonzero(test.astype(bool))
+        if not 0 < len(test_rows) < len(x):
+            raise UserError(f"data.source: '{path}' array test marks {len(test_rows)} of {len(x)} rows held out; "
+                            "both splits need at least one row")
+    return SourceData(x=x, y=y, kind=kind, modes=None, mode_std=None, name=path.stem, test_rows=test_rows)
 
 
 def find_images(root: Path) -> tuple[list[Path], np.ndarray | None]:

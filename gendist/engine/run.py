@@ -15,7 +15,7 @@ from gendist.config import RunConfig, dump_config
 from gendist.errors import UserError
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
-                                      iterate_test_labels,
+                                      iterate_in_order, iterate_test_labels,
                                       resolve_data)
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
@@ -132,7 +132,7 @@ class Hooks:
         with trainer.sampling() as nets:
             metrics = evaluate_recipe(recipe, nets, self.spec, config.train.seed, config.eval.num_samples,
                                       config.eval.features, artifacts if trainer.dist.is_main else None,
-                                      config.eval.metrics)
+                                      config.eval.metrics, config.eval.noise_floor)
             if hasattr(recipe, "diagnostics"):  # every rank: a forward through sharded units is a collective
                 x = next(iter(iterate_test(self.spec, batch_size=500, limit=500)), None)
                 y = next(iter(iterate_test_labels(self.spec, batch_size=500, limit=500)), None)
@@ -215,7 +215,8 @@ class Hooks:
 
 
 def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, features: str = "pixels",
-                    artifacts: dict | None = None, which: tuple[str, ...] | list[str] | None = None) -> dict[str, float]:
+                    artifacts: dict | None = None, which: tuple[str, ...] | list[str] | None = None,
+                    noise_floor: bool = False) -> dict[str, float]:
     """The recipe's evaluation on held-out data (both domains' for two-domain data), shared over ranks:
     every rank calls it and gets the same metrics."""
     from gendist.evaluation import CHUNK, DEFAULT_METRICS, MAX_TEST_SAMPLES, evaluate
@@ -226,7 +227,9 @@ def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, f
     return evaluate(recipe, nets, held_out(spec), seed, num_samples,
                     held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts,
                     DEFAULT_METRICS if which is None else tuple(which),
-                    lambda: iterate_test_labels(spec, batch_size=CHUNK, limit=MAX_TEST_SAMPLES))
+                    lambda: iterate_test_labels(spec, batch_size=CHUNK, limit=MAX_TEST_SAMPLES),
+                    (lambda: ((batch["x"], batch.get("y")) for batch in iterate_in_order(spec.train_urls, spec.manifest, CHUNK)))
+                    if noise_floor and spec.domain_b is None else None)
 
 
 def requeue_slurm_job_once() -> None:

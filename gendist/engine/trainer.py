@@ -101,9 +101,10 @@ class Trainer:
                                              "micro": micro, "idx": data["idx"].tolist()}) + "\n")
         device = self.dist.device
         x = data["x"].to(device, non_blocking=True)
-        if self.config.data.binarize != "none":  # keyed by global sample id: world-size independent, resumable
+        if self.config.data.binarize != "none":  # keyed by global sample id and the read (not by the micro-step,
+            # which holds other rows at another world size or accumulation): world-size independent, resumable
             x = binarize(x, data["idx"], self.config.data.binarize, self.config.train.seed,
-                         (self.step, phase_index, repeat, micro))
+                         (self.step, phase_index, repeat))
         y = data["y"].to(device, non_blocking=True) if "y" in data else None
         x_b = None
         if self.loader_b is not None:
