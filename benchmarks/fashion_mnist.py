@@ -3,12 +3,12 @@ features of a Fashion-MNIST classifier, against the real-vs-real noise floor.
 
     python benchmarks/fashion_mnist.py [--archs conv resnet stylegan2] [--seeds 0 1 2] [--minutes 60]
                                        [--conditional] [--train-images N] [--augment color,translation,cutout]
-                                       [--samples 10000] [--work DIR] [overrides ...]
+                                       [--steps N] [--samples 10000] [--work DIR] [overrides ...]
 
 Trains the Fashion-MNIST classifier once (`gendist classifier train --data fashion_mnist`, its shipped test set
 scores it), prepares the data once, then per architecture and seed trains configs/gan_fashion_mnist.yaml with
 `model.arch=ARCH` for a step budget worth --minutes of training on this machine (measured: a 40-step run per
-architecture gives the time per step), draws --samples samples (EMA weights; a conditional model every class
+architecture gives the time per step; or --steps), draws --samples samples (EMA weights; a conditional model every class
 equally) and compares them with the 10,000 test images by `gendist eval --real --fake --features
 classifier:DIR --metrics fd,kid,pr`. The floor row compares --samples real training images with the same test
 images. --conditional adds class accuracy (the classifier gives the requested class; the worst class too).
@@ -63,6 +63,8 @@ def main() -> int:
     parser.add_argument("--archs", nargs="+", default=["conv", "resnet", "stylegan2"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=60.0, help="training budget per run (this machine)")
+    parser.add_argument("--steps", type=int, default=0, help="a fixed step budget instead of --minutes (runs "
+                        "compared at equal steps, e.g. with and without --augment)")
     parser.add_argument("--conditional", action="store_true")
     parser.add_argument("--train-images", type=int, default=0, help="train on the first N images (0: all)")
     parser.add_argument("--augment", default="", help="gan.augment for every run (DiffAugment policies)")
@@ -103,6 +105,9 @@ def main() -> int:
     rows: dict[str, list[dict]] = {arch: [] for arch in args.archs}
     steps: dict[str, int] = {}
     for arch in args.archs:
+        if args.steps:
+            steps[arch] = args.steps
+            continue
         calibration = work / f"calibrate-{arch}"
         gendist("train", "configs/gan_fashion_mnist.yaml", f"run.dir={calibration}", f"model.arch={arch}",
                 f"train.max_steps={CALIBRATION_STEPS}", "log.every=5", *common, env=env)
