@@ -26,14 +26,16 @@ CASES = {
     # the network's own methods gather like forwards (register_fsdp_forward_method)
     "fsdp-vae-ema": ("launch/cpu-fsdp.yaml", [*VAE, "train.ema_decay=0.9"]),
     # IWAE (k = 3) on dynamically binarized digits under DDP: test_nll, the prior estimate, effective sample
-    # sizes, active units and the amortization gap (per-datapoint q optimized on each rank's chunks)
-    "ddp-iwae": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.k=3", "vae.gap_steps=20"]),
+    # sizes, active units and the amortization gap (per-datapoint q optimized on each rank's chunks); class-
+    # conditional, so each rank scores its held-out chunks with their labels and samples every class equally
+    "ddp-iwae": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.k=3", "vae.gap_steps=20", "model.conditional=true"]),
     # non-amortized: per-datapoint q rows sharded by sample over the ranks (owner split mode); held-out
     # samples get their q optimized at test time; then resumed on 1 process (the table is re-sharded)
     "ddp-vae-per-datapoint": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.inference=per_datapoint",
                                                       "data.split_mode=owner", "vae.gap_steps=0", "vae.test_steps=10"]),
-    # a categorical latent trained by the score function with the learned baseline, under ZeRO-2
-    "zero2-vae-categorical": ("launch/cpu-deepspeed-zero2.yaml", [*DIGITS_VAE, "vae.latent=categorical",
+    # a categorical latent trained by the score function with the learned baseline (under DDP: one launch
+    # with the other DDP cases; it was a DeepSpeed launch of its own)
+    "ddp-vae-categorical": ("launch/cpu-ddp.yaml", [*DIGITS_VAE, "vae.latent=categorical",
                                                                  "model.latent_dim=1", "vae.baseline=learned",
                                                                  "vae.gap_steps=0"]),
 }

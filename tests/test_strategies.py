@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 # "fsdp-1proc"/"zero2-1proc": dist.strategy=fsdp|deepspeed in a single process.
 # Every strategy with the multi-network units of BiGAN and CycleGAN (plain SGD: a sum instead of a mean over
 # ranks moves the parameters 2x as far); the one-network GAN and VAE on the strategies their variants stress.
-CASES = [(strategy, recipe) for recipe in ("bigan_sgd", "cyclegan_sgd")
-         for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+CASES = [(strategy, "cyclegan_sgd") for strategy in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+# (BiGAN's units under DDP and ZeRO-3 passed here and were dropped from the suite for time: they run through
+# the same unit code as CycleGAN's, which stays on every strategy)
+CASES += [(strategy, "bigan_sgd") for strategy in ("fsdp", "zero1", "zero2")]
 # (gan_sgd under DDP: the torchrun case; under ZeRO-2: zero2-1proc, and gan_sgd_clip/wgan_clip on 2 processes)
 CASES += [("ddp", "relativistic_r1_r2_sgd"), ("fsdp", "gan_sgd"),
           ("ddp", "vae"), ("zero3", "vae"), ("fsdp", "vae"),  # one network that owns a parameter (the Gaussian decoder's log-variance)
