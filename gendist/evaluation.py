@@ -252,31 +252,28 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
     metrics: dict[str, float] | None = None
     rank, _ = _rank_and_world()
     if rank == 0:
-        samples = np.concatenate([chunk["features"] for chunk in generated])
         if reference_chunks:
             reference = np.concatenate(reference_chunks)[:MAX_REFERENCE_SAMPLES]
         else:
             reference = held_out(test, MAX_REFERENCE_SAMPLES)
-        metrics = {**_reduce_scores(recipe, scores), **sample_metrics(samples, reference, recipe.info, seed, which)}
+        reference_labels = _reference_labels(test_y, len(reference)) if classes else None
+
+        def scored(chunks: list[dict]) -> dict[str, float]:
+            """The sample metrics of featurized chunks (generated, or real for the floor), with the class
+            metrics of a conditional recipe when every chunk says which class each row stands for."""
+            features = np.concatenate([chunk["features"] for chunk in chunks])
+            out = sample_metrics(features, reference, recipe.info, seed, which)
+            if classes and all("requested" in chunk for chunk in chunks):
+                predicted = None
+                if featurizer.num_modes == classes:  # a classifier of these very classes
+                    predicted = np.concatenate([chunk["labels"] for chunk in chunks])
+                out.update(class_metrics(np.concatenate([chunk["requested"] for chunk in chunks]), predicted,
+                                         features.reshape(len(features), -1), reference, reference_labels, classes))
+            return out
+
+        metrics = {**_reduce_scores(recipe, scores), **scored(generated)}
         if floor_chunks:
-            floor = sample_metrics(np.concatenate([chunk["features"] for chunk in floor_chunks]), reference,
-                                   recipe.info, seed, which)
-            if classes and all("requested" in chunk for chunk in floor_chunks):
-                floor_predicted = None
-                if featurizer.num_modes == classes:
-                    floor_predicted = np.concatenate([chunk["labels"] for chunk in floor_chunks])
-                floor_features = np.concatenate([chunk["features"] for chunk in floor_chunks])
-                floor.update(class_metrics(np.concatenate([chunk["requested"] for chunk in floor_chunks]),
-                                           floor_predicted, floor_features.reshape(len(floor_features), -1),
-                                           reference, _reference_labels(test_y, len(reference)), classes))
-            metrics.update({f"floor/{key}": value for key, value in floor.items()})
-        if classes:
-            reference_labels = _reference_labels(test_y, len(reference))
-            predicted = None
-            if featurizer.num_modes == classes:  # a classifier of these very classes
-                predicted = np.concatenate([chunk["labels"] for chunk in generated])
-            metrics.update(class_metrics(np.concatenate([chunk["requested"] for chunk in generated]), predicted,
-                                         samples.reshape(len(samples), -1), reference, reference_labels, classes))
+            metrics.update({f"floor/{key}": value for key, value in scored(floor_chunks).items()})
         if featurizer.num_modes is not None and "modes" in which:
             from gendist.metrics.modes import kl_to_uniform
 
