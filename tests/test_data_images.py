@@ -117,3 +117,27 @@ def test_resize_of_points_and_bad_config_are_refused(tmp_path):
         load_config(None, ["data.source=digits", "data.resize=[3]", f"run.dir={tmp_path}"])
     config = load_config(None, ["data.source=digits", "data.resize=[16,16]", f"run.dir={tmp_path}"])
     assert config.data.resize == [16, 16] and config.data.crop == "center"
+
+
+@pytest.mark.parametrize("base, variant", [("digits", "digits_inverted"), ("fashion_mnist", "fashion_mnist_inverted")])
+def test_style_variants_are_the_base_images_transformed_and_two_domains_take_disjoint_halves(base, variant, tmp_path):
+    """Catches a variant that is not exactly 1 - intensity of its base (labels and split kept), and two-domain
+    data of a source and its variant that share samples: CycleGAN would see paired images, and a benchmark of
+    unpaired translation would measure memorized pairs."""
+    if base == "fashion_mnist":
+        installed("fashion_mnist")
+    data, changed = load_source(base), load_source(variant)
+    assert np.array_equal(changed.x, 1.0 - data.x) and np.array_equal(changed.y, data.y)
+    assert (changed.test_rows is None) == (data.test_rows is None)
+    from gendist.data.shards import prepare_two_domains
+    from gendist.data.reading import decode_group, iterate_groups
+
+    manifests = prepare_two_domains(base, variant, tmp_path / "ab", shard_size=100_000)
+    rows = {}
+    for domain, folder in (("a", tmp_path / "ab"), ("b", tmp_path / "ab" / "b")):
+        splits = manifests[domain]["splits"]
+        x = np.concatenate([decode_group(group, None).x for split in splits.values() for shard in split["shards"]
+                            for group in iterate_groups(str(folder / shard["name"]))])
+        rows[domain] = {(row if domain == "a" else 1.0 - row).tobytes() for row in x}
+    assert len(rows["a"]) > 0.45 * len(data.x) and len(rows["b"]) > 0.45 * len(data.x)
+    assert not rows["a"] & rows["b"]

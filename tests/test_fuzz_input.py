@@ -65,7 +65,8 @@ RANGES = {
     # run starts); test shards need data.shards
     "data.test_shards": lambda v: v == "",
     "data.source_b": lambda v: v == "" or v in ("ring", "grid", "swissroll", "mixture1d", "digits", "digits_rot90",
-                                                "digits_inverted", "stacked_digits", "fashion_mnist", "emoji"),
+                                                "digits_inverted", "stacked_digits", "fashion_mnist",
+                                                "fashion_mnist_inverted", "emoji"),
     "data.resize": lambda v: v == [] or (len(v) == 2 and all(type(s) is int and 4 <= s <= 4096 for s in v)),
     "data.num_workers": at_least(0), "data.shuffle_buffer": at_least(1),
     "model.latent_dim": at_least(1), "model.hidden": at_least(1), "model.depth": at_least(0),

@@ -177,13 +177,13 @@ def test_ring_benchmark_short(cache, tmp_path):
 @pytest.mark.slow
 @pytest.mark.one_process
 def test_cyclegan_rot90_benchmark_short(cache, tmp_path):
-    """Short version of benchmarks/cyclegan_digits.py: 1,000 instead of 6,000 steps, seed 0, a lenient
+    """Short version of benchmarks/cyclegan.py (rot90): 1,000 instead of 6,000 steps, seed 0, a lenient
     threshold (RESULTS.md: 0.956-1.0 held-out labels kept over 3 seeds at 6,000 steps): the alignment picks
     the quarter turn and its inverse, and the B classifier reads the source label off the translations."""
     out = tmp_path / "result.json"
-    result = run([sys.executable, "benchmarks/cyclegan_digits.py", "--steps", "1000", "--min-accuracy", "0.85",
-                  "--json", str(out)], make_env(cache), timeout=400, check=False)
+    result = run([sys.executable, "benchmarks/cyclegan.py", "--steps", "1000", "--min-accuracy", "0.85",
+                  "--work", str(tmp_path / "work"), "--json", str(out)], make_env(cache), timeout=400, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    record = json.loads(out.read_text())
+    (record,) = json.loads(out.read_text())
     assert record["g_ab_alignment"].startswith("1 quarter turn") and record["g_ba_alignment"].startswith("3 quarter")
     assert record["a2b_label_kept_test"] >= 0.85 and record["cycle_l1_a_test"] < 0.05

@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from gendist.errors import UserError
-from gendist.nets.resnet import PerSampleNorm, ResNetDecoder, ResNetEncoder, SelfAttention
+from gendist.nets.norm import PerSampleNorm
+from gendist.nets.resnet import ResNetDecoder, ResNetEncoder, SelfAttention
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 24, 40), (3, 8, 8), (1, 9, 13), (3, 17, 8)]  # odd sides floor
 

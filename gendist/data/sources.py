@@ -17,7 +17,7 @@ from einops import rearrange
 from gendist.errors import UserError
 
 VALID_SOURCES = ("ring, grid, swissroll, mixture1d, digits, digits_rot90, digits_inverted, stacked_digits, "
-                 "fashion_mnist, emoji, npz:PATH, folder:PATH")
+                 "fashion_mnist, fashion_mnist_inverted, emoji, npz:PATH, folder:PATH")
 # Real image sets that ship as Debian packages (no download at run time): where they install, and the package
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -53,15 +53,20 @@ class SourceData:
 def source_revision(spec: str) -> str:
     """What a built-in source's data depends on besides (spec, seed): part of its cache key, so changing a
     built-in generator never reuses shards of the old one."""
-    name = spec.partition(":")[0]
+    name = base_source(spec)
     if name in PACKAGES and PACKAGES[name][1].exists():  # the installed package's files
         files = sorted(PACKAGES[name][1].glob("*")) if PACKAGES[name][1].is_dir() else [PACKAGES[name][1]]
         return ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     return {"mixture1d": repr(sorted(MIXTURE_1D.items())), "swissroll": "noise=0.25,scale=1/7.5"}.get(name, "")
 
 
+# Style/geometry variants of a built-in image source: the same images transformed, second domains for unpaired
+# translation (CycleGAN). "rot90" turns every image by 90 degrees counter-clockwise; "inverted" is 1 - intensity
+# (dark shapes on a light ground become light on dark: a change of style, not of geometry).
+VARIANT_SOURCES = {"digits_rot90": ("digits", "rot90"), "digits_inverted": ("digits", "inverted"),
+                   "fashion_mnist_inverted": ("fashion_mnist", "inverted")}
 BUILTIN_SOURCES = ("ring", "grid", "swissroll", "mixture1d", "digits", "digits_rot90", "digits_inverted",
-                   "stacked_digits", "fashion_mnist", "emoji")
+                   "stacked_digits", "fashion_mnist", "fashion_mnist_inverted", "emoji")
 PATH_SOURCES = ("npz", "folder")
 
 
@@ -132,11 +137,12 @@ def resize_images(x: np.ndarray, size: tuple[int, int], crop: str = "center") ->
     return np.clip(out, 0.0, 1.0)  # LANCZOS overshoots slightly at edges
 
 
-def require_package(name: str) -> Path:
-    """The installed path of a Debian-packaged source, or a one-line error naming the package."""
+def require_package(name: str, shown: str = "") -> Path:
+    """The installed path of a Debian-packaged source, or a one-line error naming the package (and the source
+    `shown`, a variant's name, or `name`)."""
     package, path = PACKAGES[name]
     if not path.exists():
-        raise UserError(f"data.source: '{name}' needs the Debian package {package} ({path} is missing) — "
+        raise UserError(f"data.source: '{shown or name}' needs the Debian package {package} ({path} is missing) — "
                         f"install it with `apt-get install {package}` (launch/setup_env.sh does when it can)")
     return path
 
@@ -151,12 +157,13 @@ def _load(spec: str, seed: int, num_samples: int | None, size: tuple[int, int] |
         return build_swissroll(seed, num_samples or 100_000)
     if name == "mixture1d":
         return build_mixture1d(seed, num_samples or 200_000)
-    if name.startswith("digits"):
-        return build_digits(name.removeprefix("digits").lstrip("_"))
+    base, variant = VARIANT_SOURCES.get(name, (name, ""))
+    if base == "digits":
+        return build_digits(variant)
     if name == "stacked_digits":
         return build_stacked_digits(seed, num_samples or 60_000)
-    if name == "fashion_mnist":
-        return build_fashion_mnist()
+    if base == "fashion_mnist":
+        return build_fashion_mnist(variant)
     if name == "emoji":
         return build_emoji()
     if name == "npz":
@@ -208,20 +215,30 @@ def build_mixture1d(seed: int, num_samples: int = 200_000) -> SourceData:
                       mode_std=None, name="mixture1d")
 
 
-def build_digits(variant: str = "") -> SourceData:
-    """scikit-learn's 1,797 8x8 digits (bundled with the package, no download), scaled from 0..16 to [0, 1].
+def base_source(spec: str) -> str:
+    """The source a variant is made from (`digits_inverted` -> `digits`); any other source's own name."""
+    name = spec.partition(":")[0]
+    return VARIANT_SOURCES.get(name, (name, ""))[0]
 
-    Variants make second domains for unpaired translation (CycleGAN): "rot90" turns every digit by 90 degrees
-    counter-clockwise, "inverted" is 1 - intensity (white digits on black become black on white).
-    """
+
+def apply_variant(images: np.ndarray, variant: str) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] transformed by a variant of VARIANT_SOURCES ("" leaves them)."""
+    if variant == "rot90":
+        return np.ascontiguousarray(np.rot90(images, k=1, axes=(2, 3)))
+    if variant == "inverted":
+        return 1.0 - images
+    if variant:
+        raise ValueError(f"unknown variant {variant!r}")
+    return images
+
+
+def build_digits(variant: str = "") -> SourceData:
+    """scikit-learn's 1,797 8x8 digits (bundled with the package, no download), scaled from 0..16 to [0, 1];
+    `variant` (VARIANT_SOURCES: "rot90", "inverted") transforms them into a second domain."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = rearrange(digits.images.astype(np.float32) / 16.0, "n h w -> n 1 h w")
-    if variant == "rot90":
-        images = np.ascontiguousarray(np.rot90(images, k=1, axes=(2, 3)))
-    elif variant == "inverted":
-        images = 1.0 - images
+    images = apply_variant(rearrange(digits.images.astype(np.float32) / 16.0, "n h w -> n 1 h w"), variant)
     return SourceData(x=images, y=digits.target.astype(np.int64), kind="images", modes=None, mode_std=None,
                       name="digits" + (f"_{variant}" if variant else ""))
 
@@ -262,11 +279,12 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def build_fashion_mnist() -> SourceData:
+def build_fashion_mnist(variant: str = "") -> SourceData:
     """Fashion-MNIST (Xiao et al. 2017) from the Debian package dataset-fashion-mnist: 60,000 training and
     10,000 test 28x28 grey images of 10 clothing classes (FASHION_MNIST_CLASSES), in [0, 1], with labels. The
-    shipped split is kept: the last 10,000 rows are the test set (`test_rows`)."""
-    folder = require_package("fashion_mnist")
+    shipped split is kept: the last 10,000 rows are the test set (`test_rows`). `variant` ("inverted":
+    VARIANT_SOURCES) transforms the images into a second domain."""
+    folder = require_package("fashion_mnist", "fashion_mnist" + (f"_{variant}" if variant else ""))
     parts = {split: (read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"), read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz"))
              for split, prefix in (("train", "train"), ("test", "t10k"))}
     for split, (images, labels) in parts.items():
@@ -275,9 +293,10 @@ def build_fashion_mnist() -> SourceData:
                             f"{labels.shape} labels) — reinstall dataset-fashion-mnist")
     images = np.concatenate([parts["train"][0], parts["test"][0]])
     labels = np.concatenate([parts["train"][1], parts["test"][1]]).astype(np.int64)
-    x = rearrange(images, "n h w -> n 1 h w").astype(np.float32) / 255.0
+    x = apply_variant(rearrange(images, "n h w -> n 1 h w").astype(np.float32) / 255.0, variant)
     test_rows = np.arange(len(parts["train"][0]), len(images))
-    return SourceData(x=x, y=labels, kind="images", modes=None, mode_std=None, name="fashion_mnist",
+    return SourceData(x=x, y=labels, kind="images", modes=None, mode_std=None,
+                      name="fashion_mnist" + (f"_{variant}" if variant else ""),
                       image_mode="L", test_rows=test_rows)
 
 
@@ -315,9 +334,11 @@ def build_emoji() -> SourceData:
 
 
 def same_base_data(spec_a: str, spec_b: str) -> bool:
-    """Both sources are made from the same samples (the digits and a variant of them): two-domain data then
-    takes disjoint halves, so no sample appears in both domains (unpaired)."""
-    return spec_a.partition(":")[0].startswith("digits") and spec_b.partition(":")[0].startswith("digits")
+    """Both sources are made from the same samples (a built-in source and a variant of it, or two variants):
+    two-domain data then takes disjoint halves, so no sample appears in both domains (unpaired)."""
+    base = base_source(spec_a)
+    variant_bases = {b for b, _ in VARIANT_SOURCES.values()}
+    return base == base_source(spec_b) and base in variant_bases
 
 
 def load_npz(path: Path) -> SourceData:

@@ -8,7 +8,8 @@ Roles and their contracts (B rows; shapes are per sample; `RoleSpec` carries the
     decoder              code (B, in_dim)             -> (B, *out_shape), unbounded (parameters of p(x|z))
     joint_discriminator  x (B, *in_shape), z (B, Z)   -> score (B, 1); `.features(x, z)` -> (B, F)
     translator           x (B, *in_shape)             -> (B, *out_shape) logits; spec.zero_start: the output
-                                                         starts at exactly 0 (a residual correction)
+                                                         starts at exactly 0 (a residual correction). Image
+                                                         architectures: fully convolutional, same H and W
 
 `model.arch` names an architecture (mlp, conv, resnet, stylegan2, gaussian, or `package.module:Class` of a
 user's `Architecture`); `model.networks.<role or network>: package.module:Class` replaces single networks
@@ -43,6 +44,7 @@ from gendist.nets.conv import ConvDecoder, ConvEncoder
 from gendist.nets.gaussian import GaussianGenerator
 from gendist.nets.joint import JointDiscriminator
 from gendist.nets.mlp import MLP
+from gendist.nets.translator import ImageTranslator
 
 ROLES = ("generator", "discriminator", "encoder", "decoder", "joint_discriminator", "translator")
 DISCRIMINATOR_ROLES = frozenset({"discriminator", "joint_discriminator"})
@@ -177,10 +179,9 @@ class GaussianArchitecture(MLPArchitecture):
 
 class ImageArchitecture(Architecture):
     """An architecture defined by two image networks, `encoder(in_shape, out_dim)` (B, C, H, W) -> (B, out_dim)
-    and `decoder(in_dim, out_shape)` (B, in_dim) -> (B, C, H, W): every role is composed from them (a
-    discriminator is an encoder to one score, a translator an encoder to a code and a decoder back)."""
-
-    code_multiplier = 4  # translator bottleneck: code_multiplier x model.hidden
+    and `decoder(in_dim, out_shape)` (B, in_dim) -> (B, C, H, W): the other roles are composed from them (a
+    discriminator is an encoder to one score), except the translator: `translator(spec)`, by default CycleGAN's
+    fully convolutional generator (gendist.nets.translator), which keeps every pixel where it was."""
 
     def encoder(self, in_shape: tuple[int, ...], out_dim: int, spec: RoleSpec) -> nn.Module:
         raise NotImplementedError
@@ -205,13 +206,22 @@ class ImageArchitecture(Architecture):
             return JointDiscriminator(self.encoder(spec.in_shape, hidden, spec), spec.latent_dim, hidden,
                                       self.activation)
         if spec.role == "translator":
-            code = self.code_multiplier * self.model.hidden
-            net = nn.Sequential(self.encoder(spec.in_shape, code, spec), self.default_activation()(),
-                                self.decoder(code, spec.out_shape, spec))
-            if spec.zero_start:
-                zero_last_layer(net)
-            return net
+            return self.translator(spec)
         raise self.refuse(spec, f"unknown role {spec.role}")
+
+    def translator(self, spec: RoleSpec) -> nn.Module:
+        """An image -> image network of the same height and width: CycleGAN's generator (ImageTranslator) with
+        model.hidden channels and cyclegan.generator_depth residual blocks (-1: model.depth), starting at the
+        identity (or at exactly zero with spec.zero_start)."""
+        (c_in, *side_in), (c_out, *side_out) = spec.in_shape, spec.out_shape
+        if side_in != side_out:
+            raise self.refuse(spec, f"its translator keeps every pixel in place, so both domains need one height "
+                                    f"and width (A {tuple(side_in)}, B {tuple(side_out)}); resize one with "
+                                    "data.resize, or use model.arch=mlp")
+        blocks = self.config.cyclegan.generator_depth
+        blocks = self.model.depth if blocks < 0 else blocks
+        return ImageTranslator(c_in, c_out, tuple(side_in), self.model.hidden, blocks, self.activation,
+                               zero_start=spec.zero_start)
 
 
 class ConvArchitecture(ImageArchitecture):
@@ -370,7 +380,7 @@ def apply_spectral_norm(net: nn.Module) -> int:
     return len(layers)
 
 
-def _user_network(config: RunConfig, spec: RoleSpec) -> tuple[nn.Module | None, str]:
+def _user_network(config: RunConfig, spec: RoleSpec, architecture: Architecture) -> tuple[nn.Module | None, str]:
     """A network from model.networks (by network name first, then by role), or (None, ""). For a conditional
     spec, a class taking `num_classes` is built conditional; any other is built unconditional and wrapped."""
     networks = config.model.networks
@@ -384,7 +394,7 @@ def _user_network(config: RunConfig, spec: RoleSpec) -> tuple[nn.Module | None, 
     except (TypeError, ValueError):
         parameters = {}
     if spec.num_classes and "num_classes" not in parameters:
-        net = wrap_conditional(build_architecture(config), spec, lambda base: _user_network(config, base)[0])
+        net = wrap_conditional(architecture, spec, lambda base: _user_network(config, base, architecture)[0])
         return net, f"model.networks.{key} ({path}, class-conditional by gendist.nets.conditional)"
     kwargs = dict(networks.get(f"{key}_kwargs", {}))
     latent_dim = spec.latent_dim or (spec.in_shape[0] if spec.role in ("generator", "decoder") else 0)
@@ -434,8 +444,8 @@ def build_network(config: RunConfig, spec: RoleSpec, architecture: Architecture 
     where configured, its output shape checked."""
     if spec.role not in ROLES:
         raise ValueError(f"unknown role {spec.role}")
-    net, what = _user_network(config, spec)
     architecture = architecture or build_architecture(config)
+    net, what = _user_network(config, spec, architecture)
     if net is None:
         net = architecture.build_conditional(spec) if spec.num_classes else architecture.build(spec)
         what = f"model.arch={config.model.arch}"
