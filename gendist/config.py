@@ -169,10 +169,15 @@ class CycleGANConfig:
     cycle_weight: float = 10.0  # lambda of ||F(G(a)) - a||_1 + ||G(F(b)) - b||_1
     identity_weight: float = 0.0  # weight of ||G(b) - b||_1 + ||F(a) - a||_1, relative to cycle_weight (paper: 0.5)
     pool_size: int = 50  # history of generated images each discriminator also sees (per rank); 0 disables
-    # hidden layers of the MLP generators (arch=mlp); -1: model.depth. 0 makes each generator affine + sigmoid:
-    # enough for domains related by a pixel permutation or an intensity change (rotation, inversion), and an
-    # affine map cannot trade one digit for another, which deeper generators can (cycle-consistently).
+    # hidden layers of the MLP generators (arch=mlp), residual blocks of the image translators (conv, resnet,
+    # stylegan2); -1: model.depth. MLP: 0 makes each generator affine + sigmoid, enough for domains related by a
+    # pixel permutation or an intensity change (rotation, inversion); an affine map cannot trade one digit for
+    # another, which deeper generators can (cycle-consistently)
     generator_depth: int = -1
+    # at most this many stride-2 convolutions in the image translators (CycleGAN's: 2); none takes a side below
+    # 32 pixels, so images up to 63 pixels a side are translated at full size: through a coarser map the
+    # translators redraw small images as other shapes (gendist.nets.translator; the plan is logged at start-up)
+    downsample: int = 2
     # none | dihedral: each generator first applies a learned global mixture of the 8 turns and flips of the image
     # grid (those that give domain B's shape), softmax-weighted, then its network as a residual correction that
     # starts at zero. Gradient descent can then choose a turn (which a critic's local gradient never finds from
@@ -666,6 +671,9 @@ def validate_model(config: RunConfig) -> None:
         value = getattr(gan, key)
         if value < 0 or value != value:
             raise UserError(f"config: gan.{key} must be >= 0, got {value}")
+    if not 0 <= config.cyclegan.downsample <= 4:
+        raise UserError(f"config: cyclegan.downsample must be 0..4 (stride-2 convolutions of the image translators), "
+                        f"got {config.cyclegan.downsample}")
     if config.cyclegan.generator_depth < -1:
         raise UserError(f"config: cyclegan.generator_depth must be >= -1 (-1: model.depth), got "
                         f"{config.cyclegan.generator_depth}")

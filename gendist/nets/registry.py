@@ -211,8 +211,8 @@ class ImageArchitecture(Architecture):
 
     def translator(self, spec: RoleSpec) -> nn.Module:
         """An image -> image network of the same height and width: CycleGAN's generator (ImageTranslator) with
-        model.hidden channels and cyclegan.generator_depth residual blocks (-1: model.depth), starting at the
-        identity (or at exactly zero with spec.zero_start)."""
+        model.hidden channels, cyclegan.generator_depth residual blocks (-1: model.depth) and up to
+        cyclegan.downsample stride-2 convolutions; its output starts at exactly zero with spec.zero_start."""
         (c_in, *side_in), (c_out, *side_out) = spec.in_shape, spec.out_shape
         if side_in != side_out:
             raise self.refuse(spec, f"its translator keeps every pixel in place, so both domains need one height "
@@ -220,8 +220,11 @@ class ImageArchitecture(Architecture):
                                     "data.resize, or use model.arch=mlp")
         blocks = self.config.cyclegan.generator_depth
         blocks = self.model.depth if blocks < 0 else blocks
-        return ImageTranslator(c_in, c_out, tuple(side_in), self.model.hidden, blocks, self.activation,
-                               zero_start=spec.zero_start)
+        net = ImageTranslator(c_in, c_out, tuple(side_in), self.model.hidden, blocks, self.activation,
+                              self.config.cyclegan.downsample)
+        if spec.zero_start:
+            zero_last_layer(net)
+        return net
 
 
 class ConvArchitecture(ImageArchitecture):

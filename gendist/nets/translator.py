@@ -8,19 +8,17 @@ re-invent where every stroke was, and cycle-consistently trades one shape for an
     down     3x3 conv stride 2, norm, act; channels x2                (up to 2 times, while each side stays >= 4)
     blocks   `blocks` residual blocks: x + norm(conv(act(norm(conv(x)))))   (CycleGAN's, reflect-padded)
     up       nearest upsampling to the exact size before each down, 3x3 conv, norm, act; channels / 2
-    out      reflect-pad, 3x3 conv width -> C_out, starting at zero
-    + skip   a 1x1 convolution C_in -> C_out of the input: a per-pixel colour map, starting at the identity
-             (x -> 4x - 2 in logits, channel for channel; grey -> RGB copies the grey)
+    out      reflect-pad, 3x3 conv width -> C_out: logits
 
-The translator starts as the identity map and learns a per-pixel colour map (the skip) plus a local correction
-(the body): a change of style keeps every shape where it was from the first step. Without the skip, the
-translators of 8x8 digits <-> inverted digits converged to cycle-consistent maps that trade one digit for
-another (labels kept: 0.08 at 1,000 steps, below the 0.12 of untranslated inputs; benchmarks/RESULTS.md).
-
-Normalization is per sample (`PerSampleNorm`: GroupNorm), never across the batch, so a translation does not
-depend on the other rows of its batch (which would break 2 ranks x b = 1 x 2b and per-image use). Nearest
-upsampling to recorded sizes (not transposed convolutions) handles odd sides (28 -> 14 -> 7 -> 14 -> 28, or
-7x9) and has no checkerboard artefacts (Odena et al. 2016)."""
+Downsampling stops at a 32-pixel side (MIN_SIDE; CycleGAN's translators for 256x256 images stop at 64), and
+at `downsample` stride-2 convolutions (cyclegan.downsample, CycleGAN's 2). Below that every translated pixel
+would be decoded from a map coarser than the strokes of the image: the translator must redraw it, and CycleGAN
+then converges to cycle-consistent maps that trade one shape for another. Measured on 8x8 digits <-> inverted
+digits (benchmarks/RESULTS.md): through a 4x4 map 0.00-0.08 of labels kept; at full size 0.97-0.98, with
+receptive fields of 5 to 17 pixels (`receptive_field()`), so what matters is the resolution kept, not how
+much of the image a pixel sees. CyCADA (Hoffman et al. 2018) reports the same label flipping for CycleGAN on
+digits.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -32,14 +30,14 @@ from torch.nn import functional as F
 from gendist.nets.norm import PerSampleNorm
 
 MAX_DOWNSAMPLES = 2  # CycleGAN's: two stride-2 convolutions before the residual blocks
-MIN_SIDE = 4  # no downsampling below a 4-pixel side
-IDENTITY_GAIN = 4.0  # the skip starts as x -> 4x - 2: sigmoid of it maps [0, 1] onto [0.12, 0.88], monotone
+MIN_SIDE = 32  # no downsampling below a 32-pixel side
 
 
-def translator_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """The (H, W) of every level, the input's first: each stride-2 conv maps a side s to (s + 1) // 2."""
+def translator_sizes(height: int, width: int, downsample: int = MAX_DOWNSAMPLES) -> list[tuple[int, int]]:
+    """The (H, W) of every level, the input's first: each stride-2 conv maps a side s to (s + 1) // 2; at most
+    `downsample` of them, and none that takes a side below MIN_SIDE."""
     sizes = [(height, width)]
-    while len(sizes) <= MAX_DOWNSAMPLES:
+    while len(sizes) <= downsample:
         h, w = sizes[-1]
         if min(h, w) // 2 < MIN_SIDE:
             break
@@ -65,14 +63,14 @@ class TranslatorBlock(nn.Module):
 
 
 class ImageTranslator(nn.Module):
-    """(B, C_in, H, W) -> (B, C_out, H, W) logits; `width` channels at full size, `blocks` residual blocks.
-    `zero_start`: the output starts at exactly zero (a correction of an alignment: cyclegan.align=dihedral)."""
+    """(B, C_in, H, W) -> (B, C_out, H, W) logits; `width` channels at full size, `blocks` residual blocks, up to
+    `downsample` stride-2 convolutions."""
 
     def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], width: int, blocks: int,
-                 activation: Callable[[], nn.Module] | None = None, zero_start: bool = False):
+                 activation: Callable[[], nn.Module] | None = None, downsample: int = MAX_DOWNSAMPLES):
         super().__init__()
         activation = activation or nn.ReLU
-        self.sizes = translator_sizes(*size)
+        self.sizes = translator_sizes(*size, downsample)
         channels = [width * 2 ** level for level in range(len(self.sizes))]
         self.stem = nn.Sequential(reflect_conv(in_channels, width), PerSampleNorm(width), activation())
         self.down = nn.ModuleList(
@@ -85,14 +83,18 @@ class ImageTranslator(nn.Module):
                           activation())
             for level in reversed(range(len(self.sizes) - 1)))
         self.out = reflect_conv(width, out_channels)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1)
-        with torch.no_grad():
-            nn.init.zeros_(self.out[1].weight)
-            nn.init.zeros_(self.out[1].bias)
-            identity = torch.eye(out_channels, in_channels) if in_channels == out_channels else \
-                torch.full((out_channels, in_channels), 1 / in_channels)
-            self.skip.weight.copy_(0 if zero_start else IDENTITY_GAIN * identity[:, :, None, None])
-            self.skip.bias.fill_(0 if zero_start else -IDENTITY_GAIN / 2)
+
+    def receptive_field(self) -> int:
+        """The side of the input window one output pixel depends on (the usual recurrence: a k x k convolution
+        adds (k - 1) x the current jump, a stride-2 one doubles the jump, nearest upsampling halves it)."""
+        field, jump = 3, 1  # stem
+        for _ in self.down:
+            field, jump = field + 2 * jump, jump * 2
+        field += 2 * 2 * jump * len(self.blocks)
+        for _ in self.up:
+            jump //= 2
+            field += 2 * jump
+        return field + 2 * jump  # output convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)  # (B, width, H, W)
@@ -101,7 +103,7 @@ class ImageTranslator(nn.Module):
         h = self.blocks(h)
         for up, size in zip(self.up, reversed(self.sizes[:-1])):
             h = up(F.interpolate(h, size=size, mode="nearest"))  # back to the size before that down
-        return self.out(h) + self.skip(x)  # (B, C_out, H, W)
+        return self.out(h)  # (B, C_out, H, W)
 
 
 __all__ = ["ImageTranslator", "translator_sizes"]

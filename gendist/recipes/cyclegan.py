@@ -20,6 +20,7 @@ from torch import nn
 
 from gendist.config import RunConfig
 from gendist.data.info import DataInfo
+from gendist.distributed import print0
 from gendist.errors import UserError
 from gendist.nets.registry import NetworkBuilder
 from gendist.recipes.base import Batch, Nets, Phase
@@ -214,8 +215,15 @@ class CycleGANRecipe:
             net = build("translator", name, shape_out if align else shape_in, shape_out, zero_start=align)
             return Translator(net, images, aligner)
 
-        return {"g_ab": translator("g_ab", shape_a, shape_b), "g_ba": translator("g_ba", shape_b, shape_a),
+        nets = {"g_ab": translator("g_ab", shape_a, shape_b), "g_ba": translator("g_ba", shape_b, shape_a),
                 "d_a": build("discriminator", "d_a", shape_a, (1,)), "d_b": build("discriminator", "d_b", shape_b, (1,))}
+        translator = nets["g_ab"].net
+        if hasattr(translator, "receptive_field") and hasattr(translator, "sizes"):  # the image translators
+            sizes = " -> ".join(f"{h}x{w}" for h, w in translator.sizes)
+            field = translator.receptive_field()
+            print0(f"gendist: cyclegan translators work at {sizes} (cyclegan.downsample), {len(translator.blocks)} "
+                   f"residual blocks; each translated pixel sees {field}x{field} input pixels")
+        return nets
 
     def phases(self) -> list[Phase]:
         cyclegan = self.config.cyclegan
