@@ -176,6 +176,23 @@ def test_ring_benchmark_short(cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.one_process
+def test_cyclegan_style_benchmark_short(cache, tmp_path):
+    """Short version of benchmarks/cyclegan.py on digits <-> inverted digits with conv translators and no
+    alignment prior (configs/cyclegan_digits_inverted.yaml, its own 1,000 steps, seed 0). Catches translators
+    that redraw the image through a coarse map: they traded digits for other digits (labels kept 0.00-0.08,
+    RESULTS.md "CycleGAN on a change of style") where the shipped full-size translators keep 0.97-0.98."""
+    out = tmp_path / "result.json"
+    result = run([sys.executable, "benchmarks/cyclegan.py", "--config", "configs/cyclegan_digits_inverted.yaml",
+                  "--min-accuracy", "0.7", "--work", str(tmp_path / "work"), "--json", str(out)], make_env(cache),
+                 timeout=400, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    (record,) = json.loads(out.read_text())
+    assert record["ceiling_exact_a_test"] >= 0.9  # the B classifier reads exactly inverted digits
+    assert record["a2b_label_kept_test"] >= 0.7 and record["cycle_l1_a_test"] < 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.one_process
 def test_cyclegan_rot90_benchmark_short(cache, tmp_path):
     """Short version of benchmarks/cyclegan.py (rot90): 1,000 instead of 6,000 steps, seed 0, a lenient
     threshold (RESULTS.md: 0.956-1.0 held-out labels kept over 3 seeds at 6,000 steps): the alignment picks
