@@ -75,6 +75,7 @@ RANGES = {
                                       "jensen_shannon_weighted"),
     "gan.pi": lambda v: 0 < float(v) < 1, "bigan.n_critic": at_least(1), "cyclegan.cycle_weight": at_least(0),
     "cyclegan.identity_weight": at_least(0), "cyclegan.pool_size": at_least(0), "cyclegan.generator_depth": at_least(-1),
+    "cyclegan.downsample": lambda v: 0 <= v <= 4,
     "gan.n_critic": at_least(1), "gan.clip_value": at_least(0), "gan.gp_weight": at_least(0),
     "gan.r1_gamma": at_least(0), "gan.r2_gamma": at_least(0), "gan.r1_every": at_least(1), "gan.unroll_steps": at_least(0),
     "gan.unroll_lr": at_least(0), "gan.pack": lambda v: v >= 1 and 256 % v == 0,
