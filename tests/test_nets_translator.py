@@ -18,7 +18,8 @@ def _seed():
 
 
 @pytest.mark.parametrize("c_in, c_out, size", [(1, 1, (8, 8)), (1, 1, (28, 28)), (3, 1, (32, 32)), (1, 3, (7, 9)),
-                                               (3, 3, (17, 10)), (3, 3, (64, 64))], ids=str)
+                                               (3, 3, (17, 10)), (3, 3, (64, 64)), (1, 1, (65, 70)),
+                                               (1, 1, (129, 131))], ids=str)
 def test_output_has_the_input_size_and_the_output_channels(c_in, c_out, size):
     """Catches upsampling by 2 instead of to the recorded size (28 -> 14 -> 7 -> 14 -> 28, odd and non-square
     sides) and a head with the input's channels instead of domain B's."""
