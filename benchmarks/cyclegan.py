@@ -159,7 +159,7 @@ def main() -> int:
     env = dict(os.environ, WANDB_SILENT="true")
     results = []
     for seed in ([None] if args.run_dir else args.seeds):
-        seed_work = work / f"seed{seed}"
+        seed_work = work / ("run" if seed is None else f"seed{seed}")
         seed_work.mkdir(parents=True, exist_ok=True)
         run_dir, seconds = args.run_dir, 0.0
         if run_dir is None:

@@ -284,7 +284,8 @@ def build_fashion_mnist(variant: str = "") -> SourceData:
     10,000 test 28x28 grey images of 10 clothing classes (FASHION_MNIST_CLASSES), in [0, 1], with labels. The
     shipped split is kept: the last 10,000 rows are the test set (`test_rows`). `variant` ("inverted":
     VARIANT_SOURCES) transforms the images into a second domain."""
-    folder = require_package("fashion_mnist", "fashion_mnist" + (f"_{variant}" if variant else ""))
+    name = "fashion_mnist" + (f"_{variant}" if variant else "")
+    folder = require_package("fashion_mnist", name)
     parts = {split: (read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"), read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz"))
              for split, prefix in (("train", "train"), ("test", "t10k"))}
     for split, (images, labels) in parts.items():
@@ -295,9 +296,8 @@ def build_fashion_mnist(variant: str = "") -> SourceData:
     labels = np.concatenate([parts["train"][1], parts["test"][1]]).astype(np.int64)
     x = apply_variant(rearrange(images, "n h w -> n 1 h w").astype(np.float32) / 255.0, variant)
     test_rows = np.arange(len(parts["train"][0]), len(images))
-    return SourceData(x=x, y=labels, kind="images", modes=None, mode_std=None,
-                      name="fashion_mnist" + (f"_{variant}" if variant else ""),
-                      image_mode="L", test_rows=test_rows)
+    return SourceData(x=x, y=labels, kind="images", modes=None, mode_std=None, name=name, image_mode="L",
+                      test_rows=test_rows)
 
 
 def build_emoji() -> SourceData:

@@ -5,7 +5,7 @@ is then what the network starts near; a network through a global code (encoder -
 re-invent where every stroke was, and cycle-consistently trades one shape for another instead.
 
     stem     reflect-pad, 3x3 conv C_in -> width, norm, act           (H, W)
-    down     3x3 conv stride 2, norm, act; channels x2                (up to 2 times, while each side stays >= 4)
+    down     3x3 conv stride 2, norm, act; channels x2                (up to `downsample` times, sides >= 32)
     blocks   `blocks` residual blocks: x + norm(conv(act(norm(conv(x)))))   (CycleGAN's, reflect-padded)
     up       nearest upsampling to the exact size before each down, 3x3 conv, norm, act; channels / 2
     out      reflect-pad, 3x3 conv width -> C_out: logits

@@ -23,6 +23,7 @@ from gendist.data.info import DataInfo
 from gendist.distributed import print0
 from gendist.errors import UserError
 from gendist.nets.registry import NetworkBuilder
+from gendist.nets.translator import ImageTranslator
 from gendist.recipes.base import Batch, Nets, Phase
 from gendist.recipes.gan import bce_discriminator
 
@@ -218,7 +219,7 @@ class CycleGANRecipe:
         nets = {"g_ab": translator("g_ab", shape_a, shape_b), "g_ba": translator("g_ba", shape_b, shape_a),
                 "d_a": build("discriminator", "d_a", shape_a, (1,)), "d_b": build("discriminator", "d_b", shape_b, (1,))}
         translator = nets["g_ab"].net
-        if hasattr(translator, "receptive_field") and hasattr(translator, "sizes"):  # the image translators
+        if isinstance(translator, ImageTranslator):  # the image architectures' translators
             sizes = " -> ".join(f"{h}x{w}" for h, w in translator.sizes)
             field = translator.receptive_field()
             print0(f"gendist: cyclegan translators work at {sizes} (cyclegan.downsample), {len(translator.blocks)} "
