@@ -248,6 +248,11 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: NaN loss in these steps (one phase)
     inject_nan_phase: str = ""  # the phase whose first micro-step gets the NaN; "" = the recipe's first phase
+    # torch.compile each network once (gendist.engine.compiled); phases that differentiate through a gradient
+    # (R1, R2, WGAN-GP, path length), sampling and evaluation run eager
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    channels_last: bool = False  # conv weights and image batches in channels-last memory format
 
 
 @dataclass

@@ -40,3 +40,23 @@ class BatchNormDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@torch.library.custom_op("gendist_tests::opaque_scale", mutates_args=())
+def opaque_scale(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator with a backward but no fake (meta) kernel: eager runs it, torch.compile cannot trace it."""
+    return x * 2
+
+
+opaque_scale.register_autograd(lambda ctx, grad: grad * 2)
+
+
+class OpaqueOpDiscriminator(nn.Module):
+    """x -> (B, 1) through `opaque_scale`: trains eager, fails under train.compile (tests/test_compile.py)."""
+
+    def __init__(self, in_shape: tuple[int, ...], width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), width), nn.SiLU(), nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(opaque_scale(x))

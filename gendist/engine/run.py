@@ -17,6 +17,7 @@ from gendist.distributed import barrier, broadcast_object, init_distributed, pri
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
                                       iterate_in_order, iterate_test_labels,
                                       resolve_data)
+from gendist.engine.compiled import check_options as check_compile_options, setup_channels_last, setup_compile
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
 from gendist.engine.health import DiscriminatorWatch
@@ -265,6 +266,7 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     recipe = build_recipe(config, spec.info)
     strategy = build_strategy(config, dist_info)
+    check_compile_options(config, strategy.name, getattr(strategy, "stage", 0), spec.info.kind == "images")
     units = build_units(recipe.build_networks(), recipe.units)
     sharding = "zero3" if getattr(strategy, "stage", 0) == 3 else strategy.name
     prepare_network_state(units, sharding, dist_info.world_size, dist_info.device, config.model.sync_batchnorm, print0)
@@ -276,10 +278,13 @@ def build_trainer(config: RunConfig) -> tuple[Trainer, DataSpec]:
         probe.local = {name: torch.tensor(spec.init).repeat(probe.size, 1).requires_grad_(True)
                        for name, spec in recipe.local_tables().items()} or None
     check_gradient_coverage(units, phases, probe, recipe)
+    channels_last = setup_channels_last(config, units)
     strategy.setup(units, phases)
+    compile_watch = setup_compile(config, units, phases, print0)
     loader = build_train_loader(config, spec, dist_info)
     loader_b = build_train_loader(config, spec.domain_b, dist_info, SEED_OFFSET_B) if spec.domain_b else None
-    return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir), loader_b), spec
+    return Trainer(config, recipe, strategy, loader, dist_info, Path(config.run.dir), loader_b,
+                   compile_watch=compile_watch, channels_last=channels_last), spec
 
 
 def train(config: RunConfig) -> int:

@@ -19,6 +19,7 @@ from gendist.checkpoint import CheckpointWriter, ema_file, load_tensors, load_to
 from gendist.config import RunConfig, lr_scale
 from gendist.data.binarize import binarize
 from gendist.distributed import DistInfo, any_rank, reduce_mean
+from gendist.engine.compiled import CompileWatch, maybe_eager, runs_eager
 from gendist.engine.ema import EMA
 from gendist.engine.local_tables import LocalTable, load_table_states
 from gendist.engine.noise import StepNoise
@@ -52,7 +53,7 @@ class TrainingDiverged(RuntimeError):
 
 class Trainer:
     def __init__(self, config: RunConfig, recipe: Recipe, strategy: Strategy, loader, dist_info: DistInfo,
-                 run_dir: Path, loader_b=None):
+                 run_dir: Path, loader_b=None, compile_watch: CompileWatch | None = None, channels_last: bool = False):
         self.config, self.recipe, self.strategy = config, recipe, strategy
         self.loader, self.dist, self.run_dir = loader, dist_info, run_dir
         self.loader_b = loader_b  # domain B of two-domain data: an independent, resumable stream
@@ -87,6 +88,8 @@ class Trainer:
         self.tables = build_local_tables(recipe, loader, config, dist_info.device)
         self.schedule_enabled = config.optim.schedule != "constant" or config.optim.warmup_steps > 0
         self.saving: CheckpointWriter | None = None  # an asynchronous save still being written
+        self.compile_watch = compile_watch  # train.compile: graphs and graph breaks, reported at log lines
+        self.channels_last = channels_last  # image batches go to the networks in channels-last format
 
     # -- one step ----------------------------------------------------------------------------------------
     def next_batch(self, phase: Phase, phase_index: int, repeat: int, micro: int) -> Batch:
@@ -111,12 +114,21 @@ class Trainer:
             if self._data_iter_b is None:
                 self._data_iter_b = iter(self.loader_b)
             x_b = next(self._data_iter_b)["x"].to(device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+            x_b = x_b.contiguous(memory_format=torch.channels_last) if x_b is not None and x_b.dim() == 4 else x_b
         local = {name: table.rows(data["idx"]) for name, table in self.tables.items()} if self.tables else None
         return Batch(x.shape[0], x, y, noise, data.get("idx"), x_b, local)
 
     def run_phase(self, phase: Phase, phase_index: int) -> None:
         nets = self.strategy.phase_nets(phase)
         accum = self.config.train.grad_accum
+        # train.compile: a phase that differentiates through a gradient, or reads weights itself
+        # (torch.func), runs its networks eager; the others use the graphs compiled for their role
+        with maybe_eager(self.compile_watch is not None and runs_eager(phase)):
+            self._run_repeats(phase, phase_index, nets, accum)
+
+    def _run_repeats(self, phase: Phase, phase_index: int, nets, accum: int) -> None:
         for repeat in range(phase.repeat):
             for micro in range(accum):
                 batch = self.next_batch(phase, phase_index, repeat, micro)
@@ -227,6 +239,8 @@ class Trainer:
         if self.loader.skipped:  # bad shards/samples passed over under data.on_error=skip (this rank)
             reduced["data/skipped_this_rank"] = float(self.loader.skipped)
         reduced.update({f"lr/{name}": lr for name, lr in self.strategy.learning_rates().items()})
+        if self.compile_watch is not None:  # this rank's counts (every rank compiles the same graphs)
+            reduced.update(self.compile_watch.metrics(self.step))
         return reduced
 
     def open_data_keys(self) -> None:
@@ -346,7 +360,8 @@ class Trainer:
                         param.copy_(average.to(param.dtype))
             for unit in strategy.units.values():
                 unit.eval()
-            with torch.no_grad(), torch.random.fork_rng(devices=[]), strategy.sampling_autocast():
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), strategy.sampling_autocast(), \
+                    maybe_eager(self.compile_watch is not None):  # no graphs for other batch sizes / modes
                 yield strategy.sampling_nets()
         finally:
             with torch.no_grad():

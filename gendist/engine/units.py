@@ -114,8 +114,9 @@ def prepare_network_state(units: dict[str, Unit], strategy: str, world_size: int
 
     Spectral normalization keeps power-iteration vectors beside each whole weight and recomputes the weight
     from them at every call; FSDP and ZeRO-3 hand a network only its shard of the weight, so the combination is
-    refused. Under DDP the vectors are buffers, broadcast from rank 0 before each forward (and identical
-    anyway: every rank iterates on the same weights), and checkpointed with the network.
+    refused. Under DDP the vectors are buffers, identical on every rank because every rank iterates on the
+    same weights (each iteration makes new tensors, which DDP's broadcast of the buffers it listed when it
+    wrapped the unit no longer reaches; none is needed), and checkpointed with the network.
 
     BatchNorm (only in a user's networks: shipped ones use no batch statistics) normalizes with the statistics
     of each rank's micro-batch, so results depend on the world size; model.sync_batchnorm converts it to

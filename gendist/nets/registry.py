@@ -356,10 +356,13 @@ class SpectralNorm(nn.Module):
         return weight.flatten(1)  # (out, in * kh * kw)
 
     def _iterate(self, matrix: torch.Tensor, changed: torch.Tensor) -> None:
+        # New tensors, not in-place updates: a graph of an earlier call that still waits for its backward
+        # holds the old vectors. (In-place updates with clones for the graph, torch's way, fail compiled: the
+        # partitioner saves the buffer itself instead of its clone, and the next call's update invalidates it.)
         v = nn.functional.normalize(matrix.t() @ self._u, dim=0, eps=self.eps)
         u = nn.functional.normalize(matrix @ v, dim=0, eps=self.eps)
-        self._u.copy_(torch.where(changed, u, self._u))
-        self._v.copy_(torch.where(changed, v, self._v))
+        self._u = torch.where(changed, u, self._u)
+        self._v = torch.where(changed, v, self._v)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         matrix = self._matrix(weight)
@@ -368,9 +371,8 @@ class SpectralNorm(nn.Module):
                 detached = matrix.detach()
                 changed = (detached != self._last).any()  # a device bool: no host sync
                 self._iterate(detached, changed)
-                self._last.copy_(detached)
-        # clones: the next call updates the vectors in place while this call's graph still holds them
-        sigma = torch.dot(self._u.clone(), matrix @ self._v.clone())
+                self._last.copy_(detached)  # (compared only, never saved for a backward)
+        sigma = torch.dot(self._u, matrix @ self._v)
         return weight / sigma
 
 
