@@ -58,12 +58,17 @@ def counting_hook(counter: Counter, key: str):
 class Loop:
     """Networks, optimizers, DDP wrappers and the per-recipe step."""
 
-    def __init__(self, config, distributed: bool, fused: bool = False):
+    def __init__(self, config, distributed: bool, fused: bool = False, device: str = "cpu", compile: bool = False):
         self.config = config
-        self.data, info = load_data(config.data.source)
+        self.device = torch.device(device)
+        data, info = load_data(config.data.source)
+        self.data = data.to(self.device)
         torch.manual_seed(config.train.seed)
         self.recipe = build_recipe(config, info)
-        self.nets: dict[str, nn.Module] = self.recipe.build_networks()
+        self.nets: dict[str, nn.Module] = {name: net.to(self.device) for name, net in self.recipe.build_networks().items()}
+        if compile:  # what a user writes: torch.compile of each network, in place
+            for net in self.nets.values():
+                net.compile()
         optim = config.optim
         self.optimizers = {unit: torch.optim.Adam([p for n in members for p in self.nets[n].parameters()],
                                                   lr=optim.lr, betas=tuple(optim.betas), fused=fused)
@@ -76,7 +81,8 @@ class Loop:
 
             for unit, members in self.recipe.units.items():
                 for name in members:  # one wrapper per network: every network here is its own unit's member
-                    self.wrapped[name] = DistributedDataParallel(self.nets[name])
+                    self.wrapped[name] = DistributedDataParallel(
+                        self.nets[name], device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     self.wrapped[name].register_comm_hook(None, counting_hook(self.syncs, unit))
         self.batch = config.train.batch_size
         self.generator = torch.Generator().manual_seed(config.train.seed + int(os.environ.get("RANK", 0)))
@@ -96,7 +102,10 @@ class Loop:
         optimizer.step()
 
     def real(self) -> torch.Tensor:
-        return self.data[torch.randint(len(self.data), (self.batch,), generator=self.generator)]
+        return self.data[torch.randint(len(self.data), (self.batch,), generator=self.generator).to(self.device)]
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=self.device)
 
     def step(self) -> dict[str, torch.Tensor]:
         recipe = self.config.model.recipe
@@ -104,29 +113,29 @@ class Loop:
         if recipe == "gan":
             nets = self.trained("discriminator")
             x = self.real()
-            fake = nets["generator"](torch.randn(self.batch, latent)).detach()
+            fake = nets["generator"](self.randn(self.batch, latent)).detach()
             d_loss = F.softplus(-nets["discriminator"](x)).mean() + F.softplus(nets["discriminator"](fake)).mean()
             self.update("discriminator", d_loss)
             nets = self.trained("generator")
-            g_loss = F.softplus(-nets["discriminator"](nets["generator"](torch.randn(self.batch, latent)))).mean()
+            g_loss = F.softplus(-nets["discriminator"](nets["generator"](self.randn(self.batch, latent)))).mean()
             self.update("generator", g_loss)
             return {"d": d_loss.detach(), "g": g_loss.detach()}
         if recipe == "bigan":
             nets = self.trained("discriminator")
-            x, z = self.real(), torch.randn(self.batch, latent)
+            x, z = self.real(), self.randn(self.batch, latent)
             fake, code = nets["generator"](z).detach(), nets["encoder"](x).detach()
             d_loss = F.softplus(-nets["discriminator"](x, code)).mean() + F.softplus(nets["discriminator"](fake, z)).mean()
             self.update("discriminator", d_loss)
             nets = self.trained("generator")
-            z = torch.randn(self.batch, latent)
+            z = self.randn(self.batch, latent)
             g_loss = F.softplus(nets["discriminator"](x, nets["encoder"](x))).mean() + \
                 F.softplus(-nets["discriminator"](nets["generator"](z), z)).mean()
             self.update("generator", g_loss)
             return {"d": d_loss.detach(), "g": g_loss.detach()}
         # VAE: dynamically binarized digits, one reparameterized sample, the ELBO
         nets = self.trained("vae")
-        x = torch.bernoulli(self.real(), generator=self.generator)
-        loss = -nets["vae"](x, torch.randn(1, self.batch, latent))["objective"].mean()
+        x = torch.bernoulli(self.real().cpu(), generator=self.generator).to(self.device)
+        loss = -nets["vae"](x, self.randn(1, self.batch, latent))["objective"].mean()
         self.update("vae", loss)
         return {"loss": loss.detach()}
 
@@ -139,11 +148,18 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--fused", action="store_true", help="Adam(fused=True) instead of torch's default")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every network")
     args = parser.parse_args()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = "cpu"
+    if args.device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     if distributed:
-        torch.distributed.init_process_group("gloo")
-    loop = Loop(load_config(ROOT / "configs" / f"{args.config}.yaml", args.set), distributed, args.fused or None)
+        torch.distributed.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    loop = Loop(load_config(ROOT / "configs" / f"{args.config}.yaml", args.set), distributed, args.fused or None,
+                device, args.compile)
     started = None
     for step in range(1, args.steps + 1):
         logs = loop.step()
@@ -152,7 +168,11 @@ def main() -> None:
             if not all(np.isfinite(list(values.values()))):
                 raise SystemExit(f"non-finite loss at step {step}: {values}")
         if step == args.warmup:
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             started = time.perf_counter()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
     rate = (args.steps - args.warmup) / (time.perf_counter() - started)
     if int(os.environ.get("RANK", "0")) == 0:
         steps = args.steps

@@ -108,6 +108,10 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     (["frobnicate"], "invalid choice"),
     (["train", "configs/gan_ring.yaml", "train.inject_nan_steps=[1]", "train.inject_nan_phase=discriminator_r1"],
      "train.inject_nan_phase: this run has no phase 'discriminator_r1'"),
+    (["train", "configs/gan_ring.yaml", "train.channels_last=true"], "train.channels_last applies to image data"),
+    (["train", "configs/gan_digits.yaml", "train.channels_last=true", "dist.strategy=fsdp"],
+     "train.channels_last: dist.strategy=fsdp flattens parameters"),
+    (["train", "configs/gan_ring.yaml", "train.compile_mode=fast"], "train.compile_mode"),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path, capsys, monkeypatch):
     """In-process (gendist.cli.main, no interpreter start-up per case); the real process is checked below."""
@@ -126,6 +130,8 @@ def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path, capsys, monke
     # the ZeRO-3 + EMA refusal comes after DeepSpeed's process group set-up: a process of its own
     (["train", "configs/gan_ring.yaml", "dist.strategy=deepspeed", "dist.zero_stage=3", "train.ema_decay=0.9"],
      "train.ema_decay is not supported with DeepSpeed ZeRO-3 yet"),
+    (["train", "configs/gan_ring.yaml", "dist.strategy=deepspeed", "dist.zero_stage=3", "train.compile=true"],
+     "train.compile with DeepSpeed ZeRO-3"),
 ])
 def test_bad_input_in_a_real_process_exits_2_with_one_line_and_no_traceback(args, fragment, tmp_path):
     result = run(gendist_command(*args), make_env(tmp_path / "cache"), check=False)

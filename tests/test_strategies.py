@@ -41,6 +41,8 @@ CASES += [(strategy, "resnet_sn_sgd") for strategy in ("ddp", "zero2")]
 CASES += [(strategy, "stylegan2_sgd") for strategy in ("ddp", "fsdp", "zero2", "zero3")]
 # differentiable augmentation with ADA (gendist.augment) and R1 through it, under DDP and ZeRO-2
 CASES += [(strategy, "augment_ada_r1_sgd") for strategy in ("ddp", "zero2")]
+# compiled networks (train.compile) under DDP and ZeRO-2
+CASES += [(strategy, "resnet_sn_r1_compiled_sgd") for strategy in ("ddp", "zero2")]
 # the conditional VAE (the conditional GAN: resnet_sn_sgd with a projection D, stylegan2_sgd with AC-GAN)
 CASES += [(strategy, "cvae_sgd") for strategy in ("ddp", "zero2")]
 UNSUPPORTED = [("zero3", "wgan_gp_pack_r1", "differentiates through a gradient"),
