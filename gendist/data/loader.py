@@ -239,12 +239,15 @@ class ShardLoader:
     With `num_workers > 0`, workers are started per epoch (an epoch is one DataLoader pass).
     `memory_cache_bytes`: decoded shards kept in memory between epochs (see the module's docstring); used only
     with `num_workers == 0`, where the blocks are decoded in this process.
+    `pin_memory` (training on CUDA): worker batches arrive in page-locked memory, pinned by DataLoader's own
+    thread, so the trainer's non-blocking copy to the device returns at once (with `num_workers == 0` batches
+    are decoded, and would be pinned, on the training thread itself: not pinned).
     """
 
     def __init__(self, shard_urls: list[str], manifest: dict | None, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, split_mode: str = "shard", num_workers: int = 0, drop_last: bool = True,
                  shuffle_buffer: int = 4096, on_error: str = "raise", memory_cache_bytes: int = 0,
-                 micro_batches: int = 1) -> None:
+                 micro_batches: int = 1, pin_memory: bool = False) -> None:
         check_loader_arguments(shard_urls, batch_size, rank, world_size, split_mode, num_workers, on_error)
         if micro_batches < 1:
             raise UserError(f"train.grad_accum must be >= 1, got {micro_batches}")
@@ -255,6 +258,7 @@ class ShardLoader:
             shuffle_buffer=shuffle_buffer, on_error=on_error,
             image_mode=(manifest or {}).get("image_mode"), micro_batches=micro_batches)
         self.cache = BlockCache(memory_cache_bytes) if memory_cache_bytes > 0 and num_workers == 0 else None
+        self.pin_memory = pin_memory
         self.owned_ids: np.ndarray | None = None  # owner mode: the sample ids this rank reads
         if split_mode == "owner":
             owned, self.owned_ids = count_owned(list(shard_urls), sizes, self.plan.image_mode, on_error, world_size,
@@ -340,7 +344,8 @@ class ShardLoader:
             self.skipped = counter.count
             return
         # DataLoader hands out worker batches round-robin in worker order: deterministic
-        loader = DataLoader(EpochStream(self.plan, epoch), batch_size=None, num_workers=self.plan.num_workers)
+        loader = DataLoader(EpochStream(self.plan, epoch), batch_size=None, num_workers=self.plan.num_workers,
+                            pin_memory=self.pin_memory)
         for batch in loader:
             if "_error" in batch:
                 raise UserError(batch["_error"])

@@ -120,7 +120,8 @@ def build_train_loader(config: RunConfig, spec: DataSpec, dist_info: DistInfo, s
                        seed=config.train.seed + seed_offset,
                        rank=dist_info.rank, world_size=dist_info.world_size, split_mode=data.split_mode,
                        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, on_error=data.on_error,
-                       memory_cache_bytes=data.memory_cache_mb << 20, micro_batches=config.train.grad_accum)
+                       memory_cache_bytes=data.memory_cache_mb << 20, micro_batches=config.train.grad_accum,
+                       pin_memory=dist_info.device.type == "cuda")
 
 
 def iterate_in_order(urls: list[str], manifest: dict | None, batch_size: int = 500):
