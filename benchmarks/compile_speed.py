@@ -47,7 +47,8 @@ def gendist_run(overrides: list[str], steps: int, warmup: int, procs: int) -> di
                     str(procs), "--main_process_port", str(free_port()), *args]
         metrics = Path(tmp, "run", "metrics.jsonl")
         run([sys.executable, *args], timeout=1800, attempts=1)
-        lines = {line["step"]: line for line in map(json.loads, metrics.read_text().splitlines()) if "step" in line}
+        lines = {line["step"]: line for line in map(json.loads, metrics.read_text().splitlines())
+                 if "time/elapsed_s" in line}  # training lines (not the evaluation's)
         result = {"rate": steady_rate(metrics, warmup, steps), "to_warmup_s": lines[warmup]["time/elapsed_s"]}
         if "compile/graphs" in lines[warmup]:
             result["graphs"] = lines[warmup]["compile/graphs"]

@@ -183,9 +183,9 @@ RESUME_CASES = {
     # runs eager between compiled ones)
     "resnet-ddp-compiled-r1": ("launch/cpu-ddp.yaml", ["model.arch=resnet", "model.hidden=16", "model.conditional=true",
                                                        "gan.r1_gamma=1.0", "gan.r1_every=4", "train.compile=true"], 0.0),
-    "stylegan2-zero2-compiled": ("launch/cpu-deepspeed-zero2.yaml", [
-        "model.arch=stylegan2", "model.hidden=16", "stylegan2.max_channels=32", "stylegan2.w_dim=32",
-        "stylegan2.mapping_layers=2", "train.compile=true"], 1e-6),
+    # (stylegan2 under ZeRO-2 passed here too, 350 s: its compilation alone is minutes on 2 cores)
+    "resnet-zero2-compiled": ("launch/cpu-deepspeed-zero2.yaml", ["model.arch=resnet", "model.hidden=16",
+                                                                  "train.compile=true"], 1e-6),
 }
 RESUME_CONFIGS = {"resnet": "configs/gan_digits.yaml", "stylegan2": "configs/gan_digits.yaml", "cyclegan": "configs/cyclegan_digits_rot90.yaml", "bigan": "configs/bigan_digits.yaml",
                   "vae": "configs/vae_digits.yaml"}
