@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _results import ROOT, command_line, machine, median, publish, steady_rate
+from _results import command_line, machine, median, publish, steady_rate
 from step_overhead import RGB32, free_port, run, write_rgb32
 
 # row -> overrides of configs/gan_digits.yaml: the shipped architectures at 32x32x3, batch 64 per process, no EMA
@@ -133,5 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     main()

@@ -101,5 +101,7 @@ def test_channels_last_converts_conv_weights_and_image_batches(tmp_path, monkeyp
         trainer.train_step()
         trained[flag] = {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
                          for name, net in trainer.strategy.networks.items()}
-    # the same step in either format: equal up to the convolution kernels' round-off (measured <= 1e-6)
+    # the same step in either format: equal up to the convolution kernels' round-off (measured 2.65e-07, seed 0);
+    # batches whose layout is scrambled on conversion (H and W transposed) end 0.0186 away: bound 377x / 186x
+    print(f"channels-last vs contiguous after one step: {relative_difference(trained['false'], trained['true']):.3g}")
     assert relative_difference(trained["false"], trained["true"]) < 1e-4
