@@ -55,7 +55,8 @@ def class_accuracy(classifier: Path, samples: np.ndarray, requested: np.ndarray)
         predicted = torch.cat([model(torch.from_numpy(samples[s:s + 1000]).float()).argmax(1)
                                for s in range(0, len(samples), 1000)]).numpy()
     per_class = [float((predicted[requested == k] == k).mean()) for k in np.unique(requested)]
-    return {"class_accuracy": float((predicted == requested).mean()), "class_accuracy_min": min(per_class)}
+    return {"class_accuracy": float((predicted == requested).mean()), "class_accuracy_min": min(per_class),
+            "class_accuracy_per_class": [round(a, 4) for a in per_class]}
 
 
 def main() -> int:
@@ -93,6 +94,9 @@ def main() -> int:
     floor = json.loads(gendist("eval", "--real", str(work / "test.npy"), "--fake", str(work / "train.npy"), *evaluate,
                                env=env).splitlines()[-1])
     print("floor (real train vs real test)", json.dumps({k: floor[k] for k in KEYS}), flush=True)
+    if args.conditional:  # the classifier on the real test images, per class: the reference for samples' scores
+        floor.update(class_accuracy(classifier, source.x[test], source.y[test]))
+        print("classifier on the real test images", json.dumps(floor["class_accuracy_per_class"]), flush=True)
     data = ["data.source=fashion_mnist"]
     if args.train_images:  # the first N training images, the shipped test set kept as the held-out split
         subset = work / f"train{args.train_images}.npz"

@@ -12,8 +12,8 @@ from torch import nn
 from gendist.data.binarize import binarize
 from gendist.recipes import vae_parts as parts
 from gendist.recipes.vae import VAE, VAESettings, leave_one_out_bounds
-from gendist.recipes.vae_eval import (exact_log_likelihood, gaussian_elbo, importance_sampled_log_likelihood,
-                                      optimized_posteriors, reduce_held_out)
+from gendist.recipes.vae_eval import (exact_log_likelihood, gaussian_elbo, held_out_scores,
+                                      importance_sampled_log_likelihood, optimized_posteriors, reduce_held_out)
 
 DIM = 6
 
@@ -190,7 +190,7 @@ def test_importance_sampling_converges_to_the_enumerated_likelihood_and_beats_th
     x = binary_data(8)
     with torch.no_grad():
         exact = exact_log_likelihood(vae, x)
-        estimate, ess = importance_sampled_log_likelihood(vae, x, 4000, torch.Generator().manual_seed(0), budget=500)
+        estimate, ess = importance_sampled_log_likelihood(vae, x, 4000, torch.Generator().manual_seed(0), budget=3000)
         prior, prior_ess = importance_sampled_log_likelihood(vae, x, 4000, torch.Generator().manual_seed(0),
                                                              proposal="prior")
     torch.testing.assert_close(estimate.double(), exact.double(), atol=0.02, rtol=0)
@@ -363,15 +363,46 @@ def test_held_out_scoring_makes_the_same_decoder_calls_for_a_short_last_chunk(la
     """Bug caught: importance-sampling (or enumeration) blocks sized by the rows of the chunk being scored
     instead of the budget over evaluation's chunk size (BLOCK_ROWS): a rank whose last held-out chunk is short
     makes fewer decoder calls than the others, and under FSDP/ZeRO-3 (each forward a collective) the ranks
-    hang. The process tests' chunks fit one block. Budget 2,000 / 500 rows = 4 samples (configurations) per
-    call: Gaussian: 10 posterior + 6 prior samples = 3 + 2 calls, plus 1 for the ELBO; Bernoulli (2^3 = 8
-    configurations, enumerated exactly): 2 calls, plus 1 for the ELBO, 2 for the prior estimate."""
+    hang. The process tests' chunks fit one block. Budget 12,000 values / (500 rows x 6 values) = 4 samples
+    (configurations) per call: Gaussian: 10 posterior + 6 prior samples = 3 + 2 calls, plus 1 for the ELBO;
+    Bernoulli (2^3 = 8 configurations, enumerated exactly): 2 calls, plus 1 for the ELBO, 2 for the prior
+    estimate."""
     from gendist.config import VAEConfig
 
     settings = VAESettings(latent=latent, latent_dim=3, estimator="enumerate" if latent != "gaussian" else "reinforce")
     vae = small_vae(settings).float()  # evaluation's noise is float32
-    config = VAEConfig(eval_samples=10, prior_samples=6, eval_budget=2000, gap_steps=0)
+    config = VAEConfig(eval_samples=10, prior_samples=6, eval_budget=12_000, gap_steps=0)
     full, short = binary_data(500, seed=2).float(), binary_data(37, seed=3).float()
     expected = 1 + 3 + 2 if latent == "gaussian" else 1 + 2 + 2
     assert count_decoder_calls(vae, full, config) == expected
     assert count_decoder_calls(vae, short, config) == expected
+
+
+def test_a_likelihood_block_holds_the_budget_in_decoded_values_at_every_image_size():
+    """Bug caught: `vae.eval_budget` counted as decoder calls: a block of 28x28 images decodes 12x the values
+    (and activations) of the 8x8 digits' block, so the shipped VAE config's end-of-run likelihood on a user's
+    28x28 images took 11.5 GiB (with 2 ranks, more than the machine). Each call must decode at most the budget's
+    values, whatever the image size."""
+    from gendist.config import VAEConfig
+    from gendist.recipes.vae_eval import DEFAULT_BUDGET, calls_per_row
+
+    assert calls_per_row(DEFAULT_BUDGET, torch.zeros(1, 64)) == 200  # the 8x8 digits: 100,000 calls per block
+    assert calls_per_row(DEFAULT_BUDGET, torch.zeros(1, 1, 28, 28)) == 16
+    assert calls_per_row(DEFAULT_BUDGET, torch.zeros(1, 3, 32, 32)) == 4
+    assert calls_per_row(10, torch.zeros(1, 3, 32, 32)) == 1  # a budget below one row still makes progress
+    pixels = 28 * 28
+    settings = VAESettings(latent="gaussian", latent_dim=3)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, settings.encoder_out))
+    decoder = nn.Sequential(nn.Linear(settings.decoder_in, pixels), nn.Unflatten(1, (1, 28, 28)))
+    vae = VAE(encoder, decoder, settings).float()
+    x = (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    rows = []
+    handle = vae.decoder.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
+    try:
+        with torch.no_grad():
+            held_out_scores(vae, x, VAEConfig(eval_samples=100, gap_steps=0), torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert max(rows) * pixels <= DEFAULT_BUDGET  # 16 samples x 500 rows per call
+    assert len(rows) == 1 + math.ceil(100 / 16)  # the ELBO's call, then the importance samples' blocks

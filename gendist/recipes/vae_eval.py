@@ -2,7 +2,8 @@
 
 - `test_nll` = -log p(x) in nats, estimated by importance sampling with K = vae.eval_samples samples from
   q(z|x): log (1/K) sum_k p(x, z_k) / q(z_k|x) (a stochastic lower bound on log p(x) that tightens as K grows,
-  Burda et al. 2016), computed in blocks of at most vae.eval_budget decoder calls. Discrete latents with few
+  Burda et al. 2016), computed in blocks of at most vae.eval_budget decoded values (decoder calls x values per
+  sample: a memory budget that holds at every image size). Discrete latents with few
   configurations (<= 4,096) are summed exactly instead.
 - `test_nll_prior`: the naive estimate with z_k from the prior, log (1/K) sum_k p(x|z_k): unbiased in p(x)
   but with a huge variance, because almost no prior sample explains a given x (the lecture's remark).
@@ -28,6 +29,15 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 # a chunk really has, so every rank makes the same number of decoder calls (collectives under FSDP/ZeRO-3)
 # even when its last chunk is short.
 BLOCK_ROWS = 500
+# Decoded values per block: 100,000 decoder calls of the 8x8 digits (64 values each). A call's activations grow
+# with the image, so the budget counts values, not calls: at 28x28 a block is 8,163 calls, at 32x32x3 2,083.
+DEFAULT_BUDGET = 6_400_000
+
+
+def calls_per_row(budget: int, x: torch.Tensor) -> int:
+    """Decoder calls per row of a block of BLOCK_ROWS rows of samples shaped like x[0] that fit in `budget`
+    decoded values (at least 1)."""
+    return max(1, budget // (BLOCK_ROWS * max(1, math.prod(x.shape[1:]))))
 ELBO_SAMPLES = 100  # reconstruction samples per datapoint in the ELBOs of the amortization gap
 
 
@@ -57,13 +67,13 @@ def _log_weight_block(vae, x, settings, count: int, generator, proposal: str, po
 
 
 def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, generator: torch.Generator,
-                                      proposal: str = "posterior", budget: int = 100_000, posterior=None):
+                                      proposal: str = "posterior", budget: int = DEFAULT_BUDGET, posterior=None):
     """(log p(x) estimate (B,), effective sample size (B,)) with `samples` importance samples from q(z|x)
     (proposal=posterior; the encoder's, or `posterior` = (mean, log_var) given) or p(z) (proposal=prior), in
-    blocks of <= budget decoder calls."""
+    blocks of <= budget decoded values."""
     settings = vae.settings
     rows = x.shape[0]
-    per_block = max(1, min(samples, budget // BLOCK_ROWS))
+    per_block = min(samples, calls_per_row(budget, x))
     log_sum = torch.full((rows,), -math.inf, device=x.device)
     log_sum_squares = torch.full((rows,), -math.inf, device=x.device)
     done = 0
@@ -76,12 +86,12 @@ def importance_sampled_log_likelihood(vae, x: torch.Tensor, samples: int, genera
     return log_sum - math.log(samples), torch.exp(2 * log_sum - log_sum_squares)
 
 
-def exact_log_likelihood(vae, x: torch.Tensor, budget: int = 100_000) -> torch.Tensor:
+def exact_log_likelihood(vae, x: torch.Tensor, budget: int = DEFAULT_BUDGET) -> torch.Tensor:
     """log p(x) = logsumexp_z log p(x|z) + log p(z), summed over every configuration of a discrete z, (B,),
-    decoding <= budget configurations x rows at a time."""
+    decoding <= budget values (configurations x rows x values per sample) at a time."""
     s = vae.settings
     z_all = parts.all_configurations(s.latent, s.latent_dim, s.categories, x.device, x.dtype)
-    log_joint = vae.reconstruction_all(x, z_all, max(1, budget // BLOCK_ROWS))  # (N, B)
+    log_joint = vae.reconstruction_all(x, z_all, calls_per_row(budget, x))  # (N, B)
     return torch.logsumexp(log_joint.float(), 0) + parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
 
 
