@@ -10,7 +10,9 @@ and prepared once with `gendist data prepare`; `gendist classifier train` on it 
 
 Each run is what the README tells a user to do: `gendist train configs/CONFIG.yaml data.dir=DIR
 [model.arch=ARCH]`, nothing else changed (its own default steps, unless --steps caps them for a short look; the
-W&B logger and progress bar are turned off, which changes nothing that is learned). Then `gendist sample` draws
+W&B logger and progress bar are turned off, which changes nothing that is learned); its peak memory (the
+training process's maximum resident set, evaluation at the end included) is recorded. A run's row is kept in
+WORK/NAME.json, so a second invocation with the same --work goes on where the first stopped. Then `gendist sample` draws
 as many samples as there are real images (EMA weights where the config keeps them), and `gendist eval` compares
 them with all the real images in the classifier's features: precision, recall (the target: >= 0.3) and Frechet
 distance. The floor row is real against real: one half of the images against the other (899 a side, so
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,14 +120,24 @@ def main() -> int:
             run_dir = work / f"{kind}-{config}{'-' + arch if arch else ''}"
             overrides = [f"data.dir={data_dir}", f"run.dir={run_dir}", *([f"model.arch={arch}"] if arch else []),
                          *([f"train.max_steps={args.steps}"] if args.steps else []), *QUIET]
+            cached = run_dir.parent / f"{run_dir.name}.json"
+            if cached.is_file():  # a finished run of an earlier invocation with the same --work
+                results[kind]["runs"][run] = json.loads(cached.read_text())
+                print(kind, run, "(cached)", cached.read_text(), flush=True)
+                continue
+            shutil.rmtree(run_dir, ignore_errors=True)
+            stderr_path = run_dir.parent / f"{run_dir.name}.stderr"
             started = time.perf_counter()
-            completed = subprocess.run(
-                [sys.executable, "-m", "gendist", "train", f"configs/{config}.yaml", *overrides], cwd=ROOT, env=env,
-                capture_output=True, text=True)
+            with open(stderr_path, "w") as stderr:
+                process = subprocess.Popen([sys.executable, "-m", "gendist", "train", f"configs/{config}.yaml",
+                                            *overrides], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+                _, status, usage = os.wait4(process.pid, 0)  # this run's own peak memory, not all children's
             seconds = time.perf_counter() - started
-            (run_dir.parent / f"{run_dir.name}.stderr").write_text(completed.stderr)
-            if completed.returncode != 0:
-                row = {"error": completed.stderr.strip().splitlines()[-1][:300], "train_s": round(seconds, 1)}
+            returncode, stderr_text = os.waitstatus_to_exitcode(status), stderr_path.read_text()
+            peak_gib = round(usage.ru_maxrss / 2**20, 2)  # ru_maxrss is in KiB on Linux
+            if returncode != 0:
+                last = (stderr_text.strip().splitlines() or [f"exit status {returncode}"])[-1]
+                row = {"error": last[:300], "train_s": round(seconds, 1), "peak_gib": peak_gib}
             else:
                 samples = run_dir / "samples.npy"
                 gendist("sample", str(run_dir), "--n", str(len(x)), "--seed", "0", "--out", str(samples), env=env)
@@ -134,25 +147,26 @@ def main() -> int:
                                             env=env).splitlines()[-1])
                 won, lines = discriminator_wins(run_dir)
                 steps = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
-                row = {"steps": steps, "train_s": round(seconds, 1), **{k: scores[k] for k in KEYS},
-                       "d_wins_lines": f"{won}/{lines}" if lines else "-",
-                       "d_wins_warned": "discriminator wins outright" in completed.stderr}
+                row = {"steps": steps, "train_s": round(seconds, 1), "peak_gib": peak_gib,
+                       **{k: scores[k] for k in KEYS}, "d_wins_lines": f"{won}/{lines}" if lines else "-",
+                       "d_wins_warned": "discriminator wins outright" in stderr_text}
+                cached.write_text(json.dumps(row))
             results[kind]["runs"][run] = row
             print(kind, run, json.dumps(row), flush=True)
     for kind, result in results.items():
         print(f"\n{kind}: classifier test accuracy {result['classifier_accuracy']:.4f}")
-        print("| run | steps | precision | recall | Frechet distance | D wins (lines) | warned | train s |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| run | steps | precision | recall | Frechet distance | D wins (lines) | warned | train s | peak GiB |")
+        print("|---|---|---|---|---|---|---|---|---|")
         floor = result["floor"]
         print(f"| real vs real (halves) | - | {floor['precision']:.3f} | {floor['recall']:.3f} | "
-              f"{floor['frechet_distance']:.3g} | - | - | - |")
+              f"{floor['frechet_distance']:.3g} | - | - | - | - |")
         for run, row in result["runs"].items():
             if "error" in row:
-                print(f"| {run} | failed: {row['error']} | | | | | | {row['train_s']} |")
+                print(f"| {run} | failed: {row['error']} | | | | | | {row['train_s']} | {row['peak_gib']} |")
                 continue
             print(f"| {run} | {row['steps']} | {row['precision']:.3f} | {row['recall']:.3f} | "
                   f"{row['frechet_distance']:.3g} | {row['d_wins_lines']} | {row['d_wins_warned']} | "
-                  f"{row['train_s']} |")
+                  f"{row['train_s']} | {row['peak_gib']} |")
     print(json.dumps({"work": str(work), "steps_cap": args.steps, "results": results}))
     return 0
 
