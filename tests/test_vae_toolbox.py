@@ -345,9 +345,8 @@ def test_iwae_training_loss_is_the_k_sample_importance_weighted_bound():
     assert abs(loss.item() - (-bound.mean().item())) < 1e-9, (loss.item(), -bound.mean().item())
 
 
-def count_decoder_calls(vae: VAE, x: torch.Tensor, config) -> int:
-    from gendist.recipes.vae_eval import held_out_scores
-
+def decoder_call_rows(vae: VAE, x: torch.Tensor, config) -> list[int]:
+    """The rows each decoder call of held-out scoring decodes, in call order."""
     calls = []
     handle = vae.decoder.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     try:
@@ -355,7 +354,11 @@ def count_decoder_calls(vae: VAE, x: torch.Tensor, config) -> int:
             held_out_scores(vae, x, config, torch.Generator().manual_seed(0))
     finally:
         handle.remove()
-    return len(calls)
+    return calls
+
+
+def count_decoder_calls(vae: VAE, x: torch.Tensor, config) -> int:
+    return len(decoder_call_rows(vae, x, config))
 
 
 @pytest.mark.parametrize("latent", ["gaussian", "bernoulli"])
@@ -397,12 +400,6 @@ def test_a_likelihood_block_holds_the_budget_in_decoded_values_at_every_image_si
     decoder = nn.Sequential(nn.Linear(settings.decoder_in, pixels), nn.Unflatten(1, (1, 28, 28)))
     vae = VAE(encoder, decoder, settings).float()
     x = (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-    rows = []
-    handle = vae.decoder.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
-    try:
-        with torch.no_grad():
-            held_out_scores(vae, x, VAEConfig(eval_samples=100, gap_steps=0), torch.Generator().manual_seed(0))
-    finally:
-        handle.remove()
+    rows = decoder_call_rows(vae, x, VAEConfig(eval_samples=100, gap_steps=0))
     assert max(rows) * pixels <= DEFAULT_BUDGET  # 16 samples x 500 rows per call
     assert len(rows) == 1 + math.ceil(100 / 16)  # the ELBO's call, then the importance samples' blocks

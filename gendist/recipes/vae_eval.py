@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from gendist.config import VAEConfig
 from gendist.recipes import vae_parts as parts
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -29,16 +30,17 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 # a chunk really has, so every rank makes the same number of decoder calls (collectives under FSDP/ZeRO-3)
 # even when its last chunk is short.
 BLOCK_ROWS = 500
-# Decoded values per block: 100,000 decoder calls of the 8x8 digits (64 values each). A call's activations grow
-# with the image, so the budget counts values, not calls: at 28x28 a block is 8,163 calls, at 32x32x3 2,083.
-DEFAULT_BUDGET = 6_400_000
+# Decoded values per block (vae.eval_budget's default): 100,000 decoder calls of the 8x8 digits (64 values each).
+# A call's activations grow with the image, so the budget counts values, not calls: at 28x28 a block is 8,163
+# calls, at 32x32x3 2,083.
+DEFAULT_BUDGET = VAEConfig.eval_budget
+ELBO_SAMPLES = 100  # reconstruction samples per datapoint in the ELBOs of the amortization gap
 
 
 def calls_per_row(budget: int, x: torch.Tensor) -> int:
     """Decoder calls per row of a block of BLOCK_ROWS rows of samples shaped like x[0] that fit in `budget`
     decoded values (at least 1)."""
     return max(1, budget // (BLOCK_ROWS * max(1, math.prod(x.shape[1:]))))
-ELBO_SAMPLES = 100  # reconstruction samples per datapoint in the ELBOs of the amortization gap
 
 
 def _noise(shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
