@@ -3,7 +3,8 @@ features of a Fashion-MNIST classifier, against the real-vs-real noise floor.
 
     python benchmarks/fashion_mnist.py [--archs conv resnet stylegan2] [--seeds 0 1 2] [--minutes 60]
                                        [--conditional] [--train-images N] [--augment color,translation,cutout]
-                                       [--steps N] [--samples 10000] [--work DIR] [overrides ...]
+                                       [--steps N] [--eval-at N ...] [--samples 10000] [--work DIR]
+                                       [overrides ...]
 
 Trains the Fashion-MNIST classifier once (`gendist classifier train --data fashion_mnist`, its shipped test set
 scores it), prepares the data once, then per architecture and seed trains configs/gan_fashion_mnist.yaml with
@@ -69,6 +70,8 @@ def main() -> int:
     parser.add_argument("--conditional", action="store_true")
     parser.add_argument("--train-images", type=int, default=0, help="train on the first N images (0: all)")
     parser.add_argument("--augment", default="", help="gan.augment for every run (DiffAugment policies)")
+    parser.add_argument("--eval-at", type=int, nargs="*", default=[], help="also evaluate at these steps (the run "
+                        "resumes from its checkpoint after each; a curve of FD over steps at no extra training)")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--work", type=Path, default=None)
@@ -121,21 +124,23 @@ def main() -> int:
     for seed in args.seeds:
         for arch in args.archs:
             run_dir = work / f"{arch}-{seed}"
-            started = time.perf_counter()
-            gendist("train", "configs/gan_fashion_mnist.yaml", f"run.dir={run_dir}", f"model.arch={arch}",
-                    f"train.seed={seed}", f"train.max_steps={steps[arch]}", *common, env=env)
-            seconds = time.perf_counter() - started
-            gendist("sample", str(run_dir), "--n", str(args.samples), "--seed", str(seed), "--out",
-                    str(run_dir / "samples.npy"), env=env)
-            row = json.loads(gendist("eval", "--real", str(work / "test.npy"), "--fake", str(run_dir / "samples.npy"),
-                                     *evaluate, env=env).splitlines()[-1])
-            result = {"seed": seed, "steps": steps[arch], "train_s": round(seconds, 1), **{k: row[k] for k in KEYS},
-                      "fd_over_floor": row["frechet_distance"] / floor["frechet_distance"]}
-            if args.conditional:
-                requested = np.arange(args.samples) % int(meta["num_classes"])
-                result.update(class_accuracy(classifier, np.load(run_dir / "samples.npy"), requested))
-            rows[arch].append(result)
-            print(arch, json.dumps(rows[arch][-1]), flush=True)
+            seconds = 0.0
+            for stage in sorted({s for s in args.eval_at if 0 < s < steps[arch]} | {steps[arch]}):
+                started = time.perf_counter()  # each stage resumes the run from its last checkpoint, exactly
+                gendist("train", "configs/gan_fashion_mnist.yaml", f"run.dir={run_dir}", f"model.arch={arch}",
+                        f"train.seed={seed}", f"train.max_steps={stage}", *common, env=env)
+                seconds += time.perf_counter() - started
+                gendist("sample", str(run_dir), "--n", str(args.samples), "--seed", str(seed), "--out",
+                        str(run_dir / "samples.npy"), env=env)
+                row = json.loads(gendist("eval", "--real", str(work / "test.npy"), "--fake",
+                                         str(run_dir / "samples.npy"), *evaluate, env=env).splitlines()[-1])
+                result = {"seed": seed, "steps": stage, "train_s": round(seconds, 1), **{k: row[k] for k in KEYS},
+                          "fd_over_floor": row["frechet_distance"] / floor["frechet_distance"]}
+                if args.conditional:
+                    requested = np.arange(args.samples) % int(meta["num_classes"])
+                    result.update(class_accuracy(classifier, np.load(run_dir / "samples.npy"), requested))
+                rows[arch].append(result)
+                print(arch, json.dumps(rows[arch][-1]), flush=True)
     keys = (*KEYS, "fd_over_floor", *(("class_accuracy", "class_accuracy_min") if args.conditional else ()))
     print(f"classifier test accuracy {meta['test_accuracy']:.4f}")
     print("| architecture | seed | steps | " + " | ".join(keys) + " | train s |")
