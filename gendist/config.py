@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -484,7 +486,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), saved_run: b
     parsed = [(parse_override(text), text) for text in overrides]
     if any(len(keys) == 2 and keys[0] == "data" and keys[1] in DATA_LOCATIONS and value
            for (keys, value), _ in parsed):
-        _drop_file_data_location(tree)
+        _drop_file_data_location(tree, keep_resize=any(keys[:2] == ["data", "resize"] for (keys, _), _ in parsed))
     for (keys, value), text in parsed:
         _set_dotted(tree, keys, value, text)
     config = _build(RunConfig, tree, "")
@@ -504,13 +506,26 @@ def _migrate_moved_keys(tree: dict) -> None:
                 tree[new_section].setdefault(new_key, value)
 
 
-def _drop_file_data_location(tree: dict) -> None:
+def _drop_file_data_location(tree: dict, keep_resize: bool) -> None:
     """A data location given on the command line replaces the one the config file names (its source, dir or
-    shards, and the test shards that go with them); two locations on the command line stay an error."""
+    shards, and the test shards that go with them); two locations on the command line stay an error. The file's
+    data.resize/crop say how its own source is prepared, so they go too, with a one-line note (rank 0): the new
+    location's images train at their prepared size (a data.resize on the command line is kept, and validated)."""
     data = tree.get("data")
-    if isinstance(data, dict):
-        for key in DATA_LOCATIONS + ("test_shards", "source_b"):
-            data.pop(key, None)
+    if not isinstance(data, dict):
+        return
+    for key in DATA_LOCATIONS + ("test_shards", "source_b"):
+        data.pop(key, None)
+    if keep_resize:
+        return
+    resize = data.pop("resize", None)
+    data.pop("crop", None)
+    if resize and os.environ.get("RANK", "0") == "0":
+        size = " ".join(map(str, resize)) if isinstance(resize, list) else str(resize)
+        print(f"gendist: note: the data location on the command line replaces the config file's data.source and its "
+              f"data.resize {resize}: the images train at the size they were prepared at (to train at that size: "
+              f"`gendist data prepare --source ... --resize {size} --out DIR`)",
+              file=sys.stderr, flush=True)
 
 
 def _get(config: RunConfig, dotted: str) -> Any:

@@ -103,6 +103,21 @@ def test_a_data_location_on_the_command_line_replaces_the_files(override, expect
     assert (with_test.data.source, with_test.data.test_shards) == ("", "/d/test-*.tar")
 
 
+def test_a_data_location_on_the_command_line_takes_the_files_resize_with_it_and_says_so(capsys):
+    """Catches the shipped configs/gan_emoji.yaml (data.source=emoji, data.resize [32, 32]) refusing a user's
+    `data.dir=DIR` (the file's resize left behind, then rejected as a resize without a source), and a resize
+    dropped with no word: the user must learn the images train at their prepared size. A resize given on the
+    command line beside the location is kept (and refused, as before: prepare folders with --resize)."""
+    config = load_config(ROOT / "configs" / "gan_emoji.yaml", ["data.dir=data/mine"])
+    assert (config.data.source, config.data.dir, config.data.resize) == ("", "data/mine", [])
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "data.resize [32, 32]" in note and "--resize 32 32" in note
+    with pytest.raises(UserError, match="data.resize applies when data.source is prepared"):
+        load_config(ROOT / "configs" / "gan_emoji.yaml", ["data.dir=data/mine", "data.resize=[16,16]"])
+    load_config(ROOT / "configs" / "gan_ring.yaml", ["data.dir=data/mine"])  # no resize in the file: no note
+    assert capsys.readouterr().err == ""
+
+
 def test_a_file_with_two_data_locations_is_an_error(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text("data:\n  source: ring\n  dir: data/ring\n")
