@@ -101,7 +101,7 @@ def check_resize(resize, crop: str) -> tuple[int, int] | None:
         raise UserError(f"--crop / data.crop: unknown '{crop}' — use one of {', '.join(CROPS)}")
     if resize is None or len(resize) == 0:
         return None
-    if len(resize) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 4 <= v <= 4096 for v in resize):
+    if len(resize) != 2 or not all(isinstance(v, (int, np.integer)) and 4 <= v <= 4096 for v in resize):
         raise UserError(f"--resize / data.resize: expected two sizes H W between 4 and 4096, got {list(resize)}")
     return int(resize[0]), int(resize[1])
 
