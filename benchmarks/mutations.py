@@ -37,6 +37,11 @@ MUTATIONS = [
              "        with maybe_eager(self.compile_watch is not None and runs_eager(phase)):",
              "        with maybe_eager(False):",
              ("tests/test_compile.py::test_compiled_training_matches_eager_and_compiles_nothing_after_the_first_step",)),
+    Mutation("fsdp_compiled_across_hooks", "train.compile under FSDP2 compiles each network whole, across the "
+             "parameter groups' all-gather hooks", "gendist/engine/compiled.py",
+             "    if not any(isinstance(module, FSDPModule) for module in network.modules()):",
+             "    if True:",
+             ("tests/test_strategies.py::test_two_ranks_match_one_rank_with_double_batch[fsdp-stylegan2_compiled_sgd]",)),
     Mutation("compiled_sampling", "train.compile also compiles sampling (recompiles at every sample grid)",
              "gendist/engine/trainer.py", "                    maybe_eager(self.compile_watch is not None):",
              "                    maybe_eager(False):",
