@@ -150,6 +150,10 @@ MUTATIONS = [
              "import torch.distributed as dist\n"
              "        return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])",
              ("tests/test_strategies.py::test_two_ranks_match_one_rank_with_double_batch[torchrun-gan_sgd]",)),
+    Mutation("ema_rampup_ignored", "the EMA uses train.ema_decay from the first step (no ramp-up)",
+             "gendist/engine/trainer.py", "ema.update(self.strategy.networks[name], result.skipped, self.step + 1)",
+             "ema.update(self.strategy.networks[name], result.skipped)",
+             ("tests/test_api.py::test_the_ema_starts_at_the_first_steps_weights_and_ramps_up",)),
     Mutation("ema_not_restored", "the EMA generator is not loaded on resume (it restarts at the current weights)",
              "gendist/engine/trainer.py", "self.ema[name].load_full_state(load_tensors(ema_path))", "pass",
              ("tests/test_fault_tolerance.py::test_resume_after_sigkill_reproduces_the_uninterrupted_run[single-fp16-ema]",)),

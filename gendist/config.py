@@ -249,6 +249,9 @@ class TrainConfig:
     batch_size: int = 256  # per process
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.0  # generator EMA; 0 disables
+    # the EMA's half-life is at most ema_rampup x the steps taken (StyleGAN2-ADA's default 0.05); 0: ema_decay
+    # from the first step
+    ema_rampup: float = 0.05
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: NaN loss in these steps (one phase)
     inject_nan_phase: str = ""  # the phase whose first micro-step gets the NaN; "" = the recipe's first phase
@@ -565,6 +568,9 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"config: optim.grad_clip must be >= 0, got {config.optim.grad_clip}")
     if not 0 <= config.train.ema_decay < 1:
         raise UserError(f"config: train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    if not 0 <= config.train.ema_rampup <= 1:
+        raise UserError(f"config: train.ema_rampup must be in [0, 1] (0 turns the ramp off), got "
+                        f"{config.train.ema_rampup}")
     if not config.run.dir.strip():
         raise UserError("config: run.dir must name a folder, got ''; e.g. run.dir=runs/my_run")
     units, phases = recipe_names(config)

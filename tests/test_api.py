@@ -41,6 +41,23 @@ def test_train_and_load_give_the_clis_run_and_samples_with_the_ema_weights(tmp_p
     np.testing.assert_array_equal(samples.cpu().numpy(), np.load(tmp_path / "s.npy"))
 
 
+def test_the_ema_starts_at_the_first_steps_weights_and_ramps_up(tmp_path, cache):
+    """Catches an EMA whose decay does not ramp up with the steps taken (train.ema_rampup ignored, or the
+    trainer not passing the step): after one Adam step (each weight moves by about lr = 1e-3) a ramped
+    average is the new weights (decay 1e-6 at step 1: off by 1e-9, float32 round-off 1e-7), while a constant
+    0.999 stays 0.999 x 1e-3 behind them. The bound, 1e-5, is 100x from each."""
+    gaps = {}
+    for rampup in ("0.05", "0"):
+        run_dir = gendist.train("configs/gan_ring.yaml", overrides=[
+            *QUICK, "train.max_steps=1", "train.ema_decay=0.999", f"train.ema_rampup={rampup}",
+            f"run.dir={tmp_path / rampup}"])
+        folder = run_dir / "checkpoints/step_00000001/players"
+        ema, raw = load_file(folder / "ema_generator.safetensors"), load_file(folder / "generator.safetensors")
+        gaps[rampup] = max(float((ema[key] - raw[key]).abs().max()) for key in ema)
+    assert gaps["0.05"] < 1e-5, gaps
+    assert gaps["0"] > 1e-5, gaps  # the same check sees a constant decay
+
+
 def test_encode_and_the_errors_of_the_api(tmp_path, cache):
     """A BiGAN run's codes through the API equal `gendist encode`'s; a GAN has no encoder, a folder without a
     run is refused, a preempted-or-diverged run would raise (here: bad input raises UserError, one line)."""

@@ -36,6 +36,7 @@ def test_overrides_apply_with_types():
     ("precision=fp8", "precision must be one of fp32|bf16|fp16"),
     ("optim.betas=[0.5]", "optim.betas must be two numbers"),
     ("train.ema_decay=1.5", "train.ema_decay must be in [0, 1)"),
+    ("train.ema_rampup=-0.1", "train.ema_rampup must be in [0, 1]"),
     ("dist.zero_stage=4", "dist.zero_stage must be 1, 2 or 3"),
     ("train=3", "train must be a mapping"),
     ("novalue", "must look like key=value"),

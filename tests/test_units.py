@@ -10,7 +10,7 @@ from torch import nn
 from gendist.checkpoint import CheckpointWriter, verify
 from gendist.config import load_config
 from gendist.distributed import DistInfo
-from gendist.engine.ema import EMA
+from gendist.engine.ema import EMA, ramped_decay
 from gendist.engine.strategies.base import Strategy
 from gendist.engine.units import Member, build_units, check_gradient_coverage, probe_batch
 from gendist.errors import UserError
@@ -151,6 +151,18 @@ def test_ema_over_a_set_of_networks_follows_each_one():
         ema.update(networks[name])
         for key, value in ema.full_state().items():
             torch.testing.assert_close(value, networks[name].state_dict()[key] - 1.0)
+
+
+def test_the_ema_half_life_is_at_most_rampup_times_the_steps_then_the_configs_decay():
+    """Catches a ramp that never reaches train.ema_decay, or one whose half-life is not bounded by rampup x
+    steps (half-life = ln 0.5 / ln decay steps)."""
+    import math
+
+    for step in (1, 10, 100, 1000, 5000):
+        decay = ramped_decay(0.999, 0.05, step)
+        assert math.log(0.5) / math.log(decay) <= 0.05 * step * (1 + 1e-9)
+    assert ramped_decay(0.999, 0.05, 13_863) == 0.999 and ramped_decay(0.999, 0.05, 10**6) == 0.999
+    assert ramped_decay(0.999, 0.0, 1) == 0.999  # rampup 0: the constant decay
 
 
 # ---------------------------------------------------------------- CycleGAN's dihedral alignment

@@ -66,7 +66,8 @@ class Trainer:
         # EMA of the sampling networks, each in its network's own layout (DeepSpeedStrategy refuses ZeRO-3)
         self.ema: dict[str, EMA] = {}
         if config.train.ema_decay > 0:
-            self.ema = {name: EMA(strategy.networks[name], config.train.ema_decay) for name in recipe.ema_networks}
+            self.ema = {name: EMA(strategy.networks[name], config.train.ema_decay, config.train.ema_rampup)
+                        for name in recipe.ema_networks}
         unit_of_network = unit_of(recipe.units)
         self.ema_units = {unit_of_network[name] for name in self.ema}
         self.pending: dict[str, list[torch.Tensor]] = defaultdict(list)  # logged values since the last log line
@@ -158,7 +159,7 @@ class Trainer:
             self.pending[f"{phase.name}/grad_norm"].append(result.grad_norm)
         if phase.trains in self.ema_units:
             for name, ema in self.ema.items():
-                ema.update(self.strategy.networks[name], result.skipped)
+                ema.update(self.strategy.networks[name], result.skipped, self.step + 1)
 
     def settle(self) -> None:
         """Read the skip flags of the steps since the last call (one host sync, at log steps and saves), count
@@ -317,7 +318,8 @@ class Trainer:
             if ema_path.is_file():
                 self.ema[name].load_full_state(load_tensors(ema_path))
             else:  # EMA switched on for a run that had none: start the average at the current weights
-                self.ema[name] = EMA(self.strategy.networks[name], self.config.train.ema_decay)
+                self.ema[name] = EMA(self.strategy.networks[name], self.config.train.ema_decay,
+                                     self.config.train.ema_rampup)
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
