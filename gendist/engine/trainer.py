@@ -66,8 +66,7 @@ class Trainer:
         # EMA of the sampling networks, each in its network's own layout (DeepSpeedStrategy refuses ZeRO-3)
         self.ema: dict[str, EMA] = {}
         if config.train.ema_decay > 0:
-            self.ema = {name: EMA(strategy.networks[name], config.train.ema_decay, config.train.ema_rampup)
-                        for name in recipe.ema_networks}
+            self.ema = {name: self.new_ema(name) for name in recipe.ema_networks}
         unit_of_network = unit_of(recipe.units)
         self.ema_units = {unit_of_network[name] for name in self.ema}
         self.pending: dict[str, list[torch.Tensor]] = defaultdict(list)  # logged values since the last log line
@@ -149,6 +148,10 @@ class Trainer:
     def accumulate(self, phase: Phase, outputs: dict[str, torch.Tensor]) -> None:
         for key, value in outputs.items():  # kept on the device; averaged at the next log step
             self.pending[f"{phase.name}/{key}"].append(value.detach())
+
+    def new_ema(self, name: str) -> EMA:
+        """An EMA of network `name` starting at its current weights, with the run's decay and ramp-up."""
+        return EMA(self.strategy.networks[name], self.config.train.ema_decay, self.config.train.ema_rampup)
 
     def after_step(self, phase: Phase, result: StepResult) -> None:
         """Record the step's skip flag (read at the next settle) and update the EMA, which a skipped step
@@ -318,8 +321,7 @@ class Trainer:
             if ema_path.is_file():
                 self.ema[name].load_full_state(load_tensors(ema_path))
             else:  # EMA switched on for a run that had none: start the average at the current weights
-                self.ema[name] = EMA(self.strategy.networks[name], self.config.train.ema_decay,
-                                     self.config.train.ema_rampup)
+                self.ema[name] = self.new_ema(name)
         self.step = int(trainer_state["step"])
         self.bad_steps_in_a_row.update(trainer_state.get("bad_steps_in_a_row", {}))
         self.skipped_steps.update(trainer_state.get("skipped_steps", {}))
