@@ -388,7 +388,8 @@ class VAERecipe:
 
         generator = torch.Generator().manual_seed(self.config.train.seed)
         mean, _ = optimized_posteriors(nets.vae, x, self.config.vae.test_steps, self.config.vae.gap_lr, generator,
-                                       start=prior_start(x, self.settings.latent_dim))
+                                       start=prior_start(x, self.settings.latent_dim),
+                                       budget=self.config.vae.eval_budget)
         return mean
 
     def traversal(self, nets: Nets, steps: int = 9) -> torch.Tensor | None:

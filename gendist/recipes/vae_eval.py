@@ -3,7 +3,8 @@
 - `test_nll` = -log p(x) in nats, estimated by importance sampling with K = vae.eval_samples samples from
   q(z|x): log (1/K) sum_k p(x, z_k) / q(z_k|x) (a stochastic lower bound on log p(x) that tightens as K grows,
   Burda et al. 2016), computed in blocks of at most vae.eval_budget decoded values (decoder calls x values per
-  sample: a memory budget that holds at every image size). Discrete latents with few
+  sample: a memory budget that holds at every image size; every other decoder pass below is blocked the same
+  way, the per-datapoint optimization's gradients accumulated block by block). Discrete latents with few
   configurations (<= 4,096) are summed exactly instead.
 - `test_nll_prior`: the naive estimate with z_k from the prior, log (1/K) sum_k p(x|z_k): unbiased in p(x)
   but with a huge variance, because almost no prior sample explains a given x (the lecture's remark).
@@ -97,10 +98,35 @@ def exact_log_likelihood(vae, x: torch.Tensor, budget: int = DEFAULT_BUDGET) -> 
     return torch.logsumexp(log_joint.float(), 0) + parts.log_prior_discrete(s.latent, s.latent_dim, s.categories)
 
 
-def gaussian_elbo(vae, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """ELBO per sample with the analytic KL and reconstruction averaged over eps (S, B, Z)."""
-    z = mean + torch.exp(0.5 * log_var) * eps
-    return vae.log_likelihood_k(x, z).mean(0) - parts.gaussian_kl(mean, log_var).sum(-1)
+def _eps_blocks(eps: torch.Tensor, x: torch.Tensor, budget: int):
+    """eps (S, B, Z) in blocks of draws whose decoder calls hold `budget` decoded values (calls_per_row)."""
+    per_block = calls_per_row(budget, x)
+    return eps.split(per_block)
+
+
+def gaussian_elbo(vae, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor,
+                  budget: int = DEFAULT_BUDGET) -> torch.Tensor:
+    """ELBO per sample with the analytic KL and reconstruction averaged over eps (S, B, Z), decoded in blocks of
+    <= budget values (the amortization gap's 100 draws x 500 rows at 32x32x3 are 15 million values at once)."""
+    std = torch.exp(0.5 * log_var)
+    reconstruction = sum(vae.log_likelihood_k(x, mean + std * block).sum(0) for block in _eps_blocks(eps, x, budget))
+    return reconstruction / eps.shape[0] - parts.gaussian_kl(mean, log_var).sum(-1)
+
+
+def _negative_elbo_gradients(vae, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor,
+                             budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(-sum_b ELBO_b)/d(mean, log_var) with log_var clamped to [-12, 8], one backward per block of draws
+    (gaussian_elbo's blocks), accumulated: the graph of one block is freed before the next is built, so memory
+    holds the budget however many draws there are."""
+    with torch.enable_grad():
+        kl = parts.gaussian_kl(mean, log_var.clamp(-12.0, 8.0)).sum()
+        grads = list(torch.autograd.grad(kl, [mean, log_var]))
+        for block in _eps_blocks(eps, x, budget):
+            z = mean + torch.exp(0.5 * log_var.clamp(-12.0, 8.0)) * block
+            loss = -vae.log_likelihood_k(x, z).sum() / eps.shape[0]
+            for total, grad in zip(grads, torch.autograd.grad(loss, [mean, log_var])):
+                total += grad
+    return grads[0], grads[1]
 
 
 def prior_start(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,12 +138,14 @@ def prior_start(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.T
 def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator: torch.Generator,
                          samples: int = 10, check_every: int = 25,
                          start: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         check_eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         check_eps: torch.Tensor | None = None,
+                         budget: int = DEFAULT_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint Gaussian q_i = N(mean_i, diag(var_i)), started at the encoder's output and optimized by
     Adam on a `samples`-sample ELBO for `steps` steps; the parameters with the best fixed-noise ELBO seen
     (checked every `check_every` steps) are returned, so the result is never worse than the encoder's.
     The step count is fixed rather than "until no improvement" so every rank runs the same number of
-    forwards (a collective under sharded strategies)."""
+    forwards (a collective under sharded strategies). Each ELBO and gradient decodes <= budget values at a
+    time."""
     with torch.no_grad():
         mean0, log_var0 = start if start is not None else vae.encode(x)
     mean = mean0.detach().clone().requires_grad_(True)
@@ -127,18 +155,16 @@ def optimized_posteriors(vae, x: torch.Tensor, steps: int, lr: float, generator:
         check_eps = _noise((samples, *mean.shape), generator, x.device)
     best_mean, best_log_var = mean0.detach().clone(), log_var0.detach().clone()
     with torch.no_grad():
-        best = gaussian_elbo(vae, x, best_mean, best_log_var, check_eps)
+        best = gaussian_elbo(vae, x, best_mean, best_log_var, check_eps, budget)
     for step in range(1, steps + 1):
         eps = _noise((samples, *mean.shape), generator, x.device)
-        with torch.enable_grad():
-            loss = -gaussian_elbo(vae, x, mean, log_var.clamp(-12.0, 8.0), eps).sum()
-            grads = torch.autograd.grad(loss, [mean, log_var])
+        grads = _negative_elbo_gradients(vae, x, mean, log_var, eps, budget)
         for param, grad in zip((mean, log_var), grads):
             param.grad = grad
         optimizer.step()
         if step % check_every == 0 or step == steps:
             with torch.no_grad():
-                current = gaussian_elbo(vae, x, mean, log_var.clamp(-12.0, 8.0), check_eps)
+                current = gaussian_elbo(vae, x, mean, log_var.clamp(-12.0, 8.0), check_eps, budget)
                 better = current > best
                 best = torch.where(better, current, best)
                 best_mean = torch.where(better.unsqueeze(-1), mean.detach(), best_mean)
@@ -179,10 +205,10 @@ def held_out_scores(vae, x: torch.Tensor, config, generator: torch.Generator) ->
         out["posterior_mean"] = mean
         if config.gap_steps:
             eps = _noise((ELBO_SAMPLES, *mean.shape), generator, x.device)
-            amortized = gaussian_elbo(vae, x, mean, log_var, eps)
+            amortized = gaussian_elbo(vae, x, mean, log_var, eps, config.eval_budget)
             best_mean, best_log_var = optimized_posteriors(vae, x, config.gap_steps, config.gap_lr, generator,
-                                                           check_eps=eps)
-            optimized = gaussian_elbo(vae, x, best_mean, best_log_var, eps)
+                                                           check_eps=eps, budget=config.eval_budget)
+            optimized = gaussian_elbo(vae, x, best_mean, best_log_var, eps, config.eval_budget)
             out.update(test_elbo_amortized=amortized, test_elbo_optimized=optimized,
                        amortization_gap=optimized - amortized, approximation_gap=log_px - optimized)
     return out
@@ -193,11 +219,11 @@ def _per_datapoint_scores(vae, x: torch.Tensor, config, generator: torch.Generat
     scored like an encoder's q (ELBO, importance sampling with q as the proposal)."""
     latent_dim = vae.settings.latent_dim
     mean, log_var = optimized_posteriors(vae, x, config.test_steps, config.gap_lr, generator,
-                                         start=prior_start(x, latent_dim))
+                                         start=prior_start(x, latent_dim), budget=config.eval_budget)
     eps = _noise((ELBO_SAMPLES, *mean.shape), generator, x.device)
     log_px, ess = importance_sampled_log_likelihood(vae, x, config.eval_samples, generator,
                                                     budget=config.eval_budget, posterior=(mean, log_var))
-    out = {"test_elbo": gaussian_elbo(vae, x, mean, log_var, eps), "test_nll": -log_px, "test_ess": ess,
+    out = {"test_elbo": gaussian_elbo(vae, x, mean, log_var, eps, config.eval_budget), "test_nll": -log_px, "test_ess": ess,
            "posterior_mean": mean}
     out.update(prior_estimate(vae, x, config, generator))
     return out
