@@ -1,7 +1,7 @@
 """Robust defaults: the shipped image configs, run unchanged on a user's 28x28 grey and 32x32 RGB images.
 
     python benchmarks/robust_defaults.py [--data grey28 rgb32] [--runs gan_digits:conv vae_digits ...]
-                                         [--steps N] [--work DIR]
+                                         [--steps N] [--work DIR] [--set KEY=VALUE ... --tag NAME]
 
 The user's data are the 1,797 scikit-learn digits brought at another size, as a user would bring their own
 images: `grey28` resampled (PIL LANCZOS) to 28x28 grey; `rgb32` resampled to 32x32 in colour (a random stroke
@@ -84,7 +84,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="cap every run at N steps (0: the config's own)")
     parser.add_argument("--classifier-epochs", type=int, default=40)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides for every run (a change being tried, not the defaults: name it with --tag)")
+    parser.add_argument("--tag", default="", help="suffix of the run names of --set runs (their rows are kept apart)")
     args = parser.parse_args()
+    if args.set and not args.tag:
+        parser.error("--set changes the shipped defaults: name its runs with --tag")
     for run in args.runs:
         if not (ROOT / "configs" / f"{run.split(':')[0]}.yaml").is_file():
             raise SystemExit(f"--runs: no config configs/{run.split(':')[0]}.yaml")
@@ -117,9 +122,9 @@ def main() -> int:
         print(kind, "classifier test accuracy", accuracy, "floor", json.dumps(results[kind]["floor"]), flush=True)
         for run in args.runs:
             config, _, arch = run.partition(":")
-            run_dir = work / f"{kind}-{config}{'-' + arch if arch else ''}"
+            run_dir = work / f"{kind}-{config}{'-' + arch if arch else ''}{'-' + args.tag if args.tag else ''}"
             overrides = [f"data.dir={data_dir}", f"run.dir={run_dir}", *([f"model.arch={arch}"] if arch else []),
-                         *([f"train.max_steps={args.steps}"] if args.steps else []), *QUIET]
+                         *([f"train.max_steps={args.steps}"] if args.steps else []), *args.set, *QUIET]
             cached = run_dir.parent / f"{run_dir.name}.json"
             if cached.is_file():  # a finished run of an earlier invocation with the same --work
                 results[kind]["runs"][run] = json.loads(cached.read_text())
