@@ -149,13 +149,15 @@ class Augmenter:
         self.p = min(1.0, max(0.0, self.p + direction * step_size))
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "signs": None if self.signs is None else float(self.signs), "count": self.count}
+        return {"p": self.p, "signs": None if self.signs is None else float(self.signs), "count": self.count,
+                "last_rt": self.last_rt}
 
     def load_state_dict(self, state: dict) -> None:
         """(0-dim CPU tensors: they add to the device's sums like numbers.)"""
         self.p = float(state["p"])
         self.signs = None if state.get("signs") is None else torch.tensor(state["signs"])
         self.count = int(state.get("count") or 0)
+        self.last_rt = state.get("last_rt")  # logged until the next adjustment (absent from older checkpoints)
 
 
 __all__ = ["Augmenter", "diff_augment", "parse_policy", "POLICIES", "COLUMNS"]

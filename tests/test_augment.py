@@ -97,7 +97,7 @@ class _Marked:
     """Stands in for Augmenter in the recipe: adds 100 to what it augments (differentiably), so a sample the
     discriminator sees without augmentation is told apart by its range (the images lie in [0, 1])."""
 
-    p, adaptive = 1.0, False
+    p, adaptive, last_rt = 1.0, False, None
 
     def __init__(self, *args):
         pass
@@ -174,7 +174,8 @@ def test_ada_moves_p_by_the_sign_of_the_real_scores_against_the_target():
 
 
 def test_ada_state_resumes_mid_interval():
-    """Catches p or the interval's partial sums lost at a checkpoint (a resumed run would adapt differently)."""
+    """Catches p or the interval's partial sums lost at a checkpoint (a resumed run would adapt differently),
+    and r_t (logged as discriminator/augment_rt until the next adjustment) lost with it."""
     straight = Augmenter(ALL, p=0.2, target=0.6, interval=4, kimg=1.0)
     resumed = Augmenter(ALL, p=0.2, target=0.6, interval=4, kimg=1.0)
     scores = [torch.tensor([[1.0], [1.0], [-1.0]]), torch.ones(3, 1), -torch.ones(3, 1), torch.ones(3, 1)] * 2
@@ -188,6 +189,35 @@ def test_ada_state_resumes_mid_interval():
             resumed = Augmenter(ALL, p=0.9, target=0.6, interval=4, kimg=1.0)
             resumed.load_state_dict(state)
     assert resumed.p == straight.p != 0.2
+    assert resumed.last_rt == straight.last_rt is not None
+
+
+def test_ada_logs_r_t_beside_p_once_it_is_measured(tmp_path):
+    """Catches ADA's statistic r_t missing from the discriminator's logs (only p was logged: a p stuck at 0
+    could not be told from a statistic below target), logged before any interval measured it, or lost from
+    the state a resumed run restores (trainer.json's shared state)."""
+    import gendist.recipes.gan as gan_module
+    from gendist.data.info import DataInfo
+    from gendist.recipes.base import Nets
+
+    config = load_config(None, ["data.source=digits", "gan.augment=color", "gan.ada_target=0.6", "gan.augment_p=0",
+                                "gan.ada_interval=1", f"run.dir={tmp_path}"])
+    recipe = gan_module.GANRecipe(config, DataInfo("images", (1, 8, 8)))
+    latent = config.model.latent_dim
+    nets = Nets(generator=nn.Sequential(nn.Linear(latent, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8))),
+                discriminator=nn.Sequential(nn.Flatten(), nn.Linear(64, 1)))
+    (d_phase,) = [phase for phase in recipe.phases() if phase.name == "discriminator"]
+    batch = Batch(6, torch.rand(6, 1, 8, 8), None, StepNoise(0, torch.device("cpu"), 0, 1, 1).start(1, 0, 0, 0))
+    logs = d_phase.loss(nets, batch, 0)
+    assert "augment_p" in logs and "augment_rt" not in logs  # no interval has ended yet
+    recipe.end_step(1, 6, _mean_over_one_rank)
+    measured = recipe.augmenter.last_rt
+    assert measured is not None and -1 <= measured <= 1
+    logs = d_phase.loss(nets, batch, 1)
+    assert float(logs["augment_rt"]) == pytest.approx(measured)
+    resumed = gan_module.GANRecipe(config, DataInfo("images", (1, 8, 8)))
+    resumed.load_shared_state(recipe.shared_state())
+    assert resumed.augmenter.last_rt == measured and resumed.augmenter.p == recipe.augmenter.p
 
 
 def test_ada_configuration_is_checked(tmp_path):

@@ -147,6 +147,8 @@ def discriminator_loss(nets: Nets, batch: Batch, step: int, *, latent_dim: int, 
     if augment is not None:
         augment.observe(real_scores)  # ADA's statistic (nothing when p is fixed)
         logs["augment_p"] = torch.tensor(augment.p)
+        if augment.last_rt is not None:  # ADA's statistic E[sign D(x)] of the last interval, against its target
+            logs["augment_rt"] = torch.tensor(augment.last_rt)
     if objective_log:
         logs[objective_log] = -loss.detach().float()
     if gp_weight:
@@ -247,11 +249,14 @@ class GANRecipe:
             self.augmenter.adapt(step, images_per_step, reduce_mean)
 
     def shared_state(self) -> dict:
-        return {"augment_p": self.augmenter.p} if self.augmenter is not None and self.augmenter.adaptive else {}
+        if self.augmenter is None or not self.augmenter.adaptive:
+            return {}
+        return {"augment_p": self.augmenter.p, "augment_rt": self.augmenter.last_rt}
 
     def load_shared_state(self, state: dict) -> None:
         if self.augmenter is not None and self.augmenter.adaptive and "augment_p" in state:
             self.augmenter.p = float(state["augment_p"])
+            self.augmenter.last_rt = state.get("augment_rt")  # absent from older checkpoints
 
     def state_dict(self) -> dict:
         return {"augment": self.augmenter.state_dict()} if self.augmenter is not None else {}
