@@ -84,7 +84,8 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     """60 steps on the dynamically binarized 8x8 digits: the test ELBO is far above that of a model that knows
     nothing (64 log 2 = 44.4 nats for 64 Bernoulli pixels), and the importance-weighted estimate with 64
     samples (-test_nll) is strictly above the ELBO by a gap of the size a trained encoder leaves (the estimate
-    never falls below the ELBO in expectation)."""
+    never falls below the ELBO in expectation). Also catches the loss-jump watch not wired into training (no
+    `health/loss_jumped` on the metric lines) or firing on a run that trains normally."""
     env = make_env(tmp_path / "cache")
     run(gendist_command("train", "configs/vae_digits.yaml", f"run.dir={tmp_path / 'vae'}", *FAST,
                         "vae.eval_samples=64", "vae.prior_samples=0", "vae.gap_steps=0"), env)
@@ -92,6 +93,8 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     elbo, iw = metrics["test_elbo"], -metrics["test_nll"]
     assert elbo > -64 * np.log(2) + 8, metrics
     assert elbo + 0.1 < iw < elbo + 5, metrics
+    flags = [line["health/loss_jumped"] for line in read_metrics(tmp_path / "vae") if "elbo/loss" in line]
+    assert flags and set(flags) == {0.0}, flags
 
 
 @pytest.mark.parametrize("args, fragment", [

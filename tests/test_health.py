@@ -4,7 +4,7 @@ import json
 import pytest
 
 from gendist.config import load_config
-from gendist.engine.health import DiscriminatorWatch, watched_key
+from gendist.engine.health import DiscriminatorWatch, LossJumpWatch, watched_key
 
 
 class _Tracker:
@@ -40,6 +40,28 @@ def test_a_streak_of_near_zero_discriminator_losses_is_reported_once_per_episode
     assert "step 200:" in err and "(since step 100)" in err and "step 500:" in err
     assert len(tracker.alerts) == 2 and tracker.summaries == [{"health/discriminator_won_at_step": 200},
                                                                 {"health/discriminator_won_at_step": 500}]
+
+
+def test_a_vae_loss_that_jumps_is_reported_once_per_jump(tmp_path, capsys):
+    """Catches a watch that misses the divergence measured with a learned decoder variance (the loss 22-61 nats
+    per data value above its lowest line), fires on normal training (at most 0.056 nats per value above it,
+    during a KL warm-up), repeats itself every line, or watches a GAN. 64 values per sample: the limit is 64
+    nats above the lowest line."""
+    tracker = _Tracker()
+    watch = LossJumpWatch(config(tmp_path, "model.recipe=vae"), tracker, 64)
+    losses = [40.0, 30.0, 33.5, 29.0, 29.0 + 64 * 20, 29.0 + 64 * 30, 31.0, 28.0, 28.0 + 64 * 22]
+    flags = []
+    for index, loss in enumerate(losses):
+        metrics = {"elbo/loss": loss}
+        watch.update(100 * (index + 1), metrics)
+        flags.append(metrics["health/loss_jumped"])
+    assert flags == [0, 0, 0, 0, 1, 1, 0, 0, 1]
+    err = capsys.readouterr().err
+    assert err.count("the loss jumped") == 2 and "step 500:" in err and "step 900:" in err
+    assert tracker.summaries == [{"health/loss_jumped_at_step": 500}, {"health/loss_jumped_at_step": 900}]
+    gan = {"elbo/loss": 1e9}
+    LossJumpWatch(config(tmp_path), tracker, 64).update(100, gan)
+    assert "health/loss_jumped" not in gan
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_load
 from gendist.engine.compiled import check_options as check_compile_options, setup_channels_last, setup_compile
 from gendist.engine.strategies import build_strategy
 from gendist.engine.units import build_units, check_gradient_coverage, prepare_network_state, probe_batch
-from gendist.engine.health import DiscriminatorWatch
+from gendist.engine.health import DiscriminatorWatch, LossJumpWatch
 from gendist.engine.trainer import LAUNCHER_DIED, Trainer, TrainingDiverged
 from gendist.fsutil import write_bytes_atomic
 from gendist.recipes import build_recipe
@@ -39,7 +40,8 @@ class Hooks:
         self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
         self.last_saved_step = -1
         self.started = time.perf_counter()
-        self.watch = DiscriminatorWatch(config, tracker)
+        self.watches = (DiscriminatorWatch(config, tracker),
+                        LossJumpWatch(config, tracker, math.prod(spec.info.sample_shape)))
 
     def after_step(self, trainer: Trainer, progress) -> None:
         step, config = trainer.step, self.config
@@ -47,7 +49,8 @@ class Hooks:
             metrics = trainer.pop_metrics()
             metrics["time/elapsed_s"] = time.perf_counter() - self.started
             if trainer.dist.is_main:
-                self.watch.update(step, metrics)
+                for watch in self.watches:
+                    watch.update(step, metrics)
             self.tracker.log(step, metrics)
             progress.set_postfix({k.split("/")[0][:4] + "/" + k.split("/")[-1]: f"{v:.3f}"
                                   for k, v in metrics.items() if k.endswith("/loss")}, refresh=False)
