@@ -381,6 +381,16 @@ def test_held_out_scoring_makes_the_same_decoder_calls_for_a_short_last_chunk(la
     assert count_decoder_calls(vae, short, config) == expected
 
 
+def linear_vae_28() -> tuple[VAE, torch.Tensor]:
+    """A linear Gaussian-latent VAE of 28x28 images (float32) and 500 binary 28x28 images (a chunk's rows)."""
+    settings = VAESettings(latent="gaussian", latent_dim=3)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, settings.encoder_out))
+    decoder = nn.Sequential(nn.Linear(settings.decoder_in, 28 * 28), nn.Unflatten(1, (1, 28, 28)))
+    x = (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    return VAE(encoder, decoder, settings).float(), x
+
+
 def test_a_likelihood_block_holds_the_budget_in_decoded_values_at_every_image_size():
     """Bug caught: `vae.eval_budget` counted as decoder calls: a block of 28x28 images decodes 12x the values
     (and activations) of the 8x8 digits' block, so the shipped VAE config's end-of-run likelihood on a user's
@@ -394,12 +404,7 @@ def test_a_likelihood_block_holds_the_budget_in_decoded_values_at_every_image_si
     assert calls_per_row(DEFAULT_BUDGET, torch.zeros(1, 3, 32, 32)) == 4
     assert calls_per_row(10, torch.zeros(1, 3, 32, 32)) == 1  # a budget below one row still makes progress
     pixels = 28 * 28
-    settings = VAESettings(latent="gaussian", latent_dim=3)
-    torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, settings.encoder_out))
-    decoder = nn.Sequential(nn.Linear(settings.decoder_in, pixels), nn.Unflatten(1, (1, 28, 28)))
-    vae = VAE(encoder, decoder, settings).float()
-    x = (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    vae, x = linear_vae_28()
     rows = decoder_call_rows(vae, x, VAEConfig(eval_samples=100, gap_steps=0))
     assert max(rows) * pixels <= DEFAULT_BUDGET  # 16 samples x 500 rows per call
     assert len(rows) == 1 + math.ceil(100 / 16)  # the ELBO's call, then the importance samples' blocks
@@ -418,12 +423,7 @@ def test_the_amortization_gap_decodes_within_the_budget_and_blocking_changes_not
     from gendist.recipes.vae_eval import DEFAULT_BUDGET, gaussian_elbo
 
     pixels = 28 * 28
-    settings = VAESettings(latent="gaussian", latent_dim=3)
-    torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, settings.encoder_out))
-    decoder = nn.Sequential(nn.Linear(settings.decoder_in, pixels), nn.Unflatten(1, (1, 28, 28)))
-    vae = VAE(encoder, decoder, settings).float()
-    x = (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    vae, x = linear_vae_28()
     rows = decoder_call_rows(vae, x, VAEConfig(eval_samples=16, prior_samples=0, gap_steps=2))
     assert max(rows) * pixels <= DEFAULT_BUDGET, max(rows)  # 16 draws x 500 rows per call, the gap's included
     assert len(rows) > 1 + 1 + 2 * math.ceil(100 / 16)  # the gap's two 100-draw ELBOs were cut into blocks

@@ -28,6 +28,13 @@ from gendist.tracking import Tracker, warn
 UNFLOORED_GAN_LOSSES = ("wgan", "wgan_gp", "fgan")
 
 
+def report(tracker: Tracker, title: str, message: str, summary: dict) -> None:
+    """Say it on stderr, in a W&B alert and in the W&B summary."""
+    warn(message)
+    tracker.alert(f"gendist: {title}", message)
+    tracker.summary(summary)
+
+
 def watched_key(config: RunConfig) -> str | None:
     """The metric key of the discriminator loss to watch, or None (no discriminator, no floor, or off)."""
     if not config.log.d_wins_logs or not config.log.d_wins_loss:
@@ -66,9 +73,7 @@ class DiscriminatorWatch:
                        f"{self.threshold:g} for {self.streak} metric lines (since step {self.since}), so the generator "
                        "learns little; try gan.augment=color,translation,cutout, gan.r1_gamma (e.g. 1), or a lower "
                        "optim.lr_overrides.discriminator")
-            warn(message)
-            self.tracker.alert("gendist: the discriminator wins outright", message)
-            self.tracker.summary({"health/discriminator_won_at_step": step})
+            report(self.tracker, "the discriminator wins outright", message, {"health/discriminator_won_at_step": step})
 
 
 LOSS_JUMP_NATS_PER_VALUE = 1.0
@@ -102,6 +107,4 @@ class LossJumpWatch:
                        f"lowest metric line ({self.lowest:.6g}), so training has diverged and the samples are likely "
                        "lost; resume from an earlier checkpoint with a lower optim.lr, or fix the decoder's spread "
                        "(e.g. vae.decoder_std=0.1 instead of a learned variance)")
-            warn(message)
-            self.tracker.alert("gendist: the loss jumped", message)
-            self.tracker.summary({"health/loss_jumped_at_step": step})
+            report(self.tracker, "the loss jumped", message, {"health/loss_jumped_at_step": step})
