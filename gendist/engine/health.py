@@ -14,7 +14,8 @@ W&B summary (`health/discriminator_won_at_step`).
 A VAE's loss that jumps (`LossJumpWatch`): a metric line whose `elbo/loss` (nats per sample) lies more than
 LOSS_JUMP_NATS_PER_VALUE nats per data value above the lowest line so far is said once per episode, the same
 three ways (`health/loss_jumped` on each line, 0/1). Measured: a learned decoder variance under Adam diverged
-on 32x32 colour and 28x28 grey images with jumps of 61 and 22 nats per value, and wrecked the samples; normal
+on 32x32 colour digits, 28x28 grey digits and the emoji with jumps of 61, 22 and 3,684 nats per value, and
+wrecked the samples; normal
 training rose at most 0.056 nats per value above its lowest line (the 8x8 digits' VAE during a KL warm-up,
 `vae.kl_warmup_steps=1000`: the loss climbs as the KL's weight does).
 """
