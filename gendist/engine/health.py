@@ -15,9 +15,8 @@ A VAE's loss that jumps (`LossJumpWatch`): a metric line whose `elbo/loss` (nats
 LOSS_JUMP_NATS_PER_VALUE nats per data value above the lowest line so far is said once per episode, the same
 three ways (`health/loss_jumped` on each line, 0/1). Measured: a learned decoder variance under Adam diverged
 on 32x32 colour digits, 28x28 grey digits and the emoji with jumps of 61, 22 and 3,684 nats per value, and
-wrecked the samples; normal
-training rose at most 0.056 nats per value above its lowest line (the 8x8 digits' VAE during a KL warm-up,
-`vae.kl_warmup_steps=1000`: the loss climbs as the KL's weight does).
+wrecked the samples; normal training rose at most 0.056 nats per value above its lowest line (the 8x8 digits'
+VAE during a KL warm-up, `vae.kl_warmup_steps=1000`: the loss climbs as the KL's weight does).
 """
 from __future__ import annotations
 
