@@ -122,6 +122,7 @@ def _negative_elbo_gradients(vae, x: torch.Tensor, mean: torch.Tensor, log_var: 
         kl = parts.gaussian_kl(mean, log_var.clamp(-12.0, 8.0)).sum()
         grads = list(torch.autograd.grad(kl, [mean, log_var]))
         for block in _eps_blocks(eps, x, budget):
+            # the std is rebuilt per block: each autograd.grad frees the graph it ran through, shared parts included
             z = mean + torch.exp(0.5 * log_var.clamp(-12.0, 8.0)) * block
             loss = -vae.log_likelihood_k(x, z).sum() / eps.shape[0]
             for total, grad in zip(grads, torch.autograd.grad(loss, [mean, log_var])):
