@@ -66,13 +66,18 @@ class Run:
         with torch.no_grad():
             return self.recipe.sample(self.nets, n, torch.Generator().manual_seed(seed))
 
-    def encode(self, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
+    def encode(self, x: torch.Tensor, features: str = "encoder", labels: torch.Tensor | None = None) -> torch.Tensor:
         """Codes of x (B, *sample_shape): a BiGAN's E(x) (features="discriminator": D's last hidden layer on
-        (x, E(x))) or a VAE's encoder means."""
+        (x, E(x))) or a VAE's encoder means; a class-conditional VAE's at `labels` (B,)."""
         if not hasattr(self.recipe, "encode"):
             raise UserError(f"a {self.config.model.recipe} run has no encoder; encode works on BiGAN and VAE runs")
+        extra = {}
+        if labels is not None:
+            if not getattr(self.recipe, "num_classes", 0):
+                raise UserError("labels: this run is not class-conditional (model.conditional=false); drop labels")
+            extra["labels"] = torch.as_tensor(labels, dtype=torch.long)
         with torch.no_grad():
-            return self.recipe.encode(self.nets, x, features)
+            return self.recipe.encode(self.nets, x, features, **extra)
 
     def translate(self, x: torch.Tensor, direction: str = "a2b") -> torch.Tensor:
         """A CycleGAN's translations of x, direction a2b or b2a."""

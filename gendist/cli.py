@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--features", choices=["encoder", "discriminator"], default="encoder",
                         help="encoder: E(x); discriminator: D's last hidden layer on (x, E(x)) (BiGAN)")
     encode.add_argument("--split", choices=["train", "test"], default="test", help="split of a prepared folder")
+    encode.add_argument("--class", dest="cls", type=int, default=None, metavar="K",
+                        help="class-conditional VAE: encode every input at class K (default: at the inputs' own "
+                             "labels)")
 
     translate = commands.add_parser("translate", help="translate images with a trained CycleGAN")
     translate.add_argument("run_dir", type=Path)
@@ -217,7 +220,7 @@ def command_sample(args: argparse.Namespace) -> int:
 
 def command_encode(args: argparse.Namespace) -> int:
     from gendist.inference import load_run
-    from gendist.inputs import check_shape, map_batches, read_inputs, write_outputs
+    from gendist.inputs import check_shape, labels_for, map_batches, read_labelled_inputs, write_outputs
 
     if args.out.suffix != ".npy":
         raise UserError(f"--out must end in .npy, got '{args.out}'")
@@ -226,9 +229,12 @@ def command_encode(args: argparse.Namespace) -> int:
     if not hasattr(recipe, "encode"):
         raise UserError(f"'{args.run_dir}' is a {loaded.config.model.recipe} run, which has no encoder; "
                         "encode works on BiGAN and VAE runs")
-    x = read_inputs(args.data, args.split)
+    x, y = read_labelled_inputs(args.data, args.split)
     check_shape(x, loaded.spec.info.sample_shape, args.data, "data")
-    codes = map_batches(lambda batch: recipe.encode(loaded.nets, batch, args.features), x)
+    labels = labels_for(getattr(recipe, "num_classes", 0), args.cls, y, len(x), args.data)
+    codes = map_batches(lambda batch, *given: recipe.encode(loaded.nets, batch, args.features,
+                                                            **({"labels": given[0]} if given else {})), x,
+                        labels=labels)
     write_outputs(codes, args.out, loaded.spec.info)
     print(f"gendist: wrote {args.features} features {tuple(codes.shape)} of {len(x)} samples to {args.out}")
     return 0

@@ -368,13 +368,18 @@ class VAERecipe:
         best = rearrange(params, "b (z c) -> b z c", c=s.categories).argmax(-1)
         return rearrange(torch.nn.functional.one_hot(best, s.categories).to(params.dtype), "b z c -> b (z c)")
 
-    def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder") -> torch.Tensor:
-        """The mean of q(z|x) (Gaussian latents) or q's probabilities (discrete latents)."""
+    def encode(self, nets: Nets, x: torch.Tensor, features: str = "encoder",
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of q(z|x) (Gaussian latents) or q's probabilities (discrete latents); a conditional VAE's
+        q(z|x, y) at `labels` (B,)."""
         if features != "encoder":
             raise UserError("--features discriminator: a VAE has no discriminator; use --features encoder")
-        if self.settings.inference == "per_datapoint":
-            return self._optimized_means(nets, x.to(next(nets.vae.parameters()).device))
-        params, _ = nets.vae.encode(x.to(next(nets.vae.parameters()).device))
+        device = next(nets.vae.parameters()).device
+        x = x.to(device)
+        with nets.vae.given(None if labels is None else labels.to(device)):
+            if self.settings.inference == "per_datapoint":
+                return self._optimized_means(nets, x)
+            params, _ = nets.vae.encode(x)
         if self.settings.latent == "gaussian":
             return params
         if self.settings.latent == "bernoulli":
