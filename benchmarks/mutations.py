@@ -237,8 +237,11 @@ MUTATIONS = [
              "LOSS_JUMP_NATS_PER_VALUE * max(1, values_per_sample)", "LOSS_JUMP_NATS_PER_VALUE",
              ("tests/test_health.py::test_a_vae_loss_that_jumps_is_reported_once_per_jump",)),
     Mutation("loss_jump_watch_not_wired", "training never runs the VAE loss-jump watch", "gendist/engine/run.py",
-             "                        LossJumpWatch(config, tracker, math.prod(spec.info.sample_shape)))",
-             "                        )",
+             "\"loss_jump\": LossJumpWatch(config, tracker, math.prod(spec.info.sample_shape))}", "}",
+             ("tests/test_cli.py::test_vae_digits_trains_and_reports_elbo",)),
+    Mutation("health_watches_forget_on_resume", "a resumed run's health watches start afresh (a jump across the "
+             "resume goes unreported)", "gendist/engine/run.py", "hooks = Hooks(config, tracker, spec, run_dir, health)",
+             "hooks = Hooks(config, tracker, spec, run_dir)",
              ("tests/test_cli.py::test_vae_digits_trains_and_reports_elbo",)),
     Mutation("encode_labels_of_the_first_batch", "gendist encode pairs every batch with the first batch's labels",
              "gendist/inputs.py", "torch.from_numpy(labels[start:start + batch_size])",

@@ -85,7 +85,8 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     nothing (64 log 2 = 44.4 nats for 64 Bernoulli pixels), and the importance-weighted estimate with 64
     samples (-test_nll) is strictly above the ELBO by a gap of the size a trained encoder leaves (the estimate
     never falls below the ELBO in expectation). Also catches the loss-jump watch not wired into training (no
-    `health/loss_jumped` on the metric lines) or firing on a run that trains normally."""
+    `health/loss_jumped` on the metric lines) or firing on a run that trains normally, and its memory lost on
+    resume (a jump measured against the lines before the resume goes unreported)."""
     env = make_env(tmp_path / "cache")
     run(gendist_command("train", "configs/vae_digits.yaml", f"run.dir={tmp_path / 'vae'}", *FAST,
                         "vae.eval_samples=64", "vae.prior_samples=0", "vae.gap_steps=0"), env)
@@ -93,8 +94,26 @@ def test_vae_digits_trains_and_reports_elbo(tmp_path):
     elbo, iw = metrics["test_elbo"], -metrics["test_nll"]
     assert elbo > -64 * np.log(2) + 8, metrics
     assert elbo + 0.1 < iw < elbo + 5, metrics
-    flags = [line["health/loss_jumped"] for line in read_metrics(tmp_path / "vae") if "elbo/loss" in line]
+    lines = [line for line in read_metrics(tmp_path / "vae") if "elbo/loss" in line]
+    flags = [line["health/loss_jumped"] for line in lines]
     assert flags and set(flags) == {0.0}, flags
+    # the watch's memory is checkpointed and read back on resume (a jump measured across the resume): its lowest
+    # line is the run's; made 100 nats per value lower, the next line after resuming is a jump
+    state_file = tmp_path / "vae" / "checkpoints" / "step_00000060" / "trainer.json"
+    state = json.loads(state_file.read_text())
+    assert state["health"]["loss_jump"]["lowest"] == min(line["elbo/loss"] for line in lines), state["health"]
+    state["health"]["loss_jump"]["lowest"] -= 100 * 64
+    from gendist.checkpoint import MANIFEST, write_file
+
+    manifest = json.loads((state_file.parent / MANIFEST).read_text())  # the edit, recorded as the writer would
+    manifest["files"]["trainer.json"] = write_file(state_file, json.dumps(state).encode())
+    (state_file.parent / MANIFEST).write_text(json.dumps(manifest))
+    result = run(gendist_command("train", "configs/vae_digits.yaml", f"run.dir={tmp_path / 'vae'}", *FAST,
+                                 "train.max_steps=80", "vae.eval_samples=64", "vae.prior_samples=0", "vae.gap_steps=0"),
+                 env)
+    after = [line for line in read_metrics(tmp_path / "vae") if "elbo/loss" in line and line["step"] > 60]
+    assert [line["health/loss_jumped"] for line in after] == [1.0], after
+    assert "step 80: the loss jumped" in result.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -64,6 +64,34 @@ def test_a_vae_loss_that_jumps_is_reported_once_per_jump(tmp_path, capsys):
     assert "health/loss_jumped" not in gan
 
 
+def test_a_watch_restored_from_its_checkpoint_state_goes_on_as_the_uninterrupted_one(tmp_path, capsys):
+    """Catches watches that forget across a resume: a jump after it measured from the post-resume lines only
+    (unreported), a discriminator streak restarted (reported late), or an episode said a second time. Each watch
+    is stopped after every line, its state sent through JSON (the checkpoint's trainer.json) into a new watch."""
+    losses = [40.0, 30.0, 29.0, 29.0 + 64 * 20, 29.0 + 64 * 30, 31.0, 28.0 + 64 * 22]
+    d_losses = [0.5, 0.001, 0.001, 0.001, 0.001, 0.6, 0.001]
+    for make, key, values, flag in (
+            (lambda t: LossJumpWatch(config(tmp_path, "model.recipe=vae"), t, 64), "elbo/loss", losses,
+             "health/loss_jumped"),
+            (lambda t: DiscriminatorWatch(config(tmp_path, "log.d_wins_logs=3"), t), "discriminator/loss", d_losses,
+             "health/discriminator_wins")):
+        whole_tracker, resumed_tracker = _Tracker(), _Tracker()
+        whole = make(whole_tracker)
+        flags_whole, flags_resumed, state = [], [], None
+        for index, value in enumerate(values):
+            watch = make(resumed_tracker)
+            if state is not None:
+                watch.load_state_dict(json.loads(json.dumps(state)))
+            line_whole, line_resumed = {key: value}, {key: value}
+            whole.update(100 * (index + 1), line_whole)
+            watch.update(100 * (index + 1), line_resumed)
+            flags_whole.append(line_whole[flag])
+            flags_resumed.append(line_resumed[flag])
+            state = watch.state_dict()
+        assert flags_resumed == flags_whole and any(flags_whole), (key, flags_whole, flags_resumed)
+        assert resumed_tracker.summaries == whole_tracker.summaries and whole_tracker.summaries, key
+
+
 @pytest.mark.parametrize("overrides, key", [
     ((), "discriminator/loss"), (("gan.loss=hinge",), "discriminator/loss"), (("gan.loss=wgan_gp",), None),
     (("gan.loss=fgan",), None), (("model.recipe=vae",), None), (("log.d_wins_logs=0",), None),

@@ -11,6 +11,9 @@ log.d_wins_loss: a function of the line alone, so a resumed run logs what the un
 log.d_wins_logs lines in a row are below, the run says so once per episode on stderr, in a W&B alert and in the
 W&B summary (`health/discriminator_won_at_step`).
 
+Each watch's memory (a streak, the lowest loss so far, whether this episode was said) is part of the checkpoint
+(`state_dict`), so a resumed run reports and logs what the uninterrupted one did.
+
 A VAE's loss that jumps (`LossJumpWatch`): a metric line whose `elbo/loss` (nats per sample) lies more than
 LOSS_JUMP_NATS_PER_VALUE nats per data value above the lowest line so far is said once per episode, the same
 three ways (`health/loss_jumped` on each line, 0/1). Measured: a learned decoder variance under Adam diverged
@@ -55,6 +58,12 @@ class DiscriminatorWatch:
         self.threshold, self.needed = config.log.d_wins_loss, config.log.d_wins_logs
         self.streak, self.since, self.reported = 0, 0, False
 
+    def state_dict(self) -> dict:
+        return {"streak": self.streak, "since": self.since, "reported": self.reported}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak, self.since, self.reported = int(state["streak"]), int(state["since"]), bool(state["reported"])
+
     def update(self, step: int, metrics: dict[str, float]) -> None:
         """Adds health/discriminator_wins to `metrics` (in place) and reports a streak that reaches its length."""
         if self.key is None or self.key not in metrics:
@@ -89,6 +98,13 @@ class LossJumpWatch:
         self.tracker, self.limit = tracker, LOSS_JUMP_NATS_PER_VALUE * max(1, values_per_sample)
         self.lowest: float | None = None
         self.reported = False
+
+    def state_dict(self) -> dict:
+        return {"lowest": self.lowest, "reported": self.reported}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lowest = None if state["lowest"] is None else float(state["lowest"])
+        self.reported = bool(state["reported"])
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         """Adds health/loss_jumped to `metrics` (in place) and reports the first line of each jump."""

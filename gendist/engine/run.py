@@ -36,12 +36,16 @@ SAMPLE_GRID_SIZE = {"points": 2500, "images": 64}
 class Hooks:
     """What happens at step boundaries: metrics, checkpoints, sample grids, evaluation."""
 
-    def __init__(self, config: RunConfig, tracker: Tracker, spec: DataSpec, run_dir: Path):
+    def __init__(self, config: RunConfig, tracker: Tracker, spec: DataSpec, run_dir: Path,
+                 health: dict | None = None):
         self.config, self.tracker, self.spec, self.run_dir = config, tracker, spec, run_dir
         self.last_saved_step = -1
         self.started = time.perf_counter()
-        self.watches = (DiscriminatorWatch(config, tracker),
-                        LossJumpWatch(config, tracker, math.prod(spec.info.sample_shape)))
+        self.watches = {"discriminator_wins": DiscriminatorWatch(config, tracker),
+                        "loss_jump": LossJumpWatch(config, tracker, math.prod(spec.info.sample_shape))}
+        for name, state in (health or {}).items():  # a resumed run's watches go on where they stopped
+            if name in self.watches:
+                self.watches[name].load_state_dict(state)
 
     def after_step(self, trainer: Trainer, progress) -> None:
         step, config = trainer.step, self.config
@@ -49,7 +53,7 @@ class Hooks:
             metrics = trainer.pop_metrics()
             metrics["time/elapsed_s"] = time.perf_counter() - self.started
             if trainer.dist.is_main:
-                for watch in self.watches:
+                for watch in self.watches.values():
                     watch.update(step, metrics)
             self.tracker.log(step, metrics)
             progress.set_postfix({k.split("/")[0][:4] + "/" + k.split("/")[-1]: f"{v:.3f}"
@@ -71,7 +75,9 @@ class Hooks:
     def save(self, trainer: Trainer, asynchronous: bool = False) -> None:
         """Checkpoint this step (once); a synchronous save also waits for an asynchronous one in flight."""
         if self.last_saved_step != trainer.step:
-            trainer.save(self.run_dir / "checkpoints", {"wandb_id": self.tracker.wandb_id}, asynchronous)
+            health = {name: watch.state_dict() for name, watch in self.watches.items()}  # rank 0's are the ones used
+            trainer.save(self.run_dir / "checkpoints", {"wandb_id": self.tracker.wandb_id, "health": health},
+                         asynchronous)
             self.last_saved_step = trainer.step
         if not asynchronous:
             trainer.wait_for_save()
@@ -303,7 +309,7 @@ def train(config: RunConfig) -> int:
     barrier()
     trainer, spec = build_trainer(config)
     folder = broadcast_object(find_resumable(run_dir / "checkpoints") if dist_info.is_main else None)
-    wandb_id = None
+    wandb_id, health = None, None
     if folder is not None:
         state = read_trainer_state(Path(folder))
         try:
@@ -314,12 +320,12 @@ def train(config: RunConfig) -> int:
             first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
             raise UserError(f"run.dir {run_dir} holds a checkpoint of other networks than this config builds "
                             f"({first}); resume with the config it was trained with, or use a new run.dir") from None
-        wandb_id = state.get("wandb_id")
+        wandb_id, health = state.get("wandb_id"), state.get("health")
         print0(f"gendist: resumed from {folder} (step {trainer.step})")
     tracker = Tracker(config, run_dir, dist_info.is_main, wandb_id, trainer.step)
     if config.log.data_keys:
         trainer.open_data_keys()
-    hooks = Hooks(config, tracker, spec, run_dir)
+    hooks = Hooks(config, tracker, spec, run_dir, health)
     trainer.install_signal_handlers(PREEMPTION_SIGNALS)
     if early:  # honoured at the first step boundary, like any other stop request
         trainer.stop_signal = early[0]
