@@ -243,6 +243,11 @@ MUTATIONS = [
              "resume goes unreported)", "gendist/engine/run.py", "hooks = Hooks(config, tracker, spec, run_dir, health)",
              "hooks = Hooks(config, tracker, spec, run_dir)",
              ("tests/test_cli.py::test_vae_digits_trains_and_reports_elbo",)),
+    Mutation("ddp_broadcasts_spectral_norm_buffers", "DDP broadcasts spectral norm's weight-sized buffers before "
+             "every forward", "gendist/engine/strategies/ddp.py",
+             "        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(unit, rank_identical_buffers(unit))\n",
+             "",
+             ("tests/test_units.py::test_ddp_broadcasts_no_spectral_norm_buffer_and_keeps_the_others",)),
     Mutation("encode_labels_of_the_first_batch", "gendist encode pairs every batch with the first batch's labels",
              "gendist/inputs.py", "torch.from_numpy(labels[start:start + batch_size])",
              "torch.from_numpy(labels[:len(x[start:start + batch_size])])",

@@ -233,3 +233,30 @@ def test_a_sub_module_lr_multiplier_gets_its_own_group_of_its_network():
                                                                                  ("g_ab", 0.02, 10.0)]
     assert groups[1]["params"] == [translator.align.logits]
     assert sum(len(g["params"]) for g in groups) == len(list(translator.parameters()))
+
+
+def test_ddp_broadcasts_no_spectral_norm_buffer_and_keeps_the_others(tmp_path):
+    """Catches DDP broadcasting spectral norm's buffers before every forward of the trained unit: `_last` is a copy
+    of the weight, so a discriminator with spectral norm sent its own size per call (the resnet discriminator of
+    configs/gan_digits.yaml at 32x32x3: 1.2 MB per forward, as much as its parameters). The vectors
+    are identical on every rank by construction, so nothing is lost; a BatchNorm's running statistics (which
+    ranks do not compute alike) are still broadcast. One-process gloo group, DDP as the strategy wraps it."""
+    import torch.distributed as dist
+
+    from gendist.engine.strategies.ddp import DDPStrategy
+    from gendist.nets.registry import apply_spectral_norm
+    from gendist.engine.units import Unit
+
+    critic = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    assert apply_spectral_norm(critic) == 2
+    unit = Unit({"critic": critic})
+    config = load_config(None, ["data.source=ring", f"run.dir={tmp_path}"])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        wrapped = DDPStrategy(config, DistInfo(0, 1, 0, torch.device("cpu"))).wrap("critic", unit)
+        wrapped("critic", torch.randn(16, 4)).sum().backward()
+        broadcast = {id(buffer) for buffer in wrapped.modules_buffers}
+        names = {name for name, buffer in unit.named_buffers() if id(buffer) in broadcast}
+    finally:
+        dist.destroy_process_group()
+    assert names == {"critic.1.running_mean", "critic.1.running_var", "critic.1.num_batches_tracked"}, names

@@ -337,6 +337,11 @@ class SpectralNorm(nn.Module):
     the device, no host sync) and keeps the old vectors when it is unchanged. The vectors and that copy are
     buffers: checkpointed, so a resumed run continues the same iteration; identical on every rank."""
 
+    # Buffers every rank computes alike from identical weights (and initial vectors drawn under the same seed):
+    # data-parallel wrappers need not broadcast them (`_last` is a copy of the weight: DDP would send the
+    # discriminator's whole size before every forward).
+    rank_identical_buffers = ("_u", "_v", "_last")
+
     def __init__(self, weight: torch.Tensor, dim: int = 0, eps: float = 1e-12, warmup_iterations: int = 15):
         super().__init__()
         self.dim, self.eps = dim, eps
