@@ -89,7 +89,7 @@ def labels_for(classes: int, requested: int | None, labels: np.ndarray | None, r
         raise UserError(f"input '{path}' has no labels, and this class-conditional run encodes each image given its "
                         "class: pass labelled data (an .npz with an array y, class subfolders, a labelled prepared "
                         "folder) or --class K")
-    if labels.min() < 0 or labels.max() >= classes:
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         raise UserError(f"input '{path}': labels in {int(labels.min())}..{int(labels.max())}, but the run has "
                         f"{classes} classes (0..{classes - 1}); pass the labels it was trained with")
     return labels.astype(np.int64)
