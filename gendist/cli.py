@@ -190,6 +190,7 @@ def command_sample(args: argparse.Namespace) -> int:
     import torch
 
     from gendist.inference import load_run
+    from gendist.inputs import check_class
     from gendist.tracking import save_samples
 
     if args.n < 1:
@@ -200,11 +201,7 @@ def command_sample(args: argparse.Namespace) -> int:
     classes = getattr(loaded.recipe, "num_classes", 0)
     extra, what = {}, ""
     if args.cls is not None:
-        if not classes:
-            raise UserError(f"--class: '{args.run_dir}' is not a class-conditional run (model.conditional=false); "
-                            "drop --class")
-        if not 0 <= args.cls < classes:
-            raise UserError(f"--class must be in 0..{classes - 1} (the run's classes), got {args.cls}")
+        check_class(classes, args.cls, args.run_dir)
         extra, what = {"labels": torch.full((args.n,), args.cls, dtype=torch.long)}, f" of class {args.cls}"
     with torch.no_grad():
         samples = loaded.recipe.sample(loaded.nets, args.n, torch.Generator().manual_seed(args.seed), **extra).cpu()
@@ -231,9 +228,9 @@ def command_encode(args: argparse.Namespace) -> int:
                         "encode works on BiGAN and VAE runs")
     x, y = read_labelled_inputs(args.data, args.split)
     check_shape(x, loaded.spec.info.sample_shape, args.data, "data")
-    labels = labels_for(getattr(recipe, "num_classes", 0), args.cls, y, len(x), args.data)
-    codes = map_batches(lambda batch, *given: recipe.encode(loaded.nets, batch, args.features,
-                                                            **({"labels": given[0]} if given else {})), x,
+    labels = labels_for(getattr(recipe, "num_classes", 0), args.cls, y, len(x), args.data, args.run_dir)
+    # a conditional VAE's labels ride as encode's fourth argument; a run without classes gets none
+    codes = map_batches(lambda batch, *given: recipe.encode(loaded.nets, batch, args.features, *given), x,
                         labels=labels)
     write_outputs(codes, args.out, loaded.spec.info)
     print(f"gendist: wrote {args.features} features {tuple(codes.shape)} of {len(x)} samples to {args.out}")

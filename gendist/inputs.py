@@ -74,14 +74,21 @@ def map_batches(function, x: np.ndarray, batch_size: int = 512, labels: np.ndarr
     return np.concatenate(outputs)
 
 
-def labels_for(classes: int, requested: int | None, labels: np.ndarray | None, rows: int, path: Path) -> np.ndarray | None:
+def check_class(classes: int, requested: int, run_dir: Path) -> None:
+    """`--class K` of `gendist sample` / `encode`: a one-line error unless the run has class K."""
+    if not classes:
+        raise UserError(f"--class: '{run_dir}' is not a class-conditional run (model.conditional=false); "
+                        "drop --class")
+    if not 0 <= requested < classes:
+        raise UserError(f"--class must be in 0..{classes - 1} (the run's classes), got {requested}")
+
+
+def labels_for(classes: int, requested: int | None, labels: np.ndarray | None, rows: int, path: Path,
+               run_dir: Path) -> np.ndarray | None:
     """The labels a run encodes its `rows` inputs at: --class K for every row, or the inputs' own labels (a
     class-conditional run); None for a run without classes. One-line errors for what cannot work."""
     if requested is not None:
-        if not classes:
-            raise UserError("--class: this run is not class-conditional (model.conditional=false); drop --class")
-        if not 0 <= requested < classes:
-            raise UserError(f"--class must be in 0..{classes - 1} (the run's classes), got {requested}")
+        check_class(classes, requested, run_dir)
         return np.full(rows, requested, dtype=np.int64)
     if not classes:
         return None
