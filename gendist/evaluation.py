@@ -15,7 +15,7 @@ metric_utils does the same: each rank takes its subset, features are gathered).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -186,27 +186,30 @@ def _first_rows(batches, count: int) -> list[tuple[torch.Tensor, torch.Tensor | 
     return [(x[start:start + CHUNK], None if y is None else y[start:start + CHUNK]) for start in range(0, len(x), CHUNK)]
 
 
-def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed: int, num_samples: int,
-             test_data_b: Callable[[], Sequence[torch.Tensor]] | None = None, features: str = "pixels",
-             artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS,
-             test_labels: Callable[[], Sequence[torch.Tensor | None]] | None = None,
+def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]], seed: int,
+             num_samples: int,
+             test_data_b: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]] | None = None,
+             features: str = "pixels", artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS,
              floor_data: Callable[[], Sequence[tuple[torch.Tensor, torch.Tensor | None]]] | None = None
              ) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
-    `test_data()` returns the held-out batches of CHUNK samples in file order (B's for two-domain data).
+    `test_data()` yields the held-out batches of CHUNK samples in file order as (x, y) pairs, y None where
+    unlabelled (`test_data_b()`: B's, for two-domain data); one pass over the shards gives both.
     `features`: pixels or classifier:DIR (each rank featurizes its own chunks; the classifier's predictions
     add modes_covered, num_modes and kl_mode_histogram). `which`: the metric groups (eval.metrics; per-sample
     scores are always reported). `artifacts`, when given, receives for pictures the
     first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`).
     A conditional recipe (`recipe.num_classes` > 0) samples every class equally (chunk by chunk) and adds
-    `class_metrics`; `test_labels()` gives the held-out chunks' labels (None where unlabelled).
+    `class_metrics`, which read the held-out labels.
     `floor_data()`, when given, yields real training (x, y) batches: the first `num_samples` of them are
     scored like generated samples (their labels as the requested classes), as floor/<metric>: what the
     metric reads for real data at this sample count, its noise floor."""
-    test = list(test_data())
+    pairs = list(test_data())
+    test, test_y = [x for x, _ in pairs], [y for _, y in pairs]
     if getattr(recipe, "input_grid", "") == "translations":
-        return _evaluate_translation(recipe, nets, test, list(test_data_b()) if test_data_b else [], seed, which)
+        return _evaluate_translation(recipe, nets, test, [x for x, _ in test_data_b()] if test_data_b else [], seed,
+                                     which)
     from gendist.features import build_featurizer
 
     featurizer = build_featurizer(features, recipe.info.sample_shape, device=_device_of(nets))
@@ -238,9 +241,8 @@ def evaluate(recipe, nets, test_data: Callable[[], Sequence[torch.Tensor]], seed
             "labels": featurizer.labels(real[chunk][0].float().cpu().numpy()),
             **({"requested": real[chunk][1].numpy()} if classes and real[chunk][1] is not None else {})})
     scores: list[dict[str, np.ndarray]] = []
-    test_y = list(test_labels()) if classes and test_labels is not None else []
-    if classes and hasattr(recipe, "scores") and test and (len(test_y) != len(test) or any(y is None for y in test_y)):
-        raise ValueError("a conditional recipe's held-out scores need the held-out labels (test_labels)")
+    if classes and hasattr(recipe, "scores") and any(y is None for y in test_y):
+        raise ValueError("a conditional recipe's held-out scores need the held-out labels (test_data's y)")
     if hasattr(recipe, "scores") and test:
         scores = map_chunks(len(test), lambda chunk: recipe.scores(
             nets, test[chunk], chunk_generator(seed, STREAM_SCORES, chunk), *((test_y[chunk],) if classes else ())))

@@ -35,7 +35,8 @@ def test_every_evaluation_chunk_draws_its_own_samples_and_scoring_noise():
     again and again. 1 and 2 processes still agree on that, and the process tests evaluate a single chunk."""
     recipe = RecordingRecipe()
     held_out_batches = [torch.rand(CHUNK, 2, generator=torch.Generator().manual_seed(c)) for c in range(2)]
-    metrics = evaluate(recipe, None, lambda: held_out_batches, seed=3, num_samples=2 * CHUNK + 100, which=("mmd",))
+    metrics = evaluate(recipe, None, lambda: [(x, None) for x in held_out_batches], seed=3,
+                       num_samples=2 * CHUNK + 100, which=("mmd",))
     assert [len(chunk) for chunk in recipe.samples] == [CHUNK, CHUNK, 100]
     everything = torch.cat(recipe.samples)
     assert len(torch.unique(everything, dim=0)) == len(everything)  # no sample drawn twice

@@ -132,24 +132,13 @@ def iterate_in_order(urls: list[str], manifest: dict | None, batch_size: int = 5
 
 
 def iterate_test(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
-    """Held-out samples, one pass in file order (at most `limit`), as tensors (B, ...)."""
+    """Held-out samples, one pass in file order (at most `limit`), as (x (B, ...), y (B,)) pairs: one read of
+    the shards gives both; y is None for unlabelled data."""
     if not spec.test_urls:
         return
     seen = 0
     for batch in iterate_in_order(spec.test_urls, spec.manifest, batch_size):
-        yield batch["x"]
-        seen += batch["x"].shape[0]
-        if seen >= limit:
-            return
-
-
-def iterate_test_labels(spec: DataSpec, batch_size: int = 500, limit: int = 10_000):
-    """The labels (B,) of `iterate_test`'s batches, in the same order (None for unlabelled data)."""
-    if not spec.test_urls:
-        return
-    seen = 0
-    for batch in iterate_in_order(spec.test_urls, spec.manifest, batch_size):
-        yield batch.get("y")
+        yield batch["x"], batch.get("y")
         seen += batch["x"].shape[0]
         if seen >= limit:
             return
@@ -167,5 +156,5 @@ def check_batch_size(config: RunConfig, spec: DataSpec, dist_info: DistInfo) -> 
                             f"the {total} training samples; lower train.batch_size")
 
 
-__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_in_order", "iterate_test", "iterate_test_labels", "check_batch_size",
+__all__ = ["DataSpec", "resolve_data", "build_train_loader", "iterate_in_order", "iterate_test", "check_batch_size",
            "split_urls"]

@@ -16,7 +16,7 @@ from gendist.config import RunConfig, dump_config
 from gendist.errors import UserError
 from gendist.distributed import barrier, broadcast_object, init_distributed, print0
 from gendist.engine.data_setup import (SEED_OFFSET_B, DataSpec, build_train_loader, check_batch_size, iterate_test,
-                                      iterate_in_order, iterate_test_labels,
+                                      iterate_in_order,
                                       resolve_data)
 from gendist.engine.compiled import check_options as check_compile_options, setup_channels_last, setup_compile
 from gendist.engine.strategies import build_strategy
@@ -96,8 +96,8 @@ class Hooks:
                 if trainer.dist.is_main:
                     reference = None  # points are drawn over held-out data (grey), so coverage shows at a glance
                     if info.kind == "points":
-                        held_out = list(iterate_test(self.spec, batch_size=2500, limit=2500))
-                        reference = held_out[0].numpy() if held_out else None
+                        held_out = next(iterate_test(self.spec, batch_size=2500, limit=2500), None)
+                        reference = held_out[0].numpy() if held_out is not None else None
                     path = save_samples(samples.float().cpu(), info, folder / f"step_{trainer.step:08d}.png",
                                         reference, **({"columns": columns} if columns else {}))
                     self.tracker.log_image(trainer.step, "samples", path)
@@ -113,10 +113,13 @@ class Hooks:
         """Reconstructions (VAE, BiGAN) or A -> B translations (CycleGAN) of held-out images: the grid's top
         half are the inputs, the bottom half what the model made of them (same order)."""
         recipe, info = trainer.recipe, self.spec.info
-        inputs = torch.cat(list(iterate_test(self.spec, batch_size=32, limit=32)))[:32]
+        first = next(iterate_test(self.spec, batch_size=32, limit=32), None)
+        if first is None:  # no held-out images to show
+            return
+        inputs, y = first
         labels = {}
         if getattr(recipe, "num_classes", 0):  # a conditional model reconstructs at the inputs' labels
-            labels["labels"] = torch.cat(list(iterate_test_labels(self.spec, batch_size=32, limit=32)))[:32]
+            labels["labels"] = y
         outputs = recipe.sample(nets, len(inputs), torch.Generator().manual_seed(self.config.train.seed),
                                 inputs, **labels).float().cpu()
         if not trainer.dist.is_main:
@@ -144,8 +147,7 @@ class Hooks:
                                       config.eval.features, artifacts if trainer.dist.is_main else None,
                                       config.eval.metrics, config.eval.noise_floor)
             if hasattr(recipe, "diagnostics"):  # every rank: a forward through sharded units is a collective
-                x = next(iter(iterate_test(self.spec, batch_size=500, limit=500)), None)
-                y = next(iter(iterate_test_labels(self.spec, batch_size=500, limit=500)), None)
+                x, y = next(iterate_test(self.spec, batch_size=500, limit=500), (None, None))
                 if x is not None:
                     diagnostics = {k: v.cpu().numpy() for k, v in recipe.diagnostics(
                         nets, x, torch.Generator().manual_seed(config.train.seed),
@@ -237,7 +239,6 @@ def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, f
     return evaluate(recipe, nets, held_out(spec), seed, num_samples,
                     held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts,
                     DEFAULT_METRICS if which is None else tuple(which),
-                    lambda: iterate_test_labels(spec, batch_size=CHUNK, limit=MAX_TEST_SAMPLES),
                     (lambda: ((batch["x"], batch.get("y")) for batch in iterate_in_order(spec.train_urls, spec.manifest, CHUNK)))
                     if noise_floor and spec.domain_b is None else None)
 
