@@ -190,8 +190,8 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
              num_samples: int,
              test_data_b: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]] | None = None,
              features: str = "pixels", artifacts: dict | None = None, which: Sequence[str] = DEFAULT_METRICS,
-             floor_data: Callable[[], Sequence[tuple[torch.Tensor, torch.Tensor | None]]] | None = None
-             ) -> dict[str, float]:
+             train_data: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]] | None = None,
+             noise_floor: bool = False) -> dict[str, float]:
     """A recipe's evaluation on held-out data, shared over ranks. A collective: every rank calls it with
     networks it can run (its own full copy, or the strategy's sharded units) and gets the same metrics.
     `test_data()` yields the held-out batches of CHUNK samples in file order as (x, y) pairs, y None where
@@ -202,9 +202,12 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
     first chunk's samples (`samples`), their predicted classes (`labels`) and the mode histogram (`mode_counts`).
     A conditional recipe (`recipe.num_classes` > 0) samples every class equally (chunk by chunk) and adds
     `class_metrics`, which read the held-out labels.
-    `floor_data()`, when given, yields real training (x, y) batches: the first `num_samples` of them are
-    scored like generated samples (their labels as the requested classes), as floor/<metric>: what the
-    metric reads for real data at this sample count, its noise floor."""
+    `train_data()`, when given, yields real training (x, y) batches, read once for two uses. With `noise_floor`
+    the first `num_samples` rows are scored like generated samples (their labels as the requested classes), as
+    floor/<metric>: what the metric reads for real data at this sample count, its noise floor. A recipe whose
+    per-sample scores are cheap (`train_scores`) also scores as many training rows as held-out ones, as
+    train/<score>, and gap/<score> = train/<score> - <score>: a model that memorizes its training set scores
+    it differently from held-out data (a GAN's discriminator output, BiGAN's reconstruction error)."""
     pairs = list(test_data())
     test, test_y = [x for x, _ in pairs], [y for _, y in pairs]
     if getattr(recipe, "input_grid", "") == "translations":
@@ -233,9 +236,12 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
         return out
 
     generated = map_chunks(len(sizes), generate)
+    score_train = bool(getattr(recipe, "train_scores", False) and hasattr(recipe, "scores") and test)
+    wanted = max(num_samples if noise_floor else 0, sum(len(x) for x in test) if score_train else 0)
+    train = _first_rows(train_data(), wanted) if train_data is not None and wanted else []
     floor_chunks = []
-    if floor_data is not None:
-        real = _first_rows(floor_data(), num_samples)
+    if noise_floor and train:
+        real = _first_rows(train, num_samples)
         floor_chunks = map_chunks(len(real), lambda chunk: {
             "features": featurizer.features(real[chunk][0].float().cpu().numpy()),
             "labels": featurizer.labels(real[chunk][0].float().cpu().numpy()),
@@ -246,6 +252,13 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
     if hasattr(recipe, "scores") and test:
         scores = map_chunks(len(test), lambda chunk: recipe.scores(
             nets, test[chunk], chunk_generator(seed, STREAM_SCORES, chunk), *((test_y[chunk],) if classes else ())))
+    train_scores: list[dict[str, np.ndarray]] = []
+    if score_train and train:
+        if classes and any(y is None for _, y in train):
+            raise ValueError("a conditional recipe's training scores need the training labels (train_data's y)")
+        train_scores = map_chunks(len(train), lambda chunk: recipe.scores(  # the held-out chunks' noise streams
+            nets, train[chunk][0], chunk_generator(seed, STREAM_SCORES, chunk),
+            *((train[chunk][1],) if classes else ())))
     reference_chunks = []  # held-out data in the feature space, featurized by the ranks like the samples
     if featurizer.num_modes is not None:
         needed = math.ceil(MAX_REFERENCE_SAMPLES / CHUNK)
@@ -274,6 +287,11 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
             return out
 
         metrics = {**_reduce_scores(recipe, scores), **scored(generated)}
+        if train_scores:
+            held_out_means = _mean_scores([{k: v for k, v in chunk.items() if v.ndim == 1} for chunk in scores])
+            train_means = _mean_scores([{k: v for k, v in chunk.items() if v.ndim == 1} for chunk in train_scores])
+            metrics.update({f"train/{key}": value for key, value in train_means.items()})
+            metrics.update({f"gap/{key}": value - held_out_means[key] for key, value in train_means.items()})
         if floor_chunks:
             metrics.update({f"floor/{key}": value for key, value in scored(floor_chunks).items()})
         if featurizer.num_modes is not None and "modes" in which:

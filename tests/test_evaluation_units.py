@@ -74,3 +74,30 @@ def test_precision_and_recall_are_reported_under_their_own_names_by_both_call_si
     for result in (through_evaluation, through_compare):
         assert result["precision"] > 0.9, result
         assert 0.15 < result["recall"] < 0.4, result
+
+
+class FirstCoordinateRecipe(RecordingRecipe):
+    """Scores each row by its first coordinate, cheaply enough to score training rows too."""
+
+    train_scores = True
+
+    def scores(self, nets, x, generator):
+        return {"first": x[:, 0].double()}
+
+
+def test_training_rows_are_scored_beside_the_held_out_ones_and_the_gap_is_train_minus_held_out():
+    """Bug caught: the memorization keys of a recipe with cheap scores (a GAN's D output on training against
+    held-out images, gendist.evaluation.evaluate's train/ and gap/) scoring the held-out rows twice, taking
+    the noise floor's `num_samples` rows instead of as many training rows as held-out ones, or the gap's sign
+    flipped. Held-out rows have first coordinate 1, training rows 3 for the first 1,100 and 100 after: the
+    right reading is train 3, gap +2 (exact sums of small integers in float64)."""
+    held_out = [torch.ones(CHUNK, 2), torch.ones(CHUNK, 2), torch.ones(100, 2)]
+    train = torch.cat([torch.full((2 * CHUNK + 100, 2), 3.0), torch.full((CHUNK, 2), 100.0)])
+    metrics = evaluate(FirstCoordinateRecipe(), None, lambda: [(x, None) for x in held_out], seed=0, num_samples=64,
+                       which=("mmd",), train_data=lambda: [(train[i:i + 300], None) for i in range(0, len(train), 300)])
+    assert metrics["first"] == 1.0
+    assert metrics["train/first"] == 3.0
+    assert metrics["gap/first"] == 2.0
+    without = evaluate(RecordingRecipe(), None, lambda: [(x, None) for x in held_out], seed=0, num_samples=64,
+                       which=("mmd",), train_data=lambda: [(train, None)])
+    assert not any(key.startswith(("train/", "gap/")) for key in without)  # only where scores are cheap

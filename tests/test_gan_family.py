@@ -204,3 +204,35 @@ def test_cyclegan_rot90_benchmark_short(cache, tmp_path):
     (record,) = json.loads(out.read_text())
     assert record["g_ab_alignment"].startswith("1 quarter turn") and record["g_ba_alignment"].startswith("3 quarter")
     assert record["a2b_label_kept_test"] >= 0.85 and record["cycle_l1_a_test"] < 0.05
+
+
+@pytest.mark.parametrize("overrides", [["gan.pack=2"], ["model.conditional=true"]], ids=["pacgan", "projection"])
+def test_a_gans_held_out_score_is_the_discriminators_output_on_each_real_row(overrides):
+    """Bug caught: the GAN's `scores` (d_real, and through it train/d_real and gap/d_real, the memorization
+    keys) judging the images in the wrong packs or rows (PacGAN: each row gets the output of its own pack), or
+    a conditional D judging them with other labels. Floor: 0.0 (the same forward); packs shifted by one row or
+    labels shifted by one class move the outputs by 0.019-0.16 (3 initializations); the bound, 1e-6 + 1e-5
+    relative, sits between."""
+    from gendist.config import load_config
+    from gendist.data.info import DataInfo
+    from gendist.recipes import build_recipe
+    from gendist.recipes.base import Nets
+    from gendist.recipes.gan_regularizers import pack_samples
+
+    config = load_config(None, ["data.source=digits", "model.arch=conv", "model.hidden=8", "model.latent_dim=8",
+                                *overrides])
+    recipe = build_recipe(config, DataInfo(kind="images", sample_shape=(1, 8, 8), num_classes=10))
+    nets = Nets(recipe.build_networks())
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 10
+    with torch.no_grad():
+        d_real = recipe.scores(nets, x, torch.Generator(), *((y,) if recipe.num_classes else ()))["d_real"]
+        if recipe.num_classes:
+            expected = nets.discriminator(x, y).reshape(-1)
+            wrong = nets.discriminator(x, (y + 1) % 10).reshape(-1)
+        else:
+            expected = nets.discriminator(pack_samples(x, 2)).reshape(-1).repeat_interleave(2)
+            wrong = nets.discriminator(pack_samples(x.roll(1, 0), 2)).reshape(-1).repeat_interleave(2)
+    assert d_real.shape == (6,)
+    torch.testing.assert_close(d_real, expected, rtol=1e-5, atol=1e-6)
+    assert float((wrong - expected).abs().max()) > 1e-3  # the bug this test exists to catch is visible here

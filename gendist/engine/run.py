@@ -240,7 +240,7 @@ def evaluate_recipe(recipe, nets, spec: DataSpec, seed: int, num_samples: int, f
                     held_out(spec.domain_b) if spec.domain_b is not None else None, features, artifacts,
                     DEFAULT_METRICS if which is None else tuple(which),
                     (lambda: ((batch["x"], batch.get("y")) for batch in iterate_in_order(spec.train_urls, spec.manifest, CHUNK)))
-                    if noise_floor and spec.domain_b is None else None)
+                    if spec.domain_b is None else None, noise_floor)
 
 
 def requeue_slurm_job_once() -> None:

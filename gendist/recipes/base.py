@@ -107,7 +107,8 @@ class Recipe(Protocol):
                inputs: torch.Tensor | None = None) -> torch.Tensor: ...
 
     # Optional: per-sample scores on held-out data x, {name: (B,)}, averaged by gendist.evaluation (the VAE's
-    # ELBO and likelihood bound, BiGAN's reconstruction error). Translation recipes (input_grid =
+    # ELBO and likelihood bound, BiGAN's reconstruction error, a GAN's discriminator output); with
+    # `train_scores = True` (cheap scores) evaluation also scores as many training rows (train/, gap/). Translation recipes (input_grid =
     # "translations") expose translate(nets, x, "a2b" | "b2a") instead of an unconditional sampler.
     # def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]
 

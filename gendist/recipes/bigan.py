@@ -48,6 +48,7 @@ class BiGANRecipe:
     units = {"generator": ("generator", "encoder"), "discriminator": ("discriminator",)}
     input_grid = "reconstructions"  # what `sample(..., inputs)` makes: saved next to the sample grids
     ema_networks = ("generator", "encoder")
+    train_scores = True  # a reconstruction per row: evaluation also scores as many training rows (gap/...)
 
     def __init__(self, config: RunConfig, data_info: DataInfo):
         self.config = config

@@ -331,6 +331,27 @@ class GANRecipe:
                                 double_backward=True))
         return phases
 
+    # scores are one D forward per row: evaluation also scores as many training rows (train/d_real, gap/d_real)
+    train_scores = True
+
+    @torch.no_grad()
+    def scores(self, nets: Nets, x: torch.Tensor, generator: torch.Generator,
+               y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The discriminator's output on real images x (labels y, for a conditional D), per sample (B,; a pack's
+        output for each of its rows). Its mean on training rows above its mean on held-out rows (`gap/d_real`)
+        is a discriminator memorizing its training set (Karras et al. 2020, figure 1): the failure
+        differentiable augmentation exists to prevent."""
+        return {"d_real": self.judge_real(nets, x, y).repeat_interleave(self.config.gan.pack)}
+
+    def judge_real(self, nets: Nets, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """D's outputs (B / pack,) on real x (the first multiple of gan.pack rows), at labels y if conditional."""
+        pack = self.config.gan.pack
+        count = len(x) - len(x) % pack
+        device = next(nets.discriminator.parameters()).device
+        labels = None if y is None or not self.num_classes else y[:count].to(device)
+        real = pack_samples(x[:count].to(device), pack)
+        return self.cond.judge(nets.discriminator, real, labels)[0].float().reshape(-1)
+
     @torch.no_grad()
     def diagnostics(self, nets: Nets, x: torch.Tensor, generator: torch.Generator,
                     y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -342,12 +363,10 @@ class GANRecipe:
         device = next(nets.discriminator.parameters()).device
         labels = balanced_labels(count, self.num_classes, device) if self.num_classes else None
         fake = self.sample(nets, count, generator, labels=labels)
-        real_labels = None if y is None or not self.num_classes else y[:count].to(device)
-        if self.num_classes and real_labels is None:
-            return {"generated": self.cond.judge(nets.discriminator, fake, labels)[0].float().reshape(-1)}
-        return {"real": self.cond.judge(nets.discriminator, pack_samples(x[:count].to(device), pack),
-                                        real_labels)[0].float().reshape(-1),
-                "generated": self.cond.judge(nets.discriminator, pack_samples(fake, pack), labels)[0].float().reshape(-1)}
+        generated = self.cond.judge(nets.discriminator, pack_samples(fake, pack), labels)[0].float().reshape(-1)
+        if self.num_classes and y is None:
+            return {"generated": generated}
+        return {"real": self.judge_real(nets, x, y), "generated": generated}
 
     def sample(self, nets: Nets, count: int, generator: torch.Generator, inputs: torch.Tensor | None = None,
                labels: torch.Tensor | None = None) -> torch.Tensor:
