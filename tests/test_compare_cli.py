@@ -117,8 +117,8 @@ def test_inception_features_feed_torch_fidelity_uint8_rgb(tmp_path, monkeypatch)
 
 def test_training_evaluates_in_classifier_features_with_the_chosen_metrics(classifier, tmp_path, monkeypatch):
     """eval.features=classifier:DIR and eval.metrics in a (short, in-process) digits GAN run: eval.json holds
-    exactly the chosen groups, the classifier's class histogram, and the per-class grid and mode histogram
-    pictures are written."""
+    exactly the chosen groups (and the GAN's per-sample scores, which are always reported), the classifier's
+    class histogram, and the per-class grid and mode histogram pictures are written."""
     monkeypatch.setenv("GENDIST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
@@ -127,7 +127,7 @@ def test_training_evaluates_in_classifier_features_with_the_chosen_metrics(class
                  "eval.num_samples=600", f"eval.features=classifier:{classifier}", "eval.metrics=[mmd,c2st,modes]"]) == 0
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert set(evaluation) == {"step", "mmd2", "c2st_accuracy", "c2st_p_value", "modes_covered", "num_modes",
-                               "kl_mode_histogram"}, evaluation
+                               "kl_mode_histogram", "d_real", "train/d_real", "gap/d_real"}, evaluation  # scores: always
     assert evaluation["num_modes"] == 10 and 1 <= evaluation["modes_covered"] <= 10
     assert (run_dir / "samples" / "classes_step_00000004.png").is_file()
     assert (run_dir / "plots" / "modes_step_00000004.png").is_file()
