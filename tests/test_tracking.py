@@ -42,7 +42,7 @@ def test_wandb_offline_run_holds_config_and_metrics_and_resumes_same_id(tmp_path
 def test_wandb_offline_files_hold_evaluation_metrics_images_and_discriminator_histograms(tmp_path):
     """A short gan_ring run with W&B offline: the run file holds the config, the losses, every evaluation
     metric under eval/, the sample grid, the curves picture and the discriminator-output histograms; the PNGs
-    are in RUN/plots too."""
+    are in RUN/plots too; each evaluation step is evaluated once."""
     env = make_env(tmp_path / "cache")
     env.pop("WANDB_API_KEY", None)
     run_dir = tmp_path / "run"
@@ -51,6 +51,9 @@ def test_wandb_offline_files_hold_evaluation_metrics_images_and_discriminator_hi
                         "eval.num_samples=300", "ckpt.best_metric=mmd2"), env)
     history = logged_history(run_dir)
     evaluation = json.loads((run_dir / "eval.json").read_text())
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # bug caught: the last step evaluated twice (eval.every divides max_steps, then the end of the run again)
+    assert [line["step"] for line in lines if "eval/mmd2" in line] == [20, 40]
     for key, value in evaluation.items():
         if key != "step":
             assert history[40][f"eval/{key}"] == pytest.approx(value, nan_ok=True), key

@@ -60,9 +60,10 @@ class Hooks:
                                   for k, v in metrics.items() if k.endswith("/loss")}, refresh=False)
         if config.ckpt.every and step % config.ckpt.every == 0:
             self.save(trainer, asynchronous=config.ckpt.async_save)
-        if config.log.sample_every and step % config.log.sample_every == 0:
+        final = step == config.train.max_steps  # the end of the run samples and evaluates this step, once
+        if config.log.sample_every and step % config.log.sample_every == 0 and not final:
             self.samples(trainer)
-        if config.eval.every and step % config.eval.every == 0:
+        if config.eval.every and step % config.eval.every == 0 and not final:
             self.evaluate(trainer)
 
     def on_stop(self, trainer: Trainer) -> None:
