@@ -287,11 +287,10 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
             return out
 
         metrics = {**_reduce_scores(recipe, scores), **scored(generated)}
-        if train_scores:
-            held_out_means = _mean_scores([{k: v for k, v in chunk.items() if v.ndim == 1} for chunk in scores])
+        if train_scores:  # the held-out means are the metrics _reduce_scores just wrote under the same keys
             train_means = _mean_scores([{k: v for k, v in chunk.items() if v.ndim == 1} for chunk in train_scores])
             metrics.update({f"train/{key}": value for key, value in train_means.items()})
-            metrics.update({f"gap/{key}": value - held_out_means[key] for key, value in train_means.items()})
+            metrics.update({f"gap/{key}": value - metrics[key] for key, value in train_means.items()})
         if floor_chunks:
             metrics.update({f"floor/{key}": value for key, value in scored(floor_chunks).items()})
         if featurizer.num_modes is not None and "modes" in which:
