@@ -120,6 +120,26 @@ def _mean_scores(chunks: list[dict[str, np.ndarray]], prefix: str = "") -> dict[
             for key in chunks[0]}
 
 
+def _memorization_gap(held_out: list[dict[str, np.ndarray]], train: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """train/<score>, gap/<score> = train mean - held-out mean, and gap_se/<score>, the standard error of that
+    difference of two independent means, sqrt(var_train / n_train + var_held_out / n_held_out) (sample
+    variances): a gap within about two of its standard errors is noise, not memorization (with 180 held-out
+    digits it is about 0.1 of D's output)."""
+    def values(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {key: np.concatenate([chunk[key] for chunk in chunks]).astype(np.float64)
+                for key in chunks[0] if chunks[0][key].ndim == 1}
+
+    held, trained = values(held_out), values(train)
+    out: dict[str, float] = {}
+    for key, rows in trained.items():
+        out[f"train/{key}"] = float(rows.mean())
+        out[f"gap/{key}"] = float(rows.mean() - held[key].mean())
+        if len(rows) > 1 and len(held[key]) > 1:
+            out[f"gap_se/{key}"] = float(math.sqrt(rows.var(ddof=1) / len(rows)
+                                                   + held[key].var(ddof=1) / len(held[key])))
+    return out
+
+
 def _reduce_scores(recipe, chunks: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Means of the per-sample scores (one value per sample); scores with several values per sample are
     summarized by the recipe (`reduce_scores`, e.g. a VAE's active units from its posterior means)."""
@@ -206,8 +226,9 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
     the first `num_samples` rows are scored like generated samples (their labels as the requested classes), as
     floor/<metric>: what the metric reads for real data at this sample count, its noise floor. A recipe whose
     per-sample scores are cheap (`train_scores`) also scores as many training rows as held-out ones, as
-    train/<score>, and gap/<score> = train/<score> - <score>: a model that memorizes its training set scores
-    it differently from held-out data (a GAN's discriminator output, BiGAN's reconstruction error)."""
+    train/<score>, gap/<score> = train/<score> - <score> and gap_se/<score>, its standard error: a model that
+    memorizes its training set scores it differently from held-out data (a GAN's discriminator output,
+    BiGAN's reconstruction error)."""
     pairs = list(test_data())
     test, test_y = [x for x, _ in pairs], [y for _, y in pairs]
     if getattr(recipe, "input_grid", "") == "translations":
@@ -287,10 +308,8 @@ def evaluate(recipe, nets, test_data: Callable[[], Iterable[tuple[torch.Tensor, 
             return out
 
         metrics = {**_reduce_scores(recipe, scores), **scored(generated)}
-        if train_scores:  # the held-out means are the metrics _reduce_scores just wrote under the same keys
-            train_means = _mean_scores([{k: v for k, v in chunk.items() if v.ndim == 1} for chunk in train_scores])
-            metrics.update({f"train/{key}": value for key, value in train_means.items()})
-            metrics.update({f"gap/{key}": value - metrics[key] for key, value in train_means.items()})
+        if train_scores:
+            metrics.update(_memorization_gap(scores, train_scores))
         if floor_chunks:
             metrics.update({f"floor/{key}": value for key, value in scored(floor_chunks).items()})
         if featurizer.num_modes is not None and "modes" in which:

@@ -127,7 +127,8 @@ def test_training_evaluates_in_classifier_features_with_the_chosen_metrics(class
                  "eval.num_samples=600", f"eval.features=classifier:{classifier}", "eval.metrics=[mmd,c2st,modes]"]) == 0
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert set(evaluation) == {"step", "mmd2", "c2st_accuracy", "c2st_p_value", "modes_covered", "num_modes",
-                               "kl_mode_histogram", "d_real", "train/d_real", "gap/d_real"}, evaluation  # scores: always
+                               "kl_mode_histogram", "d_real", "train/d_real", "gap/d_real",
+                               "gap_se/d_real"}, evaluation  # scores: always
     assert evaluation["num_modes"] == 10 and 1 <= evaluation["modes_covered"] <= 10
     assert (run_dir / "samples" / "classes_step_00000004.png").is_file()
     assert (run_dir / "plots" / "modes_step_00000004.png").is_file()

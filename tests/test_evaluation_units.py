@@ -98,6 +98,26 @@ def test_training_rows_are_scored_beside_the_held_out_ones_and_the_gap_is_train_
     assert metrics["first"] == 1.0
     assert metrics["train/first"] == 3.0
     assert metrics["gap/first"] == 2.0
+    assert metrics["gap_se/first"] == 0.0  # constant scores on both sides: no noise in the gap
     without = evaluate(RecordingRecipe(), None, lambda: [(x, None) for x in held_out], seed=0, num_samples=64,
                        which=("mmd",), train_data=lambda: [(train, None)])
-    assert not any(key.startswith(("train/", "gap/")) for key in without)  # only where scores are cheap
+    assert not any(key.startswith(("train/", "gap/", "gap_se/")) for key in without)  # only where scores are cheap
+
+
+def test_the_gaps_standard_error_combines_both_sides_sample_variances_over_their_own_counts():
+    """Bug caught: gap_se/<score> (gendist.evaluation._memorization_gap) without the held-out side's variance,
+    with one side's count for both, or with population variances (ddof 0). 1,100 held-out rows of 0 and 2
+    alternating (variance 1.0009) against 1,100 training rows of 3, 5, 7 and 9 in turn (variance 5.0045): the
+    standard error is sqrt(6.0055 / 1,100) = 0.07389. Dropping the held-out term reads 0.06745, ddof 0 reads
+    0.07386 (a relative change of 4.5e-4); float64 sums of 2,200 small integers, compared to 1e-12 relative."""
+    rows = 2 * CHUNK + 100
+    held_values = np.tile([0.0, 2.0], rows // 2)
+    train_values = np.tile([3.0, 5.0, 7.0, 9.0], rows // 4)
+    held_out = torch.from_numpy(np.stack([held_values, held_values], 1)).float()
+    train = torch.from_numpy(np.stack([train_values, train_values], 1)).float()
+    metrics = evaluate(FirstCoordinateRecipe(), None, lambda: [(held_out[i:i + CHUNK], None) for i in range(0, rows, CHUNK)],
+                       seed=0, num_samples=64, which=("mmd",), train_data=lambda: [(train, None)])
+    expected = np.sqrt(train_values.var(ddof=1) / rows + held_values.var(ddof=1) / rows)
+    assert metrics["gap/first"] == pytest.approx(5.0, rel=1e-12)
+    assert metrics["gap_se/first"] == pytest.approx(expected, rel=1e-12)
+    assert metrics["gap_se/first"] == pytest.approx(0.07389, rel=1e-4)
